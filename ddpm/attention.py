@@ -1,0 +1,77 @@
+"""The one attention function of the project (fused SDPA kernels or query-sliced math) and a multi-head module."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from data.errors import InputError
+
+BACKENDS = ("sdpa", "sliced")
+
+
+def check_backend(backend: str, chunk_size: int) -> None:
+    """Raise InputError for an unknown backend or a non-positive chunk size."""
+    if backend not in BACKENDS:
+        raise InputError("attention", f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InputError("attention", f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", chunk_size: int = 1024) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v.  q: (B, heads, Lq, d), k: (B, heads, Lk, d), v: (B, heads, Lk, dv) -> (B, heads, Lq, dv).
+
+    "sdpa": torch's fused kernels (flash / memory-efficient where the device has them).
+    "sliced": plain math over query chunks, so the score matrix never exceeds (B, heads, chunk_size, Lk).
+    """
+    check_backend(backend, chunk_size)
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise InputError("attention", f"q, k, v must be (B, heads, L, d); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape[:2] != q.shape[:2] or v.shape[:3] != k.shape[:3] or k.shape[-1] != q.shape[-1]:
+        raise InputError("attention", f"mismatched shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v)
+    scale = q.shape[-1] ** -0.5
+    k_t = k.transpose(-1, -2)
+    out = []
+    for start in range(0, q.shape[2], chunk_size):
+        scores = torch.matmul(q[:, :, start:start + chunk_size], k_t) * scale
+        # softmax in fp32: half-precision exp overflows/underflows on long key sequences
+        out.append(torch.matmul(scores.float().softmax(dim=-1).to(v.dtype), v))
+    return torch.cat(out, dim=2)
+
+
+class Attention(nn.Module):
+    """Multi-head attention: self-attention when context is None, else cross-attention to context."""
+
+    def __init__(self, dim: int, context_dim: int | None = None, num_heads: int = 4,
+                 backend: str = "sdpa", chunk_size: int = 1024) -> None:
+        super().__init__()
+        if num_heads < 1 or dim % num_heads:
+            raise InputError("attention", f"dim {dim} must be divisible by num_heads {num_heads}")
+        check_backend(backend, chunk_size)
+        self.num_heads = num_heads
+        self.backend = backend
+        self.chunk_size = chunk_size
+        context_dim = dim if context_dim is None else context_dim
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """x: (B, L, dim), context: (B, Lc, context_dim) or None -> (B, L, dim)."""
+        context = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        # (B, L, heads*d) -> (B, heads, L, d)
+        q, k, v = (t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in (q, k, v))
+        out = attention(q, k, v, self.backend, self.chunk_size)
+        return self.to_out(out.transpose(1, 2).flatten(2))
+
+
+def set_attention_backend(model: nn.Module, backend: str, chunk_size: int = 1024) -> None:
+    """Switch every Attention inside model to backend / chunk_size (e.g. "sliced" to save memory at sampling)."""
+    check_backend(backend, chunk_size)
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.backend, module.chunk_size = backend, chunk_size

@@ -1,0 +1,139 @@
+"""Checkpoints as single safetensors files: tensors plus JSON metadata, written atomically.
+
+safetensors holds no code, so loading a checkpoint can never execute a pickled payload.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from data.errors import InputError
+
+FORMAT = "cardiac-ldm/1"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def flatten_state(prefix: str, state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split a (nested) state dict into tensors (by dotted key) and a JSON-able remainder."""
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict = {}
+    for key, value in state.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, torch.Tensor):
+            tensors[name] = value.detach().cpu().contiguous()
+        elif isinstance(value, dict):
+            sub_tensors, sub_rest = flatten_state(name, value)
+            tensors.update(sub_tensors)
+            if sub_rest:
+                rest[str(key)] = sub_rest
+        else:
+            rest[str(key)] = value
+    return tensors, rest
+
+
+def save_checkpoint(path: str | Path, states: dict[str, dict], meta: dict[str, Any]) -> None:
+    """states: {"model": sd, "ema": sd, "optimizer": sd, ...}; meta: JSON-able (config, step, stage)."""
+    tensors: dict[str, torch.Tensor] = {}
+    extras: dict = {}
+    for group, state in states.items():
+        group_tensors, rest = flatten_state(group, state)
+        tensors.update(group_tensors)
+        extras[group] = rest
+    header = {"format": FORMAT, "meta": json.dumps(meta), "extras": json.dumps(extras)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_header(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata() or {}
+
+
+def load_checkpoint(path: str | Path, expect_stage: str | None = None) -> tuple[dict[str, dict], dict]:
+    """Inverse of save_checkpoint -> (states, meta). Refuses anything that is not our safetensors format."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    try:
+        header = _read_header(path)
+        flat = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise InputError(path, f"not a cardiac-ldm safetensors checkpoint (refusing to unpickle anything): {err}") from None
+    if header.get("format") != FORMAT:
+        raise InputError(path, f"checkpoint format {header.get('format')!r}; expected {FORMAT!r}")
+    meta = json.loads(header["meta"])
+    if expect_stage is not None and meta.get("stage") != expect_stage:
+        raise InputError(path, f"checkpoint of stage {meta.get('stage')!r}; expected a {expect_stage!r} checkpoint")
+    extras = json.loads(header.get("extras", "{}"))
+    states: dict[str, dict] = {}
+    for name, tensor in flat.items():
+        group, key = name.split(".", 1)
+        states.setdefault(group, {})[key] = tensor
+    for group, rest in extras.items():
+        states.setdefault(group, {})
+        states[group]["__extras__"] = rest
+    return states, meta
+
+
+def model_state(states: dict[str, dict], group: str) -> dict[str, torch.Tensor]:
+    """A plain module state dict from a loaded checkpoint group."""
+    return {k: v for k, v in states.get(group, {}).items() if k != "__extras__"}
+
+
+def optimizer_state(states: dict[str, dict], group: str = "optimizer") -> dict:
+    """Rebuild a torch optimizer state dict saved by save_checkpoint."""
+    flat = states[group]
+    extras = flat.get("__extras__", {})
+    state: dict[int, dict] = {}
+    for key, tensor in flat.items():
+        if key == "__extras__":
+            continue
+        _, index, name = key.split(".", 2)  # "state.<param index>.<name>"
+        state.setdefault(int(index), {})[name] = tensor
+    for index, rest in extras.get("state", {}).items():
+        state.setdefault(int(index), {}).update(rest)
+    return {"state": state, "param_groups": extras["param_groups"]}
+
+
+def file_sha256(path: str | Path, length: int = 12) -> str:
+    """Short content hash, recorded in sample sidecars so outputs name the exact checkpoint."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
