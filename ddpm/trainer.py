@@ -1,0 +1,168 @@
+"""The one training loop shared by every stage (VAE, LDM, ControlNet).
+
+Everything random in a step (batch order, noise, dropout) is a function of (seed, step), so `--resume`
+from a checkpoint continues exactly as an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from data.errors import InputError
+from ddpm.checkpoint import atomic_write_bytes, load_checkpoint, model_state, optimizer_state, save_checkpoint
+from ddpm.ema import EMA
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    keep_last: int = 2
+    log_every: int = 25
+    sample_every: int = 0  # 0: grids only at the end
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast; weights stay fp32)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise InputError("train", f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.precision not in ("fp32", "bf16"):
+            raise InputError("train.precision", f"expected 'fp32' or 'bf16', got {self.precision!r}")
+        if self.keep_last < 1:
+            raise InputError("train.keep_last", "must be >= 1 so a good checkpoint always exists")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced NaN/Inf; the message names the step and the last good checkpoint."""
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of the batch at `step`: epochs are seeded permutations, so order depends only on (seed, step)."""
+    positions = torch.arange(step * batch_size, (step + 1) * batch_size)
+    out = torch.empty(batch_size, dtype=torch.long)
+    for epoch in positions.div(n, rounding_mode="floor").unique().tolist():
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        chosen = positions.div(n, rounding_mode="floor") == epoch
+        out[chosen] = perm[positions[chosen] % n]
+    return out
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """Per-step generator for noise and timesteps."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + 1)
+
+
+def autocast_context(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then constant (the method trains at a constant lr)."""
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+
+
+def checkpoint_paths(run_dir: Path, stage: str) -> list[Path]:
+    return sorted(run_dir.glob(f"{stage}-step*.safetensors"), key=lambda p: int(p.stem.split("step")[-1]))
+
+
+def latest_checkpoint(run_dir: Path, stage: str) -> Optional[Path]:
+    paths = checkpoint_paths(run_dir, stage)
+    return paths[-1] if paths else None
+
+
+def train_loop(
+    *,
+    stage: str,
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Generator, int], tuple[torch.Tensor, dict]],
+    num_samples: int,
+    cfg: TrainConfig,
+    run_dir: Path,
+    meta: dict,
+    resume: bool = False,
+    on_checkpoint: Optional[Callable[[int, nn.Module], None]] = None,
+    device: torch.device = torch.device("cpu"),
+) -> tuple[EMA, Path]:
+    """Train the trainable parameters of `model` with AdamW; returns (EMA, final checkpoint path).
+
+    loss_fn(batch_indices (B,), generator, step) -> (scalar loss, logs). The final checkpoint is
+    `<run_dir>/<stage>-final.safetensors`; intermediate ones are kept last-N for resume.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = EMA(model, cfg.ema_decay)
+    start = 0
+    last_good: Optional[Path] = latest_checkpoint(run_dir, stage) if resume else None
+    if last_good is not None:
+        states, saved = load_checkpoint(last_good, expect_stage=stage)
+        model.load_state_dict(model_state(states, "model"))
+        ema.load_state_dict(model_state(states, "ema"))
+        optimizer.load_state_dict(optimizer_state(states))
+        start = int(saved["step"])
+    metrics_path = run_dir / f"{stage}-metrics.jsonl"
+    if start == 0 and metrics_path.exists():
+        metrics_path.unlink()
+
+    def save(step: int) -> Path:
+        path = run_dir / f"{stage}-step{step:07d}.safetensors"
+        save_checkpoint(path, {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict()},
+                        {**meta, "stage": stage, "step": step})
+        for old in checkpoint_paths(run_dir, stage)[:-cfg.keep_last]:
+            old.unlink(missing_ok=True)  # the newest (just written) is never among these
+        return path
+
+    model.train()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=stage, dynamic_ncols=True, mininterval=1.0)
+    tic = time.perf_counter()
+    with open(metrics_path, "a") as log:
+        for step in bar:
+            torch.manual_seed(cfg.seed * 7919 + step)  # dropout and any module randomness
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            idx = batch_indices(num_samples, cfg.batch_size, cfg.seed, step)
+            with autocast_context(cfg.precision, device):
+                loss, logs = loss_fn(idx, step_generator(cfg.seed, step), step)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"{stage}: non-finite loss {loss.item()} at step {step}; "
+                                    f"last good checkpoint: {last_good or 'none (no checkpoint written yet)'}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteLoss(f"{stage}: non-finite gradient norm at step {step}; last good checkpoint: {last_good or 'none'}")
+            optimizer.step()
+            ema.update(model, step)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                record = {"step": done, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr_at(step, cfg),
+                          "sec": round(time.perf_counter() - tic, 2), **{k: float(v) for k, v in logs.items()}}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                last_good = save(done)
+            if on_checkpoint is not None and cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
+                on_checkpoint(done, model)
+    final = run_dir / f"{stage}-final.safetensors"
+    if last_good is None:  # resumed at the end: nothing left to train
+        last_good = latest_checkpoint(run_dir, stage)
+    atomic_write_bytes(final, last_good.read_bytes())
+    return ema, final

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from ddpm.checkpoint import load_checkpoint, model_state
+from ddpm.trainer import NonFiniteLoss, TrainConfig, batch_indices, checkpoint_paths, train_loop
+
+
+def _setup():
+    torch.manual_seed(0)
+    data_x = torch.randn(40, 3)
+    data_y = data_x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Dropout(0.1), torch.nn.Linear(8, 1))
+
+    def loss_fn(idx, gen, step):
+        noise = torch.randn(len(idx), 3, generator=gen) * 0.01
+        return (model(data_x[idx] + noise).squeeze(1) - data_y[idx]).pow(2).mean(), {}
+
+    return model, loss_fn
+
+
+def _cfg(steps):
+    return TrainConfig(steps=steps, batch_size=8, lr=1e-2, warmup_steps=3, checkpoint_every=5, keep_last=2, log_every=5)
+
+
+def test_batch_indices_cover_each_epoch_once():
+    seen = torch.cat([batch_indices(10, 5, seed=1, step=s) for s in range(2)])
+    assert sorted(seen.tolist()) == list(range(10))
+    assert torch.equal(batch_indices(10, 4, 1, 3), batch_indices(10, 4, 1, 3))
+
+
+def test_resume_reaches_the_same_weights(tmp_path):
+    model, loss_fn = _setup()
+    train_loop(stage="toy", model=model, loss_fn=loss_fn, num_samples=40, cfg=_cfg(20), run_dir=tmp_path / "a", meta={})
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, loss_fn = _setup()
+    train_loop(stage="toy", model=model, loss_fn=loss_fn, num_samples=40, cfg=_cfg(10), run_dir=tmp_path / "b", meta={})
+    model, loss_fn = _setup()  # a fresh process: new model, weights come from the checkpoint
+    _, final = train_loop(stage="toy", model=model, loss_fn=loss_fn, num_samples=40, cfg=_cfg(20),
+                          run_dir=tmp_path / "b", meta={}, resume=True)
+    for key, value in model.state_dict().items():
+        assert torch.allclose(value, reference[key], atol=1e-6), key
+    states, meta = load_checkpoint(final, expect_stage="toy")
+    assert meta["step"] == 20
+    assert len(checkpoint_paths(tmp_path / "b", "toy")) == 2, "keep-last-N"
+
+
+def test_non_finite_loss_stops_and_names_step(tmp_path):
+    model, loss_fn = _setup()
+
+    def exploding(idx, gen, step):
+        loss, logs = loss_fn(idx, gen, step)
+        return (loss * float("nan") if step == 7 else loss), logs
+
+    with pytest.raises(NonFiniteLoss, match="step 7.*toy-step0000005"):
+        train_loop(stage="toy", model=model, loss_fn=exploding, num_samples=40, cfg=_cfg(20), run_dir=tmp_path, meta={})
+    states, meta = load_checkpoint(tmp_path / "toy-step0000005.safetensors")
+    assert meta["step"] == 5 and all(torch.isfinite(v).all() for v in model_state(states, "model").values())
