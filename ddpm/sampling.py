@@ -1,0 +1,73 @@
+"""Sampling loops (DDIM, DDPM ancestral) with fused classifier-free guidance.
+
+`model_fn(x, t, context) -> out` is any denoiser (UNet, UNet + ControlNet closure). Under guidance it is
+called ONCE per step on a doubled batch: x: (2B, ...), t: (2B,), context = cat([uncond, cond]) — first
+half unconditional — so a closure that adds per-sample inputs (e.g. control images) must repeat them twice.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from data.errors import InputError
+from ddpm.schedulers import NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step
+
+ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+SAMPLERS = ("ddim", "ddpm")
+
+
+def guided_output(model_fn: ModelFn, x: Tensor, t: Tensor, cond: Tensor, uncond: Optional[Tensor],
+                  guidance: float) -> Tensor:
+    """Classifier-free guidance u + g (c - u) from one batched call; guidance == 1 is one pass on cond only.
+
+    x: (B, ...); t: (B,); cond: (B, ...); uncond: (B, ...) or (1, ...) (broadcast to B).
+    """
+    if guidance == 1.0:
+        return model_fn(x, t, cond)
+    if uncond is None:
+        raise InputError("guidance", f"guidance {guidance} != 1 needs an unconditional context (uncond), got None")
+    uncond = uncond.expand_as(cond) if uncond.shape[0] == 1 else uncond
+    out_uncond, out_cond = model_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond])).chunk(2)
+    return out_uncond + guidance * (out_cond - out_uncond)
+
+
+@torch.no_grad()
+def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Optional[Tensor], sched: NoiseSchedule,
+           *, sampler: str = "ddim", num_steps: int = 50, eta: float = 0.0, guidance: float = 1.0,
+           prediction: str = "epsilon", generator: Optional[torch.Generator] = None, progress: bool = False,
+           spacing: str = "leading", device: Optional[torch.device] = None,
+           dtype: torch.dtype = torch.float32) -> Tensor:
+    """Generate x0: shape (B, ...) from pure noise drawn from `generator` (same seed -> same output).
+
+    cond: (B, L, D) context; uncond: the null context (B or 1, L, D), needed when guidance != 1.
+    sampler "ddim": DDIM on ddim_timesteps(T, num_steps, spacing) with the given eta.
+    sampler "ddpm": ancestral sampling. With num_steps == T it runs ddpm_step over every train step;
+    with fewer steps it runs the strided chain via ddim_step(eta=1), which IS the DDPM posterior there.
+    device defaults to cond's device.
+    """
+    if sampler not in SAMPLERS:
+        raise InputError("sampler", f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    if eta < 0:
+        raise InputError("eta", f"expected eta >= 0, got {eta}")
+    if cond.shape[0] != shape[0]:
+        raise InputError("cond", f"batch of cond ({cond.shape[0]}) differs from the sample batch ({shape[0]})")
+    device = cond.device if device is None else torch.device(device)
+    T = sched.num_train_steps
+    timesteps = ddim_timesteps(T, num_steps, spacing).tolist()
+    full_chain = sampler == "ddpm" and num_steps == T
+    eta = 1.0 if sampler == "ddpm" else eta
+
+    noise_device = generator.device if generator is not None else device
+    x = torch.randn(tuple(shape), generator=generator, device=noise_device, dtype=dtype).to(device)
+    for i, t in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress)):
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
+        out = guided_output(model_fn, x, t_batch, cond, uncond, guidance)
+        if full_chain:
+            x = ddpm_step(sched, out, x, t_batch, prediction, generator=generator)
+        else:
+            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+            x = ddim_step(sched, out, x, t_batch, t_prev, prediction, eta=eta, generator=generator)
+    return x

@@ -1,0 +1,164 @@
+"""Diffusion noise schedules and single-step updates (DDPM ancestral, DDIM), stateless and batch-vectorised.
+
+Notation (Ho et al. 2020; Song et al. 2021): a_t = alphas_cumprod[t] = prod_{s<=t} (1 - beta_s);
+q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I). Timesteps t are ints or (B,) LongTensors (one per sample).
+The schedule is kept in float64; coefficients are cast to the dtype of the tensors they multiply.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from data.errors import InputError
+
+SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine")
+PREDICTIONS = ("epsilon", "v")
+SPACINGS = ("leading", "trailing", "linspace")
+Timestep = Union[int, Tensor]
+
+
+@dataclass
+class NoiseSchedule:
+    """betas: (T,) float64; alphas_cumprod: (T,) float64."""
+
+    betas: Tensor
+    alphas_cumprod: Tensor
+
+    @property
+    def num_train_steps(self) -> int:
+        return int(self.betas.shape[0])
+
+
+def _cosine_alpha_bar(s: Tensor) -> Tensor:
+    """Nichol & Dhariwal (2021) f(s) for s = t / T in [0, 1], offset 0.008; a_t = f((t+1)/T) / f(0)."""
+    return torch.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+
+def make_schedule(kind: str = "scaled_linear", num_train_steps: int = 1000,
+                  beta_start: float = 0.00085, beta_end: float = 0.012) -> NoiseSchedule:
+    """Betas for "linear", "scaled_linear" (linear in sqrt(beta), as Stable Diffusion) or "cosine"."""
+    if kind not in SCHEDULE_KINDS:
+        raise InputError("schedule", f"unknown noise schedule {kind!r}; expected one of {', '.join(SCHEDULE_KINDS)}")
+    if not isinstance(num_train_steps, int) or num_train_steps < 1:
+        raise InputError("num_train_steps", f"expected a positive integer, got {num_train_steps!r}")
+    if kind != "cosine" and not 0.0 < beta_start <= beta_end < 1.0:
+        raise InputError("beta_start/beta_end", f"expected 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+    T = num_train_steps
+    if kind == "linear":
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    elif kind == "scaled_linear":
+        betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=torch.float64) ** 2
+    else:
+        f = _cosine_alpha_bar(torch.arange(T + 1, dtype=torch.float64) / T)
+        # Clipping avoids beta = 1 (a singular last step) as in the paper.
+        betas = (1.0 - f[1:] / f[:-1]).clamp(max=0.999)
+    return NoiseSchedule(betas=betas, alphas_cumprod=torch.cumprod(1.0 - betas, dim=0))
+
+
+def _check_prediction(prediction: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise InputError("prediction", f"unknown prediction type {prediction!r}; expected one of {', '.join(PREDICTIONS)}")
+
+
+def _gather(values: Tensor, t: Timestep, like: Tensor) -> Tensor:
+    """values[t] shaped (B, 1, ..., 1) (or scalar for int t) in like's dtype/device; t = -1 means 1.0 (clean)."""
+    t = torch.as_tensor(t, dtype=torch.long, device=values.device if not isinstance(t, Tensor) else t.device)
+    v = values.to(t.device)
+    out = torch.where(t >= 0, v[t.clamp(min=0)], torch.ones((), dtype=v.dtype, device=v.device))
+    if out.ndim == 1:
+        out = out.reshape(-1, *([1] * (like.ndim - 1)))
+    return out.to(device=like.device, dtype=like.dtype)
+
+
+def add_noise(sched: NoiseSchedule, x0: Tensor, noise: Tensor, t: Timestep) -> Tensor:
+    """Sample of q(x_t | x_0): sqrt(a_t) x0 + sqrt(1 - a_t) noise. x0, noise: (B, ...); t: int or (B,)."""
+    a = _gather(sched.alphas_cumprod, t, x0)
+    return a.sqrt() * x0 + (1.0 - a).sqrt() * noise
+
+
+def prediction_target(sched: NoiseSchedule, x0: Tensor, noise: Tensor, t: Timestep, prediction: str) -> Tensor:
+    """Training target: noise for "epsilon"; v = sqrt(a_t) eps - sqrt(1 - a_t) x0 for "v"."""
+    _check_prediction(prediction)
+    if prediction == "epsilon":
+        return noise
+    a = _gather(sched.alphas_cumprod, t, x0)
+    return a.sqrt() * noise - (1.0 - a).sqrt() * x0
+
+
+def predict_x0_eps(sched: NoiseSchedule, model_out: Tensor, x_t: Tensor, t: Timestep,
+                   prediction: str) -> tuple[Tensor, Tensor]:
+    """Exact (x0_hat, eps_hat) implied by the model output at (x_t, t)."""
+    _check_prediction(prediction)
+    a = _gather(sched.alphas_cumprod, t, x_t)
+    if prediction == "epsilon":
+        return (x_t - (1.0 - a).sqrt() * model_out) / a.sqrt(), model_out
+    # x_t = sqrt(a) x0 + sqrt(1-a) eps and v = sqrt(a) eps - sqrt(1-a) x0 form a rotation; invert it.
+    return a.sqrt() * x_t - (1.0 - a).sqrt() * model_out, (1.0 - a).sqrt() * x_t + a.sqrt() * model_out
+
+
+def ddpm_posterior(sched: NoiseSchedule, x0: Tensor, x_t: Tensor, t: Timestep) -> tuple[Tensor, Tensor]:
+    """Mean (B, ...) and variance (B, 1, ..., 1) of q(x_{t-1} | x_t, x_0); the variance is 0 at t = 0."""
+    t = torch.as_tensor(t, dtype=torch.long, device=x_t.device)
+    a_t = _gather(sched.alphas_cumprod, t, x_t)
+    a_prev = _gather(sched.alphas_cumprod, t - 1, x_t)
+    beta_t = _gather(sched.betas, t, x_t)
+    mean = (a_prev.sqrt() * beta_t * x0 + (1.0 - beta_t).sqrt() * (1.0 - a_prev) * x_t) / (1.0 - a_t)
+    return mean, beta_t * (1.0 - a_prev) / (1.0 - a_t)
+
+
+def _randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    # Draw on the generator's device so a CPU seed gives the same noise whatever device x is on.
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+def ddpm_step(sched: NoiseSchedule, model_out: Tensor, x_t: Tensor, t: Timestep, prediction: str,
+              generator: Optional[torch.Generator] = None) -> Tensor:
+    """Ancestral step x_t -> x_{t-1} ~ q(x_{t-1} | x_t, x0_hat) (posterior variance); no noise at t = 0."""
+    x0_hat, _ = predict_x0_eps(sched, model_out, x_t, t, prediction)
+    mean, variance = ddpm_posterior(sched, x0_hat, x_t, t)
+    return mean + variance.sqrt() * _randn_like(x_t, generator)
+
+
+def ddim_timesteps(num_train_steps: int, num_steps: int, spacing: str = "leading") -> Tensor:
+    """Descending (num_steps,) LongTensor of sampling timesteps, spaced like diffusers' DDIMScheduler.
+
+    leading: k * (T // n) (ends at 0); trailing: round(T - k * T / n) - 1 (starts at T - 1);
+    linspace: round(linspace(0, T - 1, n)).
+    """
+    if spacing not in SPACINGS:
+        raise InputError("spacing", f"unknown timestep spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= num_train_steps:
+        raise InputError("num_steps", f"expected an integer in [1, {num_train_steps}], got {num_steps!r}")
+    T, n = num_train_steps, num_steps
+    k = torch.arange(n, dtype=torch.float64)
+    if spacing == "leading":
+        steps = (k * (T // n)).flip(0)
+    elif spacing == "trailing":
+        steps = torch.round(T - k * (T / n)) - 1
+    else:
+        steps = torch.round(torch.linspace(0, T - 1, n, dtype=torch.float64)).flip(0)
+    return steps.long()
+
+
+def ddim_step(sched: NoiseSchedule, model_out: Tensor, x_t: Tensor, t: Timestep, t_prev: Timestep,
+              prediction: str, eta: float = 0.0, noise: Optional[Tensor] = None,
+              generator: Optional[torch.Generator] = None) -> Tensor:
+    """DDIM update x_t -> x_{t_prev} (Song et al. eq. 12); t_prev = -1 means a_prev = 1 (step to x0).
+
+    eta = 0 is deterministic; eta = 1 is the DDPM posterior on the (strided) chain. The sigma-term noise
+    is `noise` if given, else drawn from `generator`.
+    """
+    x0_hat, eps_hat = predict_x0_eps(sched, model_out, x_t, t, prediction)
+    a_t = _gather(sched.alphas_cumprod, t, x_t)
+    a_prev = _gather(sched.alphas_cumprod, t_prev, x_t)
+    x_prev = a_prev.sqrt() * x0_hat
+    if eta > 0:
+        sigma = eta * ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)).sqrt()
+        noise = _randn_like(x_t, generator) if noise is None else noise
+        return x_prev + (1.0 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps_hat + sigma * noise
+    return x_prev + (1.0 - a_prev).sqrt() * eps_hat

@@ -1,0 +1,113 @@
+import pytest
+import torch
+
+from data.errors import InputError
+from ddpm.sampling import guided_output, sample
+from ddpm.schedulers import ddim_step, ddim_timesteps, make_schedule
+
+SHAPE = (3, 2, 4, 4)
+
+
+def toy_model(x, t, context):
+    """Per-sample deterministic 'denoiser' that depends on x, t and the context."""
+    return torch.tanh(x * (1 + t.view(-1, 1, 1, 1) / 1000) + context.mean(dim=(1, 2)).view(-1, 1, 1, 1))
+
+
+class Recorder:
+    def __init__(self, fn):
+        self.fn, self.batches = fn, []
+
+    def __call__(self, x, t, context):
+        self.batches.append(x.shape[0])
+        return self.fn(x, t, context)
+
+
+def contexts(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(3, 5, 8, generator=g), torch.zeros(3, 5, 8)
+
+
+def oracle(sched, x0, prediction):
+    """The exact model output for x0 (treated as known): eps or v implied by (x_t, t)."""
+    def model_fn(x, t, context):
+        a = sched.alphas_cumprod[t].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        return eps if prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
+    return model_fn
+
+
+def test_guided_output_fused_equals_two_separate_calls():
+    cond, uncond = contexts()
+    x, t = torch.randn(SHAPE), torch.tensor([10, 500, 999])
+    model = Recorder(toy_model)
+    fused = guided_output(model, x, t, cond, uncond, 7.5)
+    u, c = toy_model(x, t, uncond), toy_model(x, t, cond)
+    assert torch.allclose(fused, u + 7.5 * (c - u), atol=1e-6)
+    assert model.batches == [6]  # one call on the doubled batch
+    # A (1, L, D) null context broadcasts over the batch.
+    assert torch.allclose(guided_output(toy_model, x, t, cond, uncond[:1], 7.5), fused, atol=1e-6)
+
+
+def test_guidance_one_is_a_single_cond_pass():
+    cond, uncond = contexts()
+    sched = make_schedule("scaled_linear", 1000)
+    model = Recorder(toy_model)
+    out = sample(model, SHAPE, cond, uncond, sched, num_steps=4, generator=torch.Generator().manual_seed(0))
+    assert model.batches == [3] * 4
+    # Reference loop: cond-only model output, same noise, same DDIM steps.
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    steps = ddim_timesteps(1000, 4).tolist()
+    for i, t in enumerate(steps):
+        tb = torch.full((3,), t)
+        x = ddim_step(sched, toy_model(x, tb, cond), x, tb, steps[i + 1] if i + 1 < 4 else -1, "epsilon")
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_cfg_sampling_batches_once_per_step_and_guidance_matters():
+    cond, uncond = contexts()
+    sched = make_schedule("scaled_linear", 1000)
+    model = Recorder(toy_model)
+    guided = sample(model, SHAPE, cond, uncond, sched, num_steps=5, guidance=3.0,
+                    generator=torch.Generator().manual_seed(0))
+    assert model.batches == [6] * 5
+    plain = sample(toy_model, SHAPE, cond, uncond, sched, num_steps=5, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(guided, plain)
+    with pytest.raises(InputError, match="guidance"):
+        sample(toy_model, SHAPE, cond, None, sched, num_steps=2, guidance=2.0)
+
+
+def test_same_seed_same_output_and_different_seed_differs():
+    cond, uncond = contexts()
+    sched = make_schedule("linear", 100, 1e-4, 0.02)
+    for sampler, eta in (("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0)):
+        run = lambda seed: sample(toy_model, SHAPE, cond, uncond, sched, sampler=sampler, num_steps=10, eta=eta,
+                                  guidance=2.0, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(run(1), run(1))
+        assert not torch.allclose(run(1), run(2))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+@pytest.mark.parametrize("sampler,num_steps,eta", [("ddim", 3, 0.0), ("ddim", 5, 1.0), ("ddpm", 50, 0.0),
+                                                   ("ddpm", 7, 0.0)])
+def test_oracle_model_recovers_x0(prediction, sampler, num_steps, eta):
+    sched = make_schedule("cosine", 50)
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    cond, uncond = contexts()
+    out = sample(oracle(sched, x0, prediction), SHAPE, cond, uncond, sched, sampler=sampler, num_steps=num_steps,
+                 eta=eta, prediction=prediction, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    assert torch.allclose(out, x0, atol=1e-6)
+
+
+def test_bad_sampler_and_batch_mismatch():
+    cond, uncond = contexts()
+    sched = make_schedule("linear", 10)
+    with pytest.raises(InputError, match="sampler"):
+        sample(toy_model, SHAPE, cond, uncond, sched, sampler="euler", num_steps=2)
+    with pytest.raises(InputError, match="cond"):
+        sample(toy_model, (2, 2, 4, 4), cond, uncond, sched, num_steps=2)
+
+
+def test_progress_bar_runs(capsys):
+    cond, uncond = contexts()
+    sample(toy_model, SHAPE, cond, uncond, make_schedule("linear", 10), num_steps=2, progress=True)
+    assert "ddim" in capsys.readouterr().err
