@@ -1,0 +1,97 @@
+"""Patient metadata <-> text prompt, in the method's form "Female, age in 40s, normal BMI, heart failure".
+
+The prompt carries bins only (decade, WHO BMI category), so parsing gives a ParsedPrompt, not Attributes.
+Missing fields are left out; an all-missing patient gives "" (the unconditional prompt).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from data.attributes import (AGE_RANGE, BMI_CATEGORIES, HEALTH_CONDITIONS, SEXES, Attributes, age_decade,
+                             bmi_category, make_attributes)
+from data.errors import InputError
+
+_AGE_PATTERN = re.compile(r"^age in (\d+)s$")
+_DECADES = tuple(range(int(AGE_RANGE[0]), int(AGE_RANGE[1]) + 1, 10))
+
+
+@dataclass(frozen=True)
+class ParsedPrompt:
+    """What a prompt says: the bins of each field, None where the prompt leaves the field out."""
+
+    sex: Optional[str] = None
+    age_decade: Optional[int] = None
+    bmi_category: Optional[str] = None
+    health: Optional[str] = None
+
+
+def _compose(sex: Optional[str], decade: Optional[int], bmi_cat: Optional[str], health: Optional[str]) -> str:
+    parts = []
+    if sex is not None:
+        parts.append(sex.capitalize())
+    if decade is not None:
+        parts.append(f"age in {decade}s")
+    if bmi_cat is not None:
+        parts.append(f"{bmi_cat} BMI")
+    if health is not None:
+        parts.append(health.replace("_", " "))
+    return ", ".join(parts)
+
+
+def attributes_to_prompt(attrs: Attributes) -> str:
+    """Attributes -> "Female, age in 40s, normal BMI, heart failure" (missing fields omitted)."""
+    return _compose(attrs.sex, age_decade(attrs.age), bmi_category(attrs.bmi), attrs.health)
+
+
+def parsed_to_prompt(parsed: ParsedPrompt) -> str:
+    """ParsedPrompt -> its canonical prompt (inverse of prompt_to_attributes on canonical prompts)."""
+    return _compose(parsed.sex, parsed.age_decade, parsed.bmi_category, parsed.health)
+
+
+def prompt_from_fields(sex=None, age=None, bmi=None, health=None) -> str:
+    """Raw fields (e.g. from a CLI) -> prompt; fields are validated by make_attributes."""
+    return attributes_to_prompt(make_attributes(sex=sex, age=age, bmi=bmi, health=health, where="prompt fields"))
+
+
+def _vocabulary() -> str:
+    conditions = ", ".join(h.replace("_", " ") for h in HEALTH_CONDITIONS)
+    return (f"sex one of {'/'.join(SEXES)}; 'age in <decade>s' with decade in {_DECADES[0]}..{_DECADES[-1]}; "
+            f"'<category> BMI' with category one of {'/'.join(BMI_CATEGORIES)}; condition one of {conditions}")
+
+
+def _parse_part(part: str) -> tuple[str, object]:
+    """One comma-separated part -> (field name, value); InputError naming the part when unknown."""
+    key = " ".join(part.lower().split())
+    if key in SEXES:
+        return "sex", key
+    age = _AGE_PATTERN.match(key)
+    if age is not None:
+        decade = int(age.group(1))
+        if decade not in _DECADES:
+            raise InputError("prompt", f"age part {part!r} is not a decade in {_DECADES[0]}..{_DECADES[-1]}")
+        return "age_decade", decade
+    if key.endswith(" bmi") and key[: -len(" bmi")] in BMI_CATEGORIES:
+        return "bmi_category", key[: -len(" bmi")]
+    condition = key.replace(" ", "_").replace("-", "_")
+    if condition in HEALTH_CONDITIONS:
+        return "health", condition
+    raise InputError("prompt", f"unknown part {part!r}; expected {_vocabulary()}")
+
+
+def prompt_to_attributes(prompt: str) -> ParsedPrompt:
+    """Prompt -> ParsedPrompt. Case-insensitive, any part order; unknown or repeated parts raise InputError."""
+    if not isinstance(prompt, str):
+        raise InputError("prompt", f"expected a string, got {type(prompt).__name__}")
+    if prompt.strip() == "":
+        return ParsedPrompt()
+    fields: dict[str, object] = {}
+    for part in prompt.split(","):
+        if part.strip() == "":
+            raise InputError("prompt", f"empty part in {prompt!r}; parts are separated by single commas")
+        name, value = _parse_part(part.strip())
+        if name in fields:
+            raise InputError("prompt", f"{name} given twice in {prompt!r}")
+        fields[name] = value
+    return ParsedPrompt(**fields)
