@@ -1,0 +1,92 @@
+"""ControlNet: a trainable copy of the UNet encoder + middle block, steered by a geometry hint.
+
+Every path from the copy back into the frozen UNet goes through a zero-initialised convolution, so at
+initialisation UNet + ControlNet computes exactly what the UNet alone does.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from data.errors import InputError
+from ddpm.blocks import zero_module
+from ddpm.unet import UNet
+from geometry.encodings import CONTROL_TYPES, control_channels
+
+
+@dataclass
+class ControlNetConfig:
+    control: str = "onehot"  # geometry encoding of the ED/ES masks, see geometry.encodings
+    hint_channels: tuple[int, ...] = (16, 32)
+    frames: int = 2  # ED and ES masks
+
+    def __post_init__(self) -> None:
+        if self.control not in CONTROL_TYPES:
+            raise InputError("controlnet.control", f"unknown control type {self.control!r}; expected one of {', '.join(CONTROL_TYPES)}")
+        if not self.hint_channels or any(c < 1 for c in self.hint_channels):
+            raise InputError("controlnet.hint_channels", f"expected positive ints, got {self.hint_channels!r}")
+
+
+class HintEncoder(nn.Module):
+    """Control image (B, C, H, W) at image resolution -> (B, out, H/f, W/f) at latent resolution; last conv zero."""
+
+    def __init__(self, in_channels: int, hidden: tuple[int, ...], out_channels: int, factor: int) -> None:
+        super().__init__()
+        downsamples = int(math.log2(factor))
+        if 2 ** downsamples != factor:
+            raise InputError("controlnet", f"latent downsampling factor must be a power of 2, got {factor}")
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden[0], 3, padding=1), nn.SiLU()]
+        ch = hidden[0]
+        for i in range(downsamples):
+            nxt = hidden[min(i + 1, len(hidden) - 1)]
+            layers += [nn.Conv2d(ch, ch, 3, padding=1), nn.SiLU(), nn.Conv2d(ch, nxt, 3, padding=1, stride=2), nn.SiLU()]
+            ch = nxt
+        layers.append(zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)))
+        self.net = nn.Sequential(*layers)
+        self.factor = factor
+
+    def forward(self, control: Tensor) -> Tensor:
+        return self.net(control)
+
+
+class ControlNet(nn.Module):
+    """forward(x, t, context, control) -> (down_residuals, mid_residual) to add into the frozen UNet."""
+
+    def __init__(self, unet: UNet, cfg: ControlNetConfig, image_factor: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.copy = UNet(unet.cfg)
+        self.copy.load_state_dict(unet.state_dict())
+        del self.copy.up_blocks, self.copy.out  # the copy only runs encode()
+        base = unet.cfg.base_channels
+        self.hint = HintEncoder(control_channels(cfg.control, cfg.frames), cfg.hint_channels, base, image_factor)
+        self.zero_convs = nn.ModuleList(zero_module(nn.Conv2d(c, c, 1)) for c in unet.skip_channels())
+        mid = unet.skip_channels()[-1]
+        self.mid_zero_conv = zero_module(nn.Conv2d(mid, mid, 1))
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor, control: Tensor,
+                scale: float = 1.0) -> tuple[list[Tensor], Tensor]:
+        """x: (B, 4, h, w) latents; control: (B, C, h*f, w*f) encoded masks."""
+        expected = (x.shape[0], control_channels(self.cfg.control, self.cfg.frames),
+                    x.shape[2] * self.hint.factor, x.shape[3] * self.hint.factor)
+        if tuple(control.shape) != expected:
+            raise InputError("control", f"expected control of shape {expected}, got {tuple(control.shape)}")
+        skips, h_mid, _ = self.copy.encode(x, t, context, hint=self.hint(control))
+        down = [conv(s) * scale for conv, s in zip(self.zero_convs, skips)]
+        return down, self.mid_zero_conv(h_mid) * scale
+
+
+def controlled_model_fn(unet: UNet, controlnet: ControlNet | None, control: Tensor | None, scale: float = 1.0):
+    """model_fn(x, t, context) for ddpm.sampling; repeats the control when CFG doubles the batch."""
+
+    def model_fn(x: Tensor, t: Tensor, context: Tensor) -> Tensor:
+        if controlnet is None or control is None or scale == 0.0:
+            return unet(x, t, context)
+        ctrl = control.repeat(x.shape[0] // control.shape[0], 1, 1, 1) if x.shape[0] != control.shape[0] else control
+        down, mid = controlnet(x, t, context, ctrl, scale)
+        return unet(x, t, context, down_residuals=down, mid_residual=mid)
+
+    return model_fn

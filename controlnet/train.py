@@ -1,0 +1,59 @@
+"""Stage `controlnet`: base UNet and text encoder frozen (EMA weights of the LDM), only the ControlNet trains."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from controlnet.model import ControlNet, controlled_model_fn
+from data.slices import SliceSet
+from ddpm.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from ddpm.config import to_dict
+from ddpm.images import save_grid
+from ddpm.pipeline import Pipeline, load_ldm, make_schedule_from
+from ddpm.tokenizer import Tokenizer
+from ddpm.train_ldm import cached_latents, diffusion_loss, drop_prompts
+from ddpm.train_vae import load_vae
+from ddpm.trainer import train_loop
+from geometry.encodings import encode_control
+
+
+def train_controlnet(cfg, train: SliceSet, test: SliceSet, vae_path: Path, ldm_path: Path, run_dir: Path,
+                     resume: bool = False) -> Path:
+    """cfg: RunConfig. Returns `<run_dir>/controlnet.safetensors`; writes a mask | sample | real grid."""
+    torch.manual_seed(cfg.controlnet_train.seed)
+    ldm, ldm_meta = load_ldm(ldm_path)  # frozen, eval mode
+    scale = float(ldm_meta["scale_factor"])
+    mean, std = cached_latents(vae_path, train.images, run_dir / "cache")
+    controls = encode_control(torch.from_numpy(train.masks).long(), cfg.controlnet.control)  # once, not per step
+    tokenizer = Tokenizer()
+    tokens = tokenizer.encode(train.prompts, cfg.text.context_length)
+    empty = tokenizer.encode([""], cfg.text.context_length)
+    sched = make_schedule_from(cfg)
+    net = ControlNet(ldm.unet, cfg.controlnet, cfg.vae.downsample_factor)
+
+    def loss_fn(idx: torch.Tensor, gen: torch.Generator, step: int):
+        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scale
+        with torch.no_grad():
+            context = ldm.text(drop_prompts(tokens[idx], empty, cfg.diffusion.cond_dropout, gen))[0]
+        fn = controlled_model_fn(ldm.unet, net, controls[idx])
+        return diffusion_loss(fn, z0, context, sched, cfg.diffusion.prediction, gen), {}
+
+    meta = {"config": to_dict(cfg), "vae": file_sha256(vae_path), "ldm": file_sha256(ldm_path), "scale_factor": scale}
+    ema, _ = train_loop(stage="controlnet-train", model=net, loss_fn=loss_fn, num_samples=len(train),
+                        cfg=cfg.controlnet_train, run_dir=run_dir / "controlnet", meta=meta, resume=resume)
+    out = run_dir / "controlnet.safetensors"
+    save_checkpoint(out, {"ema": ema.state_dict(), "model": net.state_dict()}, {**meta, "stage": "controlnet"})
+    ema.copy_to(net)
+    vae, _, _ = load_vae(vae_path)
+    pipe = Pipeline(cfg, vae, scale, ldm, tokenizer, sched, net.eval())
+    n = min(8, len(test))
+    s = cfg.sample
+    fake = pipe.generate(test.prompts[:n], test.masks[:n], seed=cfg.controlnet_train.seed, steps=s.steps,
+                         guidance=s.guidance, control_scale=s.control_scale)
+    grid_images = np.stack([x for pair in zip(fake, test.images[:n]) for x in pair])
+    grid_masks = np.stack([m for m in test.masks[:n] for _ in range(2)])
+    labels = [f"{tag}: {p}" for p in test.prompts[:n] for tag in ("gen", "real")]
+    save_grid(run_dir / "controlnet_samples.png", grid_images, grid_masks, labels, ncols=2)
+    return out

@@ -1,0 +1,101 @@
+"""Trained models bundled for generation: VAE + text encoder + UNet (+ ControlNet) -> images from prompts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from controlnet.model import ControlNet, controlled_model_fn
+from ddpm.checkpoint import load_checkpoint, model_state
+from ddpm.config import from_dict
+from ddpm.sampling import sample
+from ddpm.schedulers import NoiseSchedule, make_schedule
+from ddpm.text_encoder import TextEncoder
+from ddpm.tokenizer import Tokenizer
+from ddpm.unet import UNet
+from ddpm.vae import AutoencoderKL
+from geometry.encodings import encode_control
+
+
+class LatentDiffusion(nn.Module):
+    """The jointly trained pair: text encoder + latent UNet (the stage-`ldm` model)."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.text = TextEncoder(cfg.text)
+        self.unet = UNet(cfg.unet)
+
+
+def make_schedule_from(cfg) -> NoiseSchedule:
+    d = cfg.diffusion
+    return make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
+
+
+@dataclass
+class Pipeline:
+    cfg: object  # RunConfig the models were trained with
+    vae: AutoencoderKL
+    scale_factor: float
+    ldm: LatentDiffusion
+    tokenizer: Tokenizer
+    schedule: NoiseSchedule
+    controlnet: Optional[ControlNet] = None
+
+    @torch.no_grad()
+    def context(self, prompts: Sequence[str]) -> torch.Tensor:
+        tokens = self.tokenizer.encode(list(prompts), self.cfg.text.context_length)
+        return self.ldm.text(tokens)[0]
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], masks: Optional[np.ndarray] = None, seed: int = 0,
+                 sampler: str = "ddim", steps: int = 20, eta: float = 0.0, guidance: float = 4.0,
+                 control_scale: float = 1.0, progress: bool = False) -> np.ndarray:
+        """prompts: B strings; masks: (B, 2, S, S) labels or None -> images (B, 2, S, S) in [-1, 1]."""
+        size = self.cfg.data.preprocess.size
+        f = self.vae.cfg.downsample_factor
+        cond = self.context(prompts)
+        uncond = self.context([""])
+        control = None
+        if masks is not None and self.controlnet is not None:
+            control = encode_control(torch.as_tensor(np.asarray(masks)).long(), self.controlnet.cfg.control)
+        fn = controlled_model_fn(self.ldm.unet, self.controlnet, control, control_scale)
+        shape = (len(prompts), self.vae.cfg.latent_channels, size // f, size // f)
+        z = sample(fn, shape, cond, uncond, self.schedule, sampler=sampler, num_steps=steps, eta=eta,
+                   guidance=guidance, prediction=self.cfg.diffusion.prediction,
+                   generator=torch.Generator().manual_seed(seed), progress=progress)
+        return self.vae.decode(z / self.scale_factor).clamp(-1, 1).numpy()
+
+
+def _config_of(meta: dict, where: str):
+    from ddpm.run_config import RunConfig
+
+    return from_dict(RunConfig, meta["config"], f"{where}: config")
+
+
+def load_ldm(path: Path, use_ema: bool = True) -> tuple[LatentDiffusion, dict]:
+    states, meta = load_checkpoint(path, expect_stage="ldm")
+    ldm = LatentDiffusion(_config_of(meta, str(path)))
+    ldm.load_state_dict(model_state(states, "ema" if use_ema else "model"))
+    return ldm.eval().requires_grad_(False), meta
+
+
+def load_controlnet(path: Path, unet: UNet, use_ema: bool = True) -> tuple[ControlNet, dict]:
+    states, meta = load_checkpoint(path, expect_stage="controlnet")
+    cfg = _config_of(meta, str(path))
+    net = ControlNet(unet, cfg.controlnet, cfg.vae.downsample_factor)
+    net.load_state_dict(model_state(states, "ema" if use_ema else "model"))
+    return net.eval().requires_grad_(False), meta
+
+
+def load_pipeline(vae_path: Path, ldm_path: Path, controlnet_path: Optional[Path] = None, use_ema: bool = True) -> Pipeline:
+    from ddpm.train_vae import load_vae
+
+    vae, scale, _ = load_vae(vae_path)
+    ldm, meta = load_ldm(ldm_path, use_ema)
+    cfg = _config_of(meta, str(ldm_path))
+    controlnet = load_controlnet(controlnet_path, ldm.unet, use_ema)[0] if controlnet_path else None
+    return Pipeline(cfg, vae, scale, ldm, Tokenizer(), make_schedule_from(cfg), controlnet)

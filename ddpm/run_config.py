@@ -1,0 +1,90 @@
+"""The whole pipeline's config: one dataclass per section, loaded from configs/*.yaml plus CLI overrides."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from classify.resnet import ClassifierConfig
+from classify.train import TrainConfig as ClassifierTrainConfig
+from controlnet.model import ControlNetConfig
+from data.errors import InputError
+from data.preprocess import PreprocessConfig
+from ddpm.config import load_config
+from ddpm.text_encoder import TextEncoderConfig
+from ddpm.trainer import TrainConfig
+from ddpm.unet import UNetConfig
+from ddpm.vae import VAEConfig
+
+
+@dataclass
+class DataConfig:
+    root: Optional[str] = None  # cohort folder; None = the embedded synthetic cohort
+    layout: str = "auto"  # auto | ukbb | acdc
+    metadata: Optional[str] = None  # UK Biobank layout: metadata CSV (default <root>/metadata.csv)
+    skip_bad: bool = False  # skip (and list) subjects with bad files instead of stopping
+    synthetic_n: int = 600
+    synthetic_seed: int = 0
+    test_fraction: float = 0.25  # held-out subjects (never seen by any generative stage)
+    split_seed: int = 0
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise InputError("data.test_fraction", f"expected a fraction in (0, 1), got {self.test_fraction}")
+        if self.synthetic_n < 8:
+            raise InputError("data.synthetic_n", f"expected at least 8 subjects, got {self.synthetic_n}")
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "scaled_linear"
+    num_train_steps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    prediction: str = "epsilon"  # epsilon | v
+    cond_dropout: float = 0.1  # prompt replaced by "" this often (classifier-free guidance)
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "ddim"
+    steps: int = 20  # the method: DDIM 20 steps, eta 0, guidance 4, control 1.0
+    eta: float = 0.0
+    guidance: float = 4.0
+    control_scale: float = 1.0
+    batch_size: int = 32
+    use_ema: bool = True
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    vae_train: TrainConfig = field(default_factory=TrainConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    ldm_train: TrainConfig = field(default_factory=TrainConfig)
+    controlnet: ControlNetConfig = field(default_factory=ControlNetConfig)
+    controlnet_train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    classifier_train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.unet.in_channels != self.vae.latent_channels or self.unet.out_channels != self.vae.latent_channels:
+            raise InputError("unet.in_channels", f"must equal vae.latent_channels ({self.vae.latent_channels})")
+        if self.unet.context_dim != self.text.width:
+            raise InputError("unet.context_dim", f"must equal text.width ({self.text.width})")
+        latent = self.data.preprocess.size // self.vae.downsample_factor
+        if self.data.preprocess.size % self.vae.downsample_factor or latent % self.unet.downsample_factor:
+            raise InputError("data.preprocess.size", f"{self.data.preprocess.size} must be divisible by the VAE factor "
+                             f"({self.vae.downsample_factor}) times the UNet factor ({self.unet.downsample_factor})")
+        if self.name != "".join(c for c in self.name if c.isalnum() or c in "-_."):
+            raise InputError("name", f"run name {self.name!r} may only contain letters, digits, '-', '_' and '.'")
+
+
+def load_run_config(path: Optional[str] = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    return load_config(RunConfig, path, overrides)

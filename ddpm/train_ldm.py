@@ -1,0 +1,88 @@
+"""Stage `ldm`: train the latent UNet and the text encoder jointly on cached VAE latents."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from data.slices import SliceSet
+from ddpm.checkpoint import file_sha256, load_checkpoint, model_state, save_checkpoint
+from ddpm.config import to_dict
+from ddpm.images import save_grid
+from ddpm.pipeline import LatentDiffusion, Pipeline, make_schedule_from
+from ddpm.schedulers import NoiseSchedule, add_noise, prediction_target
+from ddpm.tokenizer import Tokenizer
+from ddpm.train_vae import encode_latents, load_vae
+from ddpm.trainer import train_loop
+
+
+def cached_latents(vae_path: Path, images: np.ndarray, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior (mean, std) of the training images, computed once per VAE checkpoint."""
+    cache = cache_dir / f"latents-{file_sha256(vae_path)}-{len(images)}.safetensors"
+    if cache.is_file():
+        stored = load_file(str(cache))
+        return stored["mean"], stored["std"]
+    vae, _, _ = load_vae(vae_path)
+    mean, std = encode_latents(vae, images)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(tmp))
+    tmp.replace(cache)
+    return mean, std
+
+
+def diffusion_loss(unet_fn, x0: torch.Tensor, context: torch.Tensor, sched: NoiseSchedule, prediction: str,
+                   gen: torch.Generator) -> torch.Tensor:
+    """MSE between the network output and the eps/v target at uniformly drawn timesteps. x0: (B, C, h, w)."""
+    t = torch.randint(0, sched.num_train_steps, (x0.shape[0],), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    x_t = add_noise(sched, x0, noise, t)
+    return F.mse_loss(unet_fn(x_t, t, context).float(), prediction_target(sched, x0, noise, t, prediction).float())
+
+
+def drop_prompts(tokens: torch.Tensor, empty: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Replace each row by the empty prompt with probability p (classifier-free guidance training)."""
+    drop = torch.rand(tokens.shape[0], generator=gen) < p
+    return torch.where(drop[:, None], empty.expand_as(tokens), tokens)
+
+
+def grid_prompts(slices: SliceSet, limit: int = 8) -> list[str]:
+    """The most frequent prompt of each health condition: a fixed list for periodic sample grids."""
+    frame = slices.attributes.assign(health=slices.attributes["health"].fillna("unknown"))
+    prompts = [group["prompt"].value_counts().index[0] for _, group in frame.groupby("health", sort=True)]
+    return prompts[:limit]
+
+
+def train_ldm(cfg, train: SliceSet, vae_path: Path, run_dir: Path, resume: bool = False) -> Path:
+    """cfg: RunConfig. Returns `<run_dir>/ldm.safetensors` with EMA weights of UNet + text encoder."""
+    torch.manual_seed(cfg.ldm_train.seed)
+    mean, std = cached_latents(vae_path, train.images, run_dir / "cache")
+    scale = float(load_checkpoint(vae_path, expect_stage="vae")[1]["scale_factor"])
+    tokenizer = Tokenizer()
+    tokens = tokenizer.encode(train.prompts, cfg.text.context_length)
+    empty = tokenizer.encode([""], cfg.text.context_length)
+    sched = make_schedule_from(cfg)
+    model = LatentDiffusion(cfg)
+
+    def loss_fn(idx: torch.Tensor, gen: torch.Generator, step: int):
+        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scale
+        context = model.text(drop_prompts(tokens[idx], empty, cfg.diffusion.cond_dropout, gen))[0]
+        loss = diffusion_loss(model.unet, z0, context, sched, cfg.diffusion.prediction, gen)
+        return loss, {}
+
+    meta = {"config": to_dict(cfg), "vae": file_sha256(vae_path), "scale_factor": scale}
+    ema, _ = train_loop(stage="ldm-train", model=model, loss_fn=loss_fn, num_samples=len(train),
+                        cfg=cfg.ldm_train, run_dir=run_dir / "ldm", meta=meta, resume=resume)
+    out = run_dir / "ldm.safetensors"
+    save_checkpoint(out, {"ema": ema.state_dict(), "model": model.state_dict()}, {**meta, "stage": "ldm"})
+    ema.copy_to(model)
+    vae, _, _ = load_vae(vae_path)
+    pipe = Pipeline(cfg, vae, scale, model.eval(), tokenizer, sched)
+    prompts = grid_prompts(train)
+    images = pipe.generate([p for p in prompts for _ in range(2)], seed=cfg.ldm_train.seed, steps=cfg.sample.steps,
+                           guidance=cfg.sample.guidance)
+    save_grid(run_dir / "ldm_samples.png", images, labels=[p for p in prompts for _ in range(2)], ncols=2)
+    return out

@@ -1,0 +1,108 @@
+"""Stage `vae`: train the KL autoencoder on preprocessed slices; save the latent scale factor with it."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from data.slices import SliceSet
+from ddpm.checkpoint import atomic_write_bytes, load_checkpoint, model_state, save_checkpoint
+from ddpm.config import to_dict
+from ddpm.images import save_grid
+from ddpm.trainer import train_loop
+from ddpm.vae import (AutoencoderKL, PatchDiscriminator, adaptive_disc_weight, compute_scale_factor, disc_active,
+                      generator_adv_loss, hinge_d_loss, vae_loss)
+from evaluation.diversity import ms_ssim_batch
+
+
+class VAEWithDiscriminator(torch.nn.Module):
+    """Both trained by one optimizer: each loss term is routed so its gradient reaches only its own side."""
+
+    def __init__(self, vae: AutoencoderKL, disc: PatchDiscriminator | None) -> None:
+        super().__init__()
+        self.vae = vae
+        self.disc = disc
+
+
+def vae_step_loss(model: VAEWithDiscriminator, x: torch.Tensor, gen: torch.Generator, step: int) -> tuple[torch.Tensor, dict]:
+    recon, posterior = model.vae(x, generator=gen)
+    loss, logs = vae_loss(x, recon, posterior, model.vae.cfg)
+    if model.disc is not None and disc_active(step, model.vae.cfg):
+        frozen = {k: v.detach() for k, v in model.disc.named_parameters()}
+        g_loss = generator_adv_loss(functional_call(model.disc, frozen, (recon,)))  # no grad into the disc
+        weight = adaptive_disc_weight(loss, g_loss, model.vae.last_layer(), model.vae.cfg)
+        d_loss = hinge_d_loss(model.disc(x), model.disc(recon.detach()))  # no grad into the VAE
+        loss = loss + weight * g_loss + d_loss
+        logs.update(g_loss=g_loss.item(), d_loss=d_loss.item())
+    return loss, logs
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """images: (N, 2, S, S) -> posterior (mean, std), each (N, latent, S/f, S/f)."""
+    vae.eval()
+    means, stds = [], []
+    for start in range(0, len(images), batch_size):
+        post = vae.encode(torch.from_numpy(images[start:start + batch_size]))
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def reconstruction_metrics(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 64) -> dict:
+    """PSNR (data range 2 for [-1, 1]) and MS-SSIM of decode(encode(x).mode()) on held-out images."""
+    vae.eval()
+    psnrs, ssims = [], []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start:start + batch_size])
+        recon = vae.decode(vae.encode(x).mode()).clamp(-1, 1)
+        mse = (recon - x).pow(2).flatten(1).mean(1)
+        psnrs.append(10 * torch.log10(4.0 / mse.clamp_min(1e-12)))
+        frames = lambda t: t.reshape(-1, 1, *t.shape[2:])  # noqa: E731 - each frame scored separately
+        ssims.append(ms_ssim_batch(frames(recon), frames(x)))
+    return {"psnr_db": torch.cat(psnrs).mean().item(), "ms_ssim": torch.cat(ssims).mean().item(), "n": len(images)}
+
+
+def load_vae(path: Path, use_ema: bool = True) -> tuple[AutoencoderKL, float, dict]:
+    """-> (vae in eval mode, latent scale factor, checkpoint meta)."""
+    from ddpm.vae import VAEConfig
+    from ddpm.config import from_dict
+
+    states, meta = load_checkpoint(path, expect_stage="vae")
+    vae = AutoencoderKL(from_dict(VAEConfig, meta["config"]["vae"], f"{path}: vae"))
+    state = model_state(states, "ema" if use_ema and "ema" in states else "model")
+    vae.load_state_dict({k[len("vae."):]: v for k, v in state.items() if k.startswith("vae.")})
+    return vae.eval().requires_grad_(False), float(meta["scale_factor"]), meta
+
+
+def train_vae(cfg, train: SliceSet, test: SliceSet, run_dir: Path, resume: bool = False) -> Path:
+    """cfg: RunConfig. Returns `<run_dir>/vae.safetensors` (EMA weights + scale factor + held-out metrics)."""
+    torch.manual_seed(cfg.vae_train.seed)
+    vae = AutoencoderKL(cfg.vae)
+    disc = PatchDiscriminator(cfg.vae.in_channels) if cfg.vae.disc_start >= 0 else None
+    model = VAEWithDiscriminator(vae, disc)
+    images = torch.from_numpy(train.images)
+    meta = {"config": to_dict(cfg)}
+    ema, final = train_loop(stage="vae-train", model=model, num_samples=len(images), cfg=cfg.vae_train,
+                            run_dir=run_dir / "vae", meta=meta, resume=resume,
+                            loss_fn=lambda idx, gen, step: vae_step_loss(model, images[idx], gen, step))
+    ema.copy_to(model)
+    mean, std = encode_latents(vae, train.images)
+    scale = compute_scale_factor(mean)
+    metrics = reconstruction_metrics(vae, test.images)
+    if not math.isfinite(metrics["psnr_db"]):
+        metrics["psnr_db"] = None
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(torch.from_numpy(test.images[:8])).mode()).clamp(-1, 1).numpy()
+    save_grid(run_dir / "vae_reconstructions.png", np.concatenate([test.images[:8], recon]),
+              labels=["real"] * min(8, len(test)) + ["recon"] * len(recon), ncols=4)
+    out = run_dir / "vae.safetensors"
+    save_checkpoint(out, {"ema": {f"vae.{k}": v for k, v in vae.state_dict().items()}},
+                    {**meta, "stage": "vae", "scale_factor": scale, "heldout": metrics})
+    atomic_write_bytes(run_dir / "vae_metrics.json", json.dumps({"scale_factor": scale, **metrics}, indent=1).encode())
+    return out

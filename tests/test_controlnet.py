@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from controlnet.model import ControlNet, ControlNetConfig, controlled_model_fn
+from data.errors import InputError
+from ddpm.unet import UNet, UNetConfig
+from geometry.encodings import CONTROL_TYPES, encode_control
+
+FACTOR = 4
+
+
+def _tiny_unet(seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    unet = UNet(UNetConfig(base_channels=16, channel_mult=(1, 2), attention_levels=(False, True), num_heads=2, context_dim=8))
+    torch.nn.init.normal_(unet.out[-1].weight, std=0.1)  # a "trained" UNet: non-zero output
+    return unet.eval()
+
+
+def _inputs(kind: str = "onehot", batch: int = 2):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 4, 8, 8, generator=gen)
+    t = torch.randint(0, 1000, (batch,), generator=gen)
+    context = torch.randn(batch, 5, 8, generator=gen)
+    masks = torch.randint(0, 4, (batch, 2, 8 * FACTOR, 8 * FACTOR), generator=gen)
+    return x, t, context, encode_control(masks, kind)
+
+
+def _perturb(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("kind", CONTROL_TYPES)
+def test_init_equals_base_unet_for_every_control_type(kind):
+    unet = _tiny_unet()
+    net = ControlNet(unet, ControlNetConfig(control=kind), FACTOR)
+    x, t, context, control = _inputs(kind)
+    with torch.no_grad():
+        base = unet(x, t, context)
+        controlled = controlled_model_fn(unet, net, control)(x, t, context)
+    assert torch.equal(base, controlled)
+
+
+def test_trained_controlnet_changes_output_but_scale_zero_is_base():
+    unet = _tiny_unet()
+    net = ControlNet(unet, ControlNetConfig(), FACTOR)
+    _perturb(net)
+    x, t, context, control = _inputs()
+    with torch.no_grad():
+        base = unet(x, t, context)
+        assert not torch.allclose(controlled_model_fn(unet, net, control, 1.0)(x, t, context), base)
+        down, mid = net(x, t, context, control, scale=0.0)
+        assert torch.equal(unet(x, t, context, down_residuals=down, mid_residual=mid), base)
+
+
+def test_gradients_reach_only_controlnet():
+    unet = _tiny_unet()
+    unet.requires_grad_(False)
+    net = ControlNet(unet, ControlNetConfig(), FACTOR)
+    _perturb(net)
+    x, t, context, control = _inputs()
+    controlled_model_fn(unet, net, control)(x, t, context).pow(2).mean().backward()
+    assert all(p.grad is None for p in unet.parameters())
+    assert all(p.grad is not None for p in net.parameters())
+    assert not any(p is q for p in net.parameters() for q in unet.parameters()), "ControlNet owns a copy"
+
+
+def test_control_is_repeated_under_fused_guidance():
+    unet = _tiny_unet()
+    net = ControlNet(unet, ControlNetConfig(), FACTOR)
+    _perturb(net)
+    x, t, context, control = _inputs()
+    fn = controlled_model_fn(unet, net, control)
+    with torch.no_grad():
+        doubled = fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([context, context]))
+        assert torch.allclose(doubled[:2], fn(x, t, context), atol=1e-5)
+
+
+def test_bad_control_shape_and_type():
+    unet = _tiny_unet()
+    net = ControlNet(unet, ControlNetConfig(), FACTOR)
+    x, t, context, control = _inputs()
+    with pytest.raises(InputError, match="expected control of shape"):
+        net(x, t, context, control[:, :3])
+    with pytest.raises(InputError, match="unknown control type"):
+        ControlNetConfig(control="edges")
