@@ -12,6 +12,7 @@ from ddpm.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from ddpm.config import to_dict
 from ddpm.images import save_grid
 from ddpm.pipeline import Pipeline, load_ldm, make_schedule_from
+from ddpm.run_config import resolve_device
 from ddpm.tokenizer import Tokenizer
 from ddpm.train_ldm import cached_latents, diffusion_loss, drop_prompts
 from ddpm.train_vae import load_vae
@@ -22,19 +23,21 @@ from geometry.encodings import encode_control
 def train_controlnet(cfg, train: SliceSet, test: SliceSet, vae_path: Path, ldm_path: Path, run_dir: Path,
                      resume: bool = False) -> Path:
     """cfg: RunConfig. Returns `<run_dir>/controlnet.safetensors`; writes a mask | sample | real grid."""
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.controlnet_train.seed)
-    ldm, ldm_meta = load_ldm(ldm_path)  # frozen, eval mode
+    ldm, ldm_meta = load_ldm(ldm_path, device=device)  # frozen, eval mode
     scale = float(ldm_meta["scale_factor"])
-    mean, std = cached_latents(vae_path, train.images, run_dir / "cache")
-    controls = encode_control(torch.from_numpy(train.masks).long(), cfg.controlnet.control)  # once, not per step
+    mean, std = cached_latents(vae_path, train.images, run_dir / "cache", device)
+    # encoded once, not per step
+    controls = encode_control(torch.from_numpy(train.masks).long(), cfg.controlnet.control).to(device)
     tokenizer = Tokenizer()
-    tokens = tokenizer.encode(train.prompts, cfg.text.context_length)
-    empty = tokenizer.encode([""], cfg.text.context_length)
+    tokens = tokenizer.encode(train.prompts, cfg.text.context_length).to(device)
+    empty = tokenizer.encode([""], cfg.text.context_length).to(device)
     sched = make_schedule_from(cfg)
-    net = ControlNet(ldm.unet, cfg.controlnet, cfg.vae.downsample_factor)
+    net = ControlNet(ldm.unet, cfg.controlnet, cfg.vae.downsample_factor).to(device)
 
     def loss_fn(idx: torch.Tensor, gen: torch.Generator, step: int):
-        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scale
+        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)) * scale
         with torch.no_grad():
             context = ldm.text(drop_prompts(tokens[idx], empty, cfg.diffusion.cond_dropout, gen))[0]
         fn = controlled_model_fn(ldm.unet, net, controls[idx])
@@ -42,11 +45,12 @@ def train_controlnet(cfg, train: SliceSet, test: SliceSet, vae_path: Path, ldm_p
 
     meta = {"config": to_dict(cfg), "vae": file_sha256(vae_path), "ldm": file_sha256(ldm_path), "scale_factor": scale}
     ema, _ = train_loop(stage="controlnet-train", model=net, loss_fn=loss_fn, num_samples=len(train),
-                        cfg=cfg.controlnet_train, run_dir=run_dir / "controlnet", meta=meta, resume=resume)
+                        cfg=cfg.controlnet_train, run_dir=run_dir / "controlnet", meta=meta, resume=resume,
+                        device=device)
     out = run_dir / "controlnet.safetensors"
     save_checkpoint(out, {"ema": ema.state_dict(), "model": net.state_dict()}, {**meta, "stage": "controlnet"})
     ema.copy_to(net)
-    vae, _, _ = load_vae(vae_path)
+    vae, _, _ = load_vae(vae_path, device)
     pipe = Pipeline(cfg, vae, scale, ldm, tokenizer, sched, net.eval())
     n = min(8, len(test))
     s = cfg.sample

@@ -19,14 +19,17 @@ def check_backend(backend: str, chunk_size: int) -> None:
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", chunk_size: int = 1024) -> Tensor:
-    """softmax(q k^T / sqrt(d)) v.  q: (B, heads, Lq, d), k: (B, heads, Lk, d), v: (B, heads, Lk, dv) -> (B, heads, Lq, dv).
+    """softmax(q k^T / sqrt(d)) v.
+
+    q: (B, heads, Lq, d), k: (B, heads, Lk, d), v: (B, heads, Lk, dv) -> (B, heads, Lq, dv).
 
     "sdpa": torch's fused kernels (flash / memory-efficient where the device has them).
     "sliced": plain math over query chunks, so the score matrix never exceeds (B, heads, chunk_size, Lk).
     """
     check_backend(backend, chunk_size)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise InputError("attention", f"q, k, v must be (B, heads, L, d); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise InputError("attention", "q, k, v must be (B, heads, L, d); got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if k.shape[:2] != q.shape[:2] or v.shape[:3] != k.shape[:3] or k.shape[-1] != q.shape[-1]:
         raise InputError("attention", f"mismatched shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if backend == "sdpa":

@@ -45,9 +45,13 @@ class Pipeline:
     schedule: NoiseSchedule
     controlnet: Optional[ControlNet] = None
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.ldm.parameters()).device
+
     @torch.no_grad()
     def context(self, prompts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer.encode(list(prompts), self.cfg.text.context_length)
+        tokens = self.tokenizer.encode(list(prompts), self.cfg.text.context_length).to(self.device)
         return self.ldm.text(tokens)[0]
 
     @torch.no_grad()
@@ -61,13 +65,13 @@ class Pipeline:
         uncond = self.context([""])
         control = None
         if masks is not None and self.controlnet is not None:
-            control = encode_control(torch.as_tensor(np.asarray(masks)).long(), self.controlnet.cfg.control)
+            control = encode_control(torch.as_tensor(np.asarray(masks)).long(), self.controlnet.cfg.control).to(self.device)
         fn = controlled_model_fn(self.ldm.unet, self.controlnet, control, control_scale)
         shape = (len(prompts), self.vae.cfg.latent_channels, size // f, size // f)
         z = sample(fn, shape, cond, uncond, self.schedule, sampler=sampler, num_steps=steps, eta=eta,
                    guidance=guidance, prediction=self.cfg.diffusion.prediction,
                    generator=torch.Generator().manual_seed(seed), progress=progress)
-        return self.vae.decode(z / self.scale_factor).clamp(-1, 1).numpy()
+        return self.vae.decode(z / self.scale_factor).clamp(-1, 1).float().cpu().numpy()
 
 
 def _config_of(meta: dict, where: str):
@@ -76,11 +80,11 @@ def _config_of(meta: dict, where: str):
     return from_dict(RunConfig, meta["config"], f"{where}: config")
 
 
-def load_ldm(path: Path, use_ema: bool = True) -> tuple[LatentDiffusion, dict]:
+def load_ldm(path: Path, use_ema: bool = True, device: torch.device = torch.device("cpu")) -> tuple[LatentDiffusion, dict]:
     states, meta = load_checkpoint(path, expect_stage="ldm")
     ldm = LatentDiffusion(_config_of(meta, str(path)))
     ldm.load_state_dict(model_state(states, "ema" if use_ema else "model"))
-    return ldm.eval().requires_grad_(False), meta
+    return ldm.to(device).eval().requires_grad_(False), meta
 
 
 def load_controlnet(path: Path, unet: UNet, use_ema: bool = True) -> tuple[ControlNet, dict]:
@@ -88,14 +92,16 @@ def load_controlnet(path: Path, unet: UNet, use_ema: bool = True) -> tuple[Contr
     cfg = _config_of(meta, str(path))
     net = ControlNet(unet, cfg.controlnet, cfg.vae.downsample_factor)
     net.load_state_dict(model_state(states, "ema" if use_ema else "model"))
-    return net.eval().requires_grad_(False), meta
+    device = next(unet.parameters()).device
+    return net.to(device).eval().requires_grad_(False), meta
 
 
-def load_pipeline(vae_path: Path, ldm_path: Path, controlnet_path: Optional[Path] = None, use_ema: bool = True) -> Pipeline:
+def load_pipeline(vae_path: Path, ldm_path: Path, controlnet_path: Optional[Path] = None, use_ema: bool = True,
+                  device: torch.device = torch.device("cpu")) -> Pipeline:
     from ddpm.train_vae import load_vae
 
-    vae, scale, _ = load_vae(vae_path)
-    ldm, meta = load_ldm(ldm_path, use_ema)
+    vae, scale, _ = load_vae(vae_path, device)
+    ldm, meta = load_ldm(ldm_path, use_ema, device)
     cfg = _config_of(meta, str(ldm_path))
     controlnet = load_controlnet(controlnet_path, ldm.unet, use_ema)[0] if controlnet_path else None
     return Pipeline(cfg, vae, scale, ldm, Tokenizer(), make_schedule_from(cfg), controlnet)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
+
 from classify.resnet import ClassifierConfig
 from classify.train import TrainConfig as ClassifierTrainConfig
 from controlnet.model import ControlNetConfig
@@ -82,8 +84,17 @@ class RunConfig:
         if self.data.preprocess.size % self.vae.downsample_factor or latent % self.unet.downsample_factor:
             raise InputError("data.preprocess.size", f"{self.data.preprocess.size} must be divisible by the VAE factor "
                              f"({self.vae.downsample_factor}) times the UNet factor ({self.unet.downsample_factor})")
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise InputError("device", f"expected 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.name != "".join(c for c in self.name if c.isalnum() or c in "-_."):
             raise InputError("name", f"run name {self.name!r} may only contain letters, digits, '-', '_' and '.'")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The config's device, with a clear error when CUDA is asked for on a machine without it."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("device", f"{name!r} requested but CUDA is not available here; use device=cpu")
+    return torch.device(name)
 
 
 def load_run_config(path: Optional[str] = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -13,39 +13,41 @@ from ddpm.checkpoint import file_sha256, load_checkpoint, model_state, save_chec
 from ddpm.config import to_dict
 from ddpm.images import save_grid
 from ddpm.pipeline import LatentDiffusion, Pipeline, make_schedule_from
+from ddpm.run_config import resolve_device
 from ddpm.schedulers import NoiseSchedule, add_noise, prediction_target
 from ddpm.tokenizer import Tokenizer
 from ddpm.train_vae import encode_latents, load_vae
 from ddpm.trainer import train_loop
 
 
-def cached_latents(vae_path: Path, images: np.ndarray, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def cached_latents(vae_path: Path, images: np.ndarray, cache_dir: Path,
+                   device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior (mean, std) of the training images, computed once per VAE checkpoint."""
     cache = cache_dir / f"latents-{file_sha256(vae_path)}-{len(images)}.safetensors"
     if cache.is_file():
         stored = load_file(str(cache))
-        return stored["mean"], stored["std"]
-    vae, _, _ = load_vae(vae_path)
+        return stored["mean"].to(device), stored["std"].to(device)
+    vae, _, _ = load_vae(vae_path, device)
     mean, std = encode_latents(vae, images)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(tmp))
     tmp.replace(cache)
-    return mean, std
+    return mean.to(device), std.to(device)
 
 
 def diffusion_loss(unet_fn, x0: torch.Tensor, context: torch.Tensor, sched: NoiseSchedule, prediction: str,
                    gen: torch.Generator) -> torch.Tensor:
     """MSE between the network output and the eps/v target at uniformly drawn timesteps. x0: (B, C, h, w)."""
-    t = torch.randint(0, sched.num_train_steps, (x0.shape[0],), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, sched.num_train_steps, (x0.shape[0],), generator=gen).to(x0.device)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)  # CPU generator: same draws on any device
     x_t = add_noise(sched, x0, noise, t)
     return F.mse_loss(unet_fn(x_t, t, context).float(), prediction_target(sched, x0, noise, t, prediction).float())
 
 
 def drop_prompts(tokens: torch.Tensor, empty: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """Replace each row by the empty prompt with probability p (classifier-free guidance training)."""
-    drop = torch.rand(tokens.shape[0], generator=gen) < p
+    drop = (torch.rand(tokens.shape[0], generator=gen) < p).to(tokens.device)
     return torch.where(drop[:, None], empty.expand_as(tokens), tokens)
 
 
@@ -58,28 +60,29 @@ def grid_prompts(slices: SliceSet, limit: int = 8) -> list[str]:
 
 def train_ldm(cfg, train: SliceSet, vae_path: Path, run_dir: Path, resume: bool = False) -> Path:
     """cfg: RunConfig. Returns `<run_dir>/ldm.safetensors` with EMA weights of UNet + text encoder."""
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.ldm_train.seed)
-    mean, std = cached_latents(vae_path, train.images, run_dir / "cache")
+    mean, std = cached_latents(vae_path, train.images, run_dir / "cache", device)
     scale = float(load_checkpoint(vae_path, expect_stage="vae")[1]["scale_factor"])
     tokenizer = Tokenizer()
-    tokens = tokenizer.encode(train.prompts, cfg.text.context_length)
-    empty = tokenizer.encode([""], cfg.text.context_length)
+    tokens = tokenizer.encode(train.prompts, cfg.text.context_length).to(device)
+    empty = tokenizer.encode([""], cfg.text.context_length).to(device)
     sched = make_schedule_from(cfg)
-    model = LatentDiffusion(cfg)
+    model = LatentDiffusion(cfg).to(device)
 
     def loss_fn(idx: torch.Tensor, gen: torch.Generator, step: int):
-        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scale
+        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)) * scale
         context = model.text(drop_prompts(tokens[idx], empty, cfg.diffusion.cond_dropout, gen))[0]
         loss = diffusion_loss(model.unet, z0, context, sched, cfg.diffusion.prediction, gen)
         return loss, {}
 
     meta = {"config": to_dict(cfg), "vae": file_sha256(vae_path), "scale_factor": scale}
     ema, _ = train_loop(stage="ldm-train", model=model, loss_fn=loss_fn, num_samples=len(train),
-                        cfg=cfg.ldm_train, run_dir=run_dir / "ldm", meta=meta, resume=resume)
+                        cfg=cfg.ldm_train, run_dir=run_dir / "ldm", meta=meta, resume=resume, device=device)
     out = run_dir / "ldm.safetensors"
     save_checkpoint(out, {"ema": ema.state_dict(), "model": model.state_dict()}, {**meta, "stage": "ldm"})
     ema.copy_to(model)
-    vae, _, _ = load_vae(vae_path)
+    vae, _, _ = load_vae(vae_path, device)
     pipe = Pipeline(cfg, vae, scale, model.eval(), tokenizer, sched)
     prompts = grid_prompts(train)
     images = pipe.generate([p for p in prompts for _ in range(2)], seed=cfg.ldm_train.seed, steps=cfg.sample.steps,

@@ -13,6 +13,7 @@ from data.slices import SliceSet
 from ddpm.checkpoint import atomic_write_bytes, load_checkpoint, model_state, save_checkpoint
 from ddpm.config import to_dict
 from ddpm.images import save_grid
+from ddpm.run_config import resolve_device
 from ddpm.trainer import train_loop
 from ddpm.vae import (AutoencoderKL, PatchDiscriminator, adaptive_disc_weight, compute_scale_factor, disc_active,
                       generator_adv_loss, hinge_d_loss, vae_loss)
@@ -29,7 +30,9 @@ class VAEWithDiscriminator(torch.nn.Module):
 
 
 def vae_step_loss(model: VAEWithDiscriminator, x: torch.Tensor, gen: torch.Generator, step: int) -> tuple[torch.Tensor, dict]:
-    recon, posterior = model.vae(x, generator=gen)
+    posterior = model.vae.encode(x)
+    noise = torch.randn(posterior.mean.shape, generator=gen).to(x.device)  # CPU generator: same noise on any device
+    recon = model.vae.decode(posterior.mean + posterior.std * noise)
     loss, logs = vae_loss(x, recon, posterior, model.vae.cfg)
     if model.disc is not None and disc_active(step, model.vae.cfg):
         frozen = {k: v.detach() for k, v in model.disc.named_parameters()}
@@ -43,13 +46,14 @@ def vae_step_loss(model: VAEWithDiscriminator, x: torch.Tensor, gen: torch.Gener
 
 @torch.no_grad()
 def encode_latents(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """images: (N, 2, S, S) -> posterior (mean, std), each (N, latent, S/f, S/f)."""
+    """images: (N, 2, S, S) -> posterior (mean, std) on the CPU, each (N, latent, S/f, S/f)."""
     vae.eval()
+    device = next(vae.parameters()).device
     means, stds = [], []
     for start in range(0, len(images), batch_size):
-        post = vae.encode(torch.from_numpy(images[start:start + batch_size]))
-        means.append(post.mean)
-        stds.append(post.std)
+        post = vae.encode(torch.from_numpy(images[start:start + batch_size]).to(device))
+        means.append(post.mean.cpu())
+        stds.append(post.std.cpu())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -57,39 +61,42 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 64)
 def reconstruction_metrics(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 64) -> dict:
     """PSNR (data range 2 for [-1, 1]) and MS-SSIM of decode(encode(x).mode()) on held-out images."""
     vae.eval()
+    device = next(vae.parameters()).device
     psnrs, ssims = [], []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start:start + batch_size])
-        recon = vae.decode(vae.encode(x).mode()).clamp(-1, 1)
+        x = torch.from_numpy(images[start:start + batch_size]).to(device)
+        recon = vae.decode(vae.encode(x).mode()).clamp(-1, 1).float()
         mse = (recon - x).pow(2).flatten(1).mean(1)
         psnrs.append(10 * torch.log10(4.0 / mse.clamp_min(1e-12)))
         frames = lambda t: t.reshape(-1, 1, *t.shape[2:])  # noqa: E731 - each frame scored separately
-        ssims.append(ms_ssim_batch(frames(recon), frames(x)))
+        ssims.append(ms_ssim_batch(frames(recon).cpu(), frames(x).cpu()))
+        psnrs[-1] = psnrs[-1].cpu()
     return {"psnr_db": torch.cat(psnrs).mean().item(), "ms_ssim": torch.cat(ssims).mean().item(), "n": len(images)}
 
 
-def load_vae(path: Path, use_ema: bool = True) -> tuple[AutoencoderKL, float, dict]:
+def load_vae(path: Path, device: torch.device = torch.device("cpu")) -> tuple[AutoencoderKL, float, dict]:
     """-> (vae in eval mode, latent scale factor, checkpoint meta)."""
     from ddpm.vae import VAEConfig
     from ddpm.config import from_dict
 
     states, meta = load_checkpoint(path, expect_stage="vae")
     vae = AutoencoderKL(from_dict(VAEConfig, meta["config"]["vae"], f"{path}: vae"))
-    state = model_state(states, "ema" if use_ema and "ema" in states else "model")
+    state = model_state(states, "ema")
     vae.load_state_dict({k[len("vae."):]: v for k, v in state.items() if k.startswith("vae.")})
-    return vae.eval().requires_grad_(False), float(meta["scale_factor"]), meta
+    return vae.to(device).eval().requires_grad_(False), float(meta["scale_factor"]), meta
 
 
 def train_vae(cfg, train: SliceSet, test: SliceSet, run_dir: Path, resume: bool = False) -> Path:
     """cfg: RunConfig. Returns `<run_dir>/vae.safetensors` (EMA weights + scale factor + held-out metrics)."""
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.vae_train.seed)
     vae = AutoencoderKL(cfg.vae)
     disc = PatchDiscriminator(cfg.vae.in_channels) if cfg.vae.disc_start >= 0 else None
-    model = VAEWithDiscriminator(vae, disc)
-    images = torch.from_numpy(train.images)
+    model = VAEWithDiscriminator(vae, disc).to(device)
+    images = torch.from_numpy(train.images).to(device)
     meta = {"config": to_dict(cfg)}
     ema, final = train_loop(stage="vae-train", model=model, num_samples=len(images), cfg=cfg.vae_train,
-                            run_dir=run_dir / "vae", meta=meta, resume=resume,
+                            run_dir=run_dir / "vae", meta=meta, resume=resume, device=device,
                             loss_fn=lambda idx, gen, step: vae_step_loss(model, images[idx], gen, step))
     ema.copy_to(model)
     mean, std = encode_latents(vae, train.images)
@@ -98,7 +105,7 @@ def train_vae(cfg, train: SliceSet, test: SliceSet, run_dir: Path, resume: bool 
     if not math.isfinite(metrics["psnr_db"]):
         metrics["psnr_db"] = None
     with torch.no_grad():
-        recon = vae.decode(vae.encode(torch.from_numpy(test.images[:8])).mode()).clamp(-1, 1).numpy()
+        recon = vae.decode(vae.encode(torch.from_numpy(test.images[:8]).to(device)).mode()).clamp(-1, 1).float().cpu().numpy()
     save_grid(run_dir / "vae_reconstructions.png", np.concatenate([test.images[:8], recon]),
               labels=["real"] * min(8, len(test)) + ["recon"] * len(recon), ncols=4)
     out = run_dir / "vae.safetensors"

@@ -1,0 +1,171 @@
+"""Train the heart-failure classifier: metagroup-balanced sampling, light augmentation, Adam, best-val selection.
+
+Images are (N, 2, S, S) float32 in [-1, 1] (ED and ES slices as channels); labels are 0/1 (1 = heart failure).
+All randomness (init, sampling, augmentation, dropout) flows from TrainConfig.seed, so a CPU run is reproducible.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import WeightedRandomSampler
+from tqdm import tqdm
+
+from classify.fairness import balanced_accuracy, sensitive_frame
+from classify.resnet import ClassifierConfig, ResNetClassifier
+from data.split import subject_split
+from data.errors import InputError
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    balanced_sampling: bool = False  # draw each (label, sex, age group, BMI group) metagroup equally often
+    augment: bool = True
+    seed: int = 0
+    val_fraction: float = 0.2  # held out by subject when no explicit validation set is given; 0 keeps the last epoch
+    device: str = "cpu"
+
+
+def metagroup_keys(df: pd.DataFrame) -> pd.Series:
+    """'label | sex | age_group | bmi_group' per row, e.g. '1 | female | <55 | 25-30'; missing -> 'unknown'.
+
+    df needs 'label' and sex, age (or age_group), bmi (or bmi_group) columns.
+    """
+    if "label" not in getattr(df, "columns", ()):
+        raise InputError("groups", "missing column 'label' needed for metagroups (label x sex x age x BMI)")
+    sensitive = sensitive_frame(df)
+    labels = ["unknown" if pd.isna(v) else str(int(v)) for v in df["label"]]
+    columns = zip(labels, sensitive["sex"], sensitive["age_group"], sensitive["bmi_group"])
+    keys = [" | ".join(parts) for parts in columns]
+    return pd.Series(keys, index=df.index, name="metagroup")
+
+
+def sample_weights(keys) -> np.ndarray:
+    """(N,) weight 1 / (size of the row's metagroup): every metagroup then has the same total weight."""
+    keys = pd.Series(np.asarray(keys, dtype=object))
+    if len(keys) == 0:
+        raise InputError("metagroup keys", "expected at least one row")
+    return np.array(1.0 / keys.map(keys.value_counts()), dtype=np.float64)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, noise_std: float = 0.02,
+                  max_gamma: float = 1.25) -> torch.Tensor:
+    """x: (B, C, S, S) in [-1, 1] -> random left-right flip, gamma in [1/max_gamma, max_gamma] on [0, 1], noise."""
+    b = x.shape[0]
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    gamma = torch.exp((2 * torch.rand(b, generator=generator) - 1) * math.log(max_gamma)).to(x.device)
+    x = ((x + 1) / 2).clamp(0, 1) ** gamma[:, None, None, None] * 2 - 1
+    return x + noise_std * torch.randn(x.shape, generator=generator).to(x.device)
+
+
+def _as_data(images, labels, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    y = torch.as_tensor(np.asarray(labels)).long().ravel()
+    if x.ndim != 4:
+        raise InputError(f"{where} images", f"expected shape (N, C, S, S), got {tuple(x.shape)}")
+    if len(y) != len(x):
+        raise InputError(f"{where} labels", f"expected {len(x)} labels (one per image), got {len(y)}")
+    if not torch.isfinite(x).all():
+        raise InputError(f"{where} images", "contain NaN or infinite values")
+    if len(y) and (y.min() < 0 or y.max() > 1):
+        raise InputError(f"{where} labels", f"expected 0/1, got values in [{int(y.min())}, {int(y.max())}]")
+    return x, y
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images, batch_size: int = 256) -> np.ndarray:
+    """images: (N, C, S, S) -> (N,) P(positive), in eval mode (the model's mode is restored after)."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    probs = [F.softmax(model(x[i:i + batch_size].to(device)), dim=1)[:, 1].cpu() for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(probs).double().numpy() if probs else np.zeros(0)
+
+
+def _epoch_order(n: int, weights: Optional[np.ndarray], generator: torch.Generator) -> torch.Tensor:
+    if weights is None:
+        return torch.randperm(n, generator=generator)
+    return torch.tensor(list(WeightedRandomSampler(weights, n, replacement=True, generator=generator)))
+
+
+def train_classifier(images, labels, groups_df: pd.DataFrame, cfg: TrainConfig, val=None, progress: bool = False,
+                     model_cfg: Optional[ClassifierConfig] = None) -> tuple[ResNetClassifier, dict]:
+    """Train on images (N, C, S, S) float32 and labels (N,) 0/1; groups_df (N rows) has sex, age(_group),
+    bmi(_group) and optionally subject_id (for the internal split). val = (images, labels) or None.
+
+    Returns the model of the epoch with the best validation balanced accuracy (ties: lowest validation loss), in
+    eval mode, and a history dict: per-epoch lists epoch, train_loss, val_balanced_accuracy, val_loss, plus
+    best_epoch and best_val_balanced_accuracy.
+    """
+    x, y = _as_data(images, labels, "train")
+    if len(groups_df) != len(x):
+        raise InputError("groups_df", f"expected {len(x)} rows (one per image), got {len(groups_df)}")
+    if cfg.epochs < 1 or cfg.batch_size < 2:
+        raise InputError("TrainConfig", f"expected epochs >= 1 and batch_size >= 2, got {cfg.epochs}, {cfg.batch_size}")
+    groups_df = groups_df.reset_index(drop=True)
+    if val is not None:
+        val_x, val_y = _as_data(*val, "val")
+    elif cfg.val_fraction > 0:
+        ids = groups_df["subject_id"].to_numpy() if "subject_id" in groups_df else np.arange(len(x))
+        train_idx, val_idx = subject_split(ids, y.numpy(), cfg.val_fraction, cfg.seed)
+        val_x, val_y = x[val_idx], y[val_idx]
+        x, y, groups_df = x[train_idx], y[train_idx], groups_df.iloc[train_idx].reset_index(drop=True)
+    else:
+        val_x = val_y = None
+    weights = sample_weights(metagroup_keys(groups_df.assign(label=y.numpy()))) if cfg.balanced_sampling else None
+    device = torch.device(cfg.device)
+    model_cfg = model_cfg or ClassifierConfig(in_channels=x.shape[1])
+    history = {"epoch": [], "train_loss": [], "val_balanced_accuracy": [], "val_loss": [], "best_epoch": None,
+               "best_val_balanced_accuracy": float("nan")}
+    # fork_rng: seeding init and dropout must not change the caller's global RNG
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else None):
+        torch.manual_seed(cfg.seed)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        model = ResNetClassifier(model_cfg).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        best_state, best_score = None, (-math.inf, -math.inf)
+        for epoch in tqdm(range(cfg.epochs), disable=not progress, desc="classifier"):
+            model.train()
+            order, losses = _epoch_order(len(x), weights, generator), []
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
+                if len(idx) < 2:  # BatchNorm needs 2+ samples in training mode
+                    continue
+                xb = augment_batch(x[idx], generator) if cfg.augment else x[idx]
+                loss = F.cross_entropy(model(xb.to(device)), y[idx].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+            score, val_loss = float("nan"), float("nan")
+            if val_x is not None and len(val_x):
+                probs = predict_proba(model, val_x).clip(1e-12, 1 - 1e-12)
+                score = balanced_accuracy(val_y.numpy(), (probs >= 0.5).astype(int))
+                val_loss = float(-np.mean(np.where(val_y.numpy() == 1, np.log(probs), np.log1p(-probs))))
+            history["epoch"].append(epoch)
+            history["train_loss"].append(float(np.mean(losses)) if losses else float("nan"))
+            history["val_balanced_accuracy"].append(score)
+            history["val_loss"].append(val_loss)
+            # ties in balanced accuracy (common on small validation sets) go to the lower validation loss
+            if val_x is None or (not math.isnan(score) and (score, -val_loss) > best_score):
+                best_score, history["best_epoch"] = (score, -val_loss), epoch
+                best_state = copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    has_best = best_state is not None and val_x is not None
+    history["best_val_balanced_accuracy"] = best_score[0] if has_best else float("nan")
+    return model.eval(), history

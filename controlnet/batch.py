@@ -1,0 +1,204 @@
+"""Batch sampling to disk: per-sample seeded generation, atomic outputs, resumable (a sidecar marks a sample done).
+
+Per sample in the output folder: <id>.nii.gz (float32 (S, S, 2) ED/ES on the preprocessed grid), <id>_mask.nii.gz
+(when mask-conditioned), <id>.png (ED | ES) and <id>.json, written LAST: its presence (with the files it lists)
+means the sample is complete, so an interrupted call can be rerun and only the missing samples are generated.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from controlnet.model import controlled_model_fn
+from data.errors import InputError
+from data.nifti import load_nifti, save_nifti
+from ddpm.checkpoint import atomic_write_bytes, file_sha256
+from ddpm.images import save_grid, to_uint8
+from ddpm.pipeline import Pipeline
+from ddpm.sampling import SAMPLERS, guided_output
+from ddpm.schedulers import ddim_step, ddim_timesteps
+from geometry.encodings import encode_control
+
+GRID_LIMIT = 64  # grid.png shows at most this many samples of a call
+
+
+@dataclass
+class SampleSettings:
+    sampler: str = "ddim"
+    steps: int = 20
+    eta: float = 0.0
+    guidance: float = 4.0
+    control_scale: float = 1.0
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise InputError("sampler", f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        for name, lo in (("steps", 1), ("batch_size", 1)):
+            if int(getattr(self, name)) < lo:
+                raise InputError(name, f"expected an integer >= {lo}, got {getattr(self, name)}")
+        if not self.eta >= 0:
+            raise InputError("eta", f"expected eta >= 0, got {self.eta}")
+
+
+@dataclass
+class SampleRequest:
+    """One sample to generate. mask: (2, S, S) uint8 internal labels, or None (LDM alone)."""
+
+    sample_id: str
+    prompt: str
+    seed: int
+    mask: Optional[np.ndarray] = None
+    mask_source: dict = field(default_factory=dict)  # JSON-able: where the geometry came from
+    extra: dict = field(default_factory=dict)  # JSON-able: e.g. the plan row's attributes
+
+
+def checkpoint_record(paths: dict[str, Optional[Path]]) -> dict:
+    """{name: path} -> {name: {path, sha256}} (None for an absent checkpoint), for the sidecars."""
+    return {name: None if p is None else {"path": str(p), "sha256": file_sha256(p)} for name, p in paths.items()}
+
+
+@torch.no_grad()
+def generate_seeded(pipe: Pipeline, prompts: Sequence[str], masks: Optional[np.ndarray], seeds: Sequence[int],
+                    settings: SampleSettings) -> np.ndarray:
+    """Like Pipeline.generate but each sample draws its noise from its own seed, so sample i is the same
+    whatever batch it lands in (resume, batch size). masks: (B, 2, S, S) or None -> images (B, 2, S, S)."""
+    size, f = pipe.cfg.data.preprocess.size, pipe.vae.cfg.downsample_factor
+    device = pipe.device
+    cond, uncond = pipe.context(prompts), pipe.context([""])
+    control = None
+    if masks is not None and pipe.controlnet is not None:
+        control = encode_control(torch.as_tensor(np.asarray(masks)).long(), pipe.controlnet.cfg.control).to(device)
+    fn = controlled_model_fn(pipe.ldm.unet, pipe.controlnet, control, settings.control_scale)
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    latent = (1, pipe.vae.cfg.latent_channels, size // f, size // f)
+
+    def noise() -> torch.Tensor:  # one CPU draw per sample, as Pipeline.generate does for a batch of one
+        return torch.cat([torch.randn(latent, generator=g) for g in gens]).to(device)
+
+    # DDPM ancestral sampling is DDIM with eta = 1 on the chosen timesteps (the posterior variance).
+    eta = 1.0 if settings.sampler == "ddpm" else settings.eta
+    timesteps = ddim_timesteps(pipe.schedule.num_train_steps, settings.steps).tolist()
+    x = noise()
+    for i, t in enumerate(timesteps):
+        t_batch = torch.full((len(gens),), t, dtype=torch.long, device=device)
+        out = guided_output(fn, x, t_batch, cond, uncond, settings.guidance)
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        x = ddim_step(pipe.schedule, out, x, t_batch, t_prev, pipe.cfg.diffusion.prediction, eta=eta,
+                      noise=noise() if eta > 0 else None)
+    return pipe.vae.decode(x / pipe.scale_factor).clamp(-1, 1).float().cpu().numpy()
+
+
+def grid_affine(cfg) -> np.ndarray:
+    """Voxel -> mm of the preprocessed grid: crop_mm / size mm pixels, 1 mm 'slices' (ED, ES on the 3rd axis)."""
+    pixel = cfg.data.preprocess.crop_mm / cfg.data.preprocess.size
+    return np.diag([pixel, pixel, 1.0, 1.0])
+
+
+def output_files(sample_id: str, has_mask: bool) -> dict[str, str]:
+    files = {"image": f"{sample_id}.nii.gz", "png": f"{sample_id}.png"}
+    if has_mask:
+        files["mask"] = f"{sample_id}_mask.nii.gz"
+    return files
+
+
+def sidecar_path(out_dir: Path, sample_id: str) -> Path:
+    return Path(out_dir) / f"{sample_id}.json"
+
+
+def _identity(request: SampleRequest, settings: SampleSettings, checkpoints: dict) -> dict:
+    """What must match for an existing sample to count as this request (batch_size does not change outputs)."""
+    chosen = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
+    return {"prompt": request.prompt, "seed": int(request.seed), "settings": chosen,
+            "checkpoints": {k: None if v is None else v["sha256"] for k, v in checkpoints.items()},
+            "mask_source": request.mask_source}
+
+
+def is_complete(out_dir: Path, request: SampleRequest, settings: SampleSettings, checkpoints: dict) -> bool:
+    """True when the sidecar exists and all files it lists exist. InputError when it was made differently."""
+    path = sidecar_path(out_dir, request.sample_id)
+    if not path.is_file():
+        return False
+    try:
+        sidecar = json.loads(path.read_text())
+        files = sidecar["files"]
+    except (ValueError, KeyError, TypeError):
+        return False  # unreadable sidecar: regenerate the sample
+    if not all((Path(out_dir) / name).is_file() for name in files.values()):
+        return False
+    old = {k: sidecar.get(k) for k in ("prompt", "seed", "settings", "checkpoints", "mask_source")}
+    old["checkpoints"] = {k: None if v is None else v.get("sha256") for k, v in (old["checkpoints"] or {}).items()}
+    new = json.loads(json.dumps(_identity(request, settings, checkpoints)))
+    if old != new:
+        changed = sorted(k for k in new if old.get(k) != new[k])
+        raise InputError(path, f"sample {request.sample_id} exists but was made with different {', '.join(changed)}; "
+                               "use another --out folder or --overwrite")
+    return True
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.concatenate([to_uint8(image[0]), to_uint8(image[1])], axis=1)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_sample(out_dir: Path, request: SampleRequest, image: np.ndarray, settings: SampleSettings,
+                 checkpoints: dict, affine: np.ndarray) -> Path:
+    """image: (2, S, S) in [-1, 1] -> the sample's files, each atomic, the sidecar last. Returns the sidecar."""
+    out_dir = Path(out_dir)
+    files = output_files(request.sample_id, request.mask is not None)
+    save_nifti(out_dir / files["image"], np.moveaxis(image, 0, -1).astype(np.float32), affine)
+    if request.mask is not None:
+        save_nifti(out_dir / files["mask"], np.moveaxis(request.mask, 0, -1).astype(np.uint8), affine)
+    atomic_write_bytes(out_dir / files["png"], _png_bytes(image))
+    sidecar = {"sample_id": request.sample_id, **_identity(request, settings, checkpoints),
+               "settings": asdict(settings), "checkpoints": checkpoints, "files": files,
+               "channels": ["ED", "ES"], "pixel_mm": float(affine[0, 0]), **request.extra}
+    path = sidecar_path(out_dir, request.sample_id)
+    atomic_write_bytes(path, (json.dumps(sidecar, indent=1) + "\n").encode())
+    return path
+
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Path, settings: SampleSettings,
+                 checkpoints: dict, overwrite: bool = False, progress: bool = True) -> tuple[list[str], list[str]]:
+    """Generate every request not complete in out_dir -> (generated ids, skipped ids); then writes grid.png."""
+    out_dir = Path(out_dir)
+    ids = [r.sample_id for r in requests]
+    if len(set(ids)) != len(ids):
+        raise InputError("sample ids", "duplicate sample ids in one call")
+    if len({r.mask is None for r in requests}) > 1:
+        raise InputError("masks", "mix of masked and unmasked samples in one call; run them separately")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in requests if overwrite or not is_complete(out_dir, r, settings, checkpoints)]
+    skipped = [r.sample_id for r in requests if r not in todo]
+    affine = grid_affine(pipe.cfg)
+    with tqdm(total=len(requests), initial=len(skipped), desc="sampling", unit="sample", disable=not progress) as bar:
+        for batch in _batches(todo, settings.batch_size):
+            masks = None if batch[0].mask is None else np.stack([r.mask for r in batch])
+            images = generate_seeded(pipe, [r.prompt for r in batch], masks, [r.seed for r in batch], settings)
+            for request, image in zip(batch, images):
+                write_sample(out_dir, request, image, settings, checkpoints, affine)
+            bar.update(len(batch))
+    write_call_grid(out_dir, requests)
+    return [r.sample_id for r in todo], skipped
+
+
+def write_call_grid(out_dir: Path, requests: Sequence[SampleRequest]) -> Path:
+    """grid.png of the call's samples (first GRID_LIMIT), read back from disk, with mask overlays."""
+    shown = list(requests)[:GRID_LIMIT]
+    images = np.stack([np.moveaxis(load_nifti(Path(out_dir) / f"{r.sample_id}.nii.gz")[0], -1, 0) for r in shown])
+    masks = None if shown[0].mask is None else np.stack([r.mask for r in shown])
+    return save_grid(Path(out_dir) / "grid.png", images, masks, [r.sample_id for r in shown], ncols=4)
