@@ -36,18 +36,23 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
 
 
+def _clip_round_off(w: np.ndarray) -> np.ndarray:
+    """Zero eigenvalues at round-off level: sqrt would blow their ~1e-16 noise up to ~1e-8 each."""
+    tol = float(np.abs(w).max()) * len(w) * np.finfo(np.float64).eps
+    return np.where(w > tol, w, 0.0)
+
+
 def _psd_sqrt(s: np.ndarray) -> np.ndarray:
     """Square root of a symmetric PSD matrix; tiny negative eigenvalues from round-off are clipped to 0."""
     w, v = np.linalg.eigh((s + s.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    return (v * np.sqrt(_clip_round_off(w))) @ v.T
 
 
 def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
     """Tr((S1 S2)^(1/2)) for symmetric PSD S1, S2 (the eigenvalues of S1 S2 are those of S1^½ S2 S1^½)."""
     r1 = _psd_sqrt(s1)
     m = r1 @ s2 @ r1
-    w = np.linalg.eigvalsh((m + m.T) / 2)
-    return float(np.sqrt(np.clip(w, 0.0, None)).sum())
+    return float(np.sqrt(_clip_round_off(np.linalg.eigvalsh((m + m.T) / 2))).sum())
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
