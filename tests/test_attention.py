@@ -1,0 +1,89 @@
+"""ddpm.attention: the SDPA and sliced backends compute the same attention; bad backends are rejected."""
+import pytest
+import torch
+
+from data.errors import InputError
+from ddpm.attention import Attention, attention, set_attention_backend
+
+
+def _qkv(lq: int, lk: int, d: int = 8, dv: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 3, lq, d, generator=g)
+    k = torch.randn(2, 3, lk, d, generator=g)
+    v = torch.randn(2, 3, lk, dv, generator=g)
+    return q, k, v
+
+
+def _reference(q, k, v):
+    return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1) @ v
+
+
+@pytest.mark.parametrize("lq,lk,chunk", [(37, 37, 8), (37, 11, 5), (5, 9, 64), (16, 16, 1)])
+def test_sdpa_and_sliced_agree_with_the_definition(lq, lk, chunk):
+    q, k, v = _qkv(lq, lk)
+    sdpa = attention(q, k, v, "sdpa")
+    sliced = attention(q, k, v, "sliced", chunk_size=chunk)
+    assert sliced.shape == (2, 3, lq, 8)
+    torch.testing.assert_close(sliced, sdpa, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sliced, _reference(q, k, v), atol=1e-5, rtol=0)
+
+
+def test_identical_keys_average_the_values():
+    # equal scores -> uniform softmax -> every query returns the mean value
+    q, _, v = _qkv(13, 6, dv=5)
+    k = torch.ones(2, 3, 6, 8)
+    for backend in ("sdpa", "sliced"):
+        out = attention(q, k, v, backend, chunk_size=4)
+        torch.testing.assert_close(out, v.mean(dim=2, keepdim=True).expand_as(out), atol=1e-5, rtol=0)
+
+
+def test_sliced_gradients_match_sdpa():
+    grads = {}
+    for backend in ("sdpa", "sliced"):
+        q, k, v = (t.requires_grad_() for t in _qkv(21, 10))
+        (attention(q, k, v, backend, chunk_size=4) ** 2).sum().backward()
+        grads[backend] = (q.grad, k.grad, v.grad)
+    for a, b in zip(grads["sdpa"], grads["sliced"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_sliced_half_precision_stays_finite():
+    q, k, v = (t.to(torch.bfloat16) * 8 for t in _qkv(9, 300))
+    out = attention(q, k, v, "sliced", chunk_size=4)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("context_len", [None, 7])
+def test_module_self_and_cross_attention_backends_agree(context_len):
+    torch.manual_seed(0)
+    layer = Attention(dim=12, context_dim=None if context_len is None else 5, num_heads=3)
+    x = torch.randn(2, 19, 12)
+    context = None if context_len is None else torch.randn(2, context_len, 5)
+    expected = layer(x, context)
+    assert expected.shape == x.shape
+    set_attention_backend(layer, "sliced", chunk_size=6)
+    assert (layer.backend, layer.chunk_size) == ("sliced", 6)
+    torch.testing.assert_close(layer(x, context), expected, atol=1e-5, rtol=0)
+
+
+def test_cross_attention_depends_on_context():
+    torch.manual_seed(0)
+    layer = Attention(dim=8, context_dim=4, num_heads=2)
+    x = torch.randn(1, 5, 8)
+    assert not torch.allclose(layer(x, torch.randn(1, 3, 4)), layer(x, torch.randn(1, 3, 4)))
+
+
+def test_unknown_backend_and_bad_chunk_raise_input_error():
+    q, k, v = _qkv(4, 4)
+    with pytest.raises(InputError, match="backend"):
+        attention(q, k, v, backend="flash3")
+    with pytest.raises(InputError, match="chunk_size"):
+        attention(q, k, v, backend="sliced", chunk_size=0)
+    with pytest.raises(InputError, match="backend"):
+        Attention(8, backend="xformers")
+    with pytest.raises(InputError, match="backend"):
+        set_attention_backend(Attention(8), "nope")
+    with pytest.raises(InputError, match="num_heads"):
+        Attention(10, num_heads=3)
+    with pytest.raises(InputError, match="shapes"):
+        attention(q, k[..., :3], v)
