@@ -6,6 +6,7 @@ means the sample is complete, so an interrupted call can be rerun and only the m
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass, field
@@ -13,19 +14,15 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
-from controlnet.model import controlled_model_fn
 from data.errors import InputError
 from data.nifti import load_nifti, save_nifti
 from ddpm.checkpoint import atomic_write_bytes, file_sha256
 from ddpm.images import save_grid, to_uint8
 from ddpm.pipeline import Pipeline
-from ddpm.sampling import SAMPLERS, guided_output
-from ddpm.schedulers import ddim_step, ddim_timesteps
-from geometry.encodings import encode_control
+from ddpm.sampling import SAMPLERS
 
 GRID_LIMIT = 64  # grid.png shows at most this many samples of a call
 
@@ -66,37 +63,6 @@ def checkpoint_record(paths: dict[str, Optional[Path]]) -> dict:
     return {name: None if p is None else {"path": str(p), "sha256": file_sha256(p)} for name, p in paths.items()}
 
 
-@torch.no_grad()
-def generate_seeded(pipe: Pipeline, prompts: Sequence[str], masks: Optional[np.ndarray], seeds: Sequence[int],
-                    settings: SampleSettings) -> np.ndarray:
-    """Like Pipeline.generate but each sample draws its noise from its own seed, so sample i is the same
-    whatever batch it lands in (resume, batch size). masks: (B, 2, S, S) or None -> images (B, 2, S, S)."""
-    size, f = pipe.cfg.data.preprocess.size, pipe.vae.cfg.downsample_factor
-    device = pipe.device
-    cond, uncond = pipe.context(prompts), pipe.context([""])
-    control = None
-    if masks is not None and pipe.controlnet is not None:
-        control = encode_control(torch.as_tensor(np.asarray(masks)).long(), pipe.controlnet.cfg.control).to(device)
-    fn = controlled_model_fn(pipe.ldm.unet, pipe.controlnet, control, settings.control_scale)
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    latent = (1, pipe.vae.cfg.latent_channels, size // f, size // f)
-
-    def noise() -> torch.Tensor:  # one CPU draw per sample, as Pipeline.generate does for a batch of one
-        return torch.cat([torch.randn(latent, generator=g) for g in gens]).to(device)
-
-    # DDPM ancestral sampling is DDIM with eta = 1 on the chosen timesteps (the posterior variance).
-    eta = 1.0 if settings.sampler == "ddpm" else settings.eta
-    timesteps = ddim_timesteps(pipe.schedule.num_train_steps, settings.steps).tolist()
-    x = noise()
-    for i, t in enumerate(timesteps):
-        t_batch = torch.full((len(gens),), t, dtype=torch.long, device=device)
-        out = guided_output(fn, x, t_batch, cond, uncond, settings.guidance)
-        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        x = ddim_step(pipe.schedule, out, x, t_batch, t_prev, pipe.cfg.diffusion.prediction, eta=eta,
-                      noise=noise() if eta > 0 else None)
-    return pipe.vae.decode(x / pipe.scale_factor).clamp(-1, 1).float().cpu().numpy()
-
-
 def grid_affine(cfg) -> np.ndarray:
     """Voxel -> mm of the preprocessed grid: crop_mm / size mm pixels, 1 mm 'slices' (ED, ES on the 3rd axis)."""
     pixel = cfg.data.preprocess.crop_mm / cfg.data.preprocess.size
@@ -117,9 +83,10 @@ def sidecar_path(out_dir: Path, sample_id: str) -> Path:
 def _identity(request: SampleRequest, settings: SampleSettings, checkpoints: dict) -> dict:
     """What must match for an existing sample to count as this request (batch_size does not change outputs)."""
     chosen = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
+    mask_sha = None if request.mask is None else hashlib.sha256(np.ascontiguousarray(request.mask, np.uint8)).hexdigest()[:16]
     return {"prompt": request.prompt, "seed": int(request.seed), "settings": chosen,
             "checkpoints": {k: None if v is None else v["sha256"] for k, v in checkpoints.items()},
-            "mask_source": request.mask_source}
+            "mask_sha256": mask_sha}
 
 
 def is_complete(out_dir: Path, request: SampleRequest, settings: SampleSettings, checkpoints: dict) -> bool:
@@ -134,9 +101,10 @@ def is_complete(out_dir: Path, request: SampleRequest, settings: SampleSettings,
         return False  # unreadable sidecar: regenerate the sample
     if not all((Path(out_dir) / name).is_file() for name in files.values()):
         return False
-    old = {k: sidecar.get(k) for k in ("prompt", "seed", "settings", "checkpoints", "mask_source")}
-    old["checkpoints"] = {k: None if v is None else v.get("sha256") for k, v in (old["checkpoints"] or {}).items()}
     new = json.loads(json.dumps(_identity(request, settings, checkpoints)))
+    old = {k: sidecar.get(k) for k in new}
+    old["settings"] = {k: v for k, v in (old["settings"] or {}).items() if k != "batch_size"}
+    old["checkpoints"] = {k: None if v is None else v.get("sha256") for k, v in (old["checkpoints"] or {}).items()}
     if old != new:
         changed = sorted(k for k in new if old.get(k) != new[k])
         raise InputError(path, f"sample {request.sample_id} exists but was made with different {', '.join(changed)}; "
@@ -160,7 +128,7 @@ def write_sample(out_dir: Path, request: SampleRequest, image: np.ndarray, setti
         save_nifti(out_dir / files["mask"], np.moveaxis(request.mask, 0, -1).astype(np.uint8), affine)
     atomic_write_bytes(out_dir / files["png"], _png_bytes(image))
     sidecar = {"sample_id": request.sample_id, **_identity(request, settings, checkpoints),
-               "settings": asdict(settings), "checkpoints": checkpoints, "files": files,
+               "settings": asdict(settings), "checkpoints": checkpoints, "mask_source": request.mask_source, "files": files,
                "channels": ["ED", "ES"], "pixel_mm": float(affine[0, 0]), **request.extra}
     path = sidecar_path(out_dir, request.sample_id)
     atomic_write_bytes(path, (json.dumps(sidecar, indent=1) + "\n").encode())
@@ -183,12 +151,15 @@ def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Pat
         raise InputError("masks", "mix of masked and unmasked samples in one call; run them separately")
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [r for r in requests if overwrite or not is_complete(out_dir, r, settings, checkpoints)]
-    skipped = [r.sample_id for r in requests if r not in todo]
+    todo_ids = {r.sample_id for r in todo}
+    skipped = [i for i in ids if i not in todo_ids]
     affine = grid_affine(pipe.cfg)
     with tqdm(total=len(requests), initial=len(skipped), desc="sampling", unit="sample", disable=not progress) as bar:
         for batch in _batches(todo, settings.batch_size):
             masks = None if batch[0].mask is None else np.stack([r.mask for r in batch])
-            images = generate_seeded(pipe, [r.prompt for r in batch], masks, [r.seed for r in batch], settings)
+            images = pipe.generate([r.prompt for r in batch], masks, seed=[r.seed for r in batch],
+                                   sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
+                                   guidance=settings.guidance, control_scale=settings.control_scale)
             for request, image in zip(batch, images):
                 write_sample(out_dir, request, image, settings, checkpoints, affine)
             bar.update(len(batch))
@@ -202,3 +173,64 @@ def write_call_grid(out_dir: Path, requests: Sequence[SampleRequest]) -> Path:
     images = np.stack([np.moveaxis(load_nifti(Path(out_dir) / f"{r.sample_id}.nii.gz")[0], -1, 0) for r in shown])
     masks = None if shown[0].mask is None else np.stack([r.mask for r in shown])
     return save_grid(Path(out_dir) / "grid.png", images, masks, [r.sample_id for r in shown], ncols=4)
+
+
+def find_slice_set(run_dir: Path, cfg, subject_ids: set[str]):
+    """The run's cached SliceSet (<run>/cache/slices-<config hash>-*.npz) holding all subject_ids -> (path,
+    SliceSet); the newest when several do (a train and a test cohort share the cache folder)."""
+    from data.preprocess import config_hash
+    from data.slices import SliceSet
+
+    found = sorted((Path(run_dir) / "cache").glob(f"slices-{config_hash(cfg.data.preprocess)}-*.npz"),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in found:
+        slices = SliceSet.load(path)
+        if set(subject_ids) <= set(slices.subject_ids):
+            return path, slices
+    problem = "no cached slice set" if not found else f"none of {', '.join(p.name for p in found)} holds all subjects"
+    raise InputError(Path(run_dir) / "cache", f"{problem} for this run's preprocessing; pass --slices FILE")
+
+
+def _plain(value):
+    """NaN / numpy scalars -> JSON-ready Python values."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def plan_requests(plan, cfg, slices=None, slices_path: Optional[Path] = None, plan_dir: Path = Path("."),
+                  labels: str = "ukbb") -> list[SampleRequest]:
+    """Rows of a validated plan (data.planner.load_plan) -> requests. Masks from the SliceSet row `mask_row`
+    (whose subject must be mask_subject_id), or from the file in `mask_path` (relative to the plan's folder,
+    optional `mask_es_path`). jitter=1 perturbs the mask with a generator seeded by the sample's seed."""
+    from data.mask_input import load_control_masks
+    from data.planner import apply_jitter
+
+    requests = []
+    for i, row in enumerate(plan.to_dict("records")):
+        where = f"plan line {i + 2} (sample {row['sample_id']})"
+        mask_path = str(row.get("mask_path") or "").strip()
+        if mask_path:
+            es_path = str(row.get("mask_es_path") or "").strip()
+            ed, es = plan_dir / mask_path, (plan_dir / es_path if es_path else None)
+            mask = load_control_masks(ed, es, cfg.data.preprocess, labels)
+            source = {"kind": "file", "ed": str(ed), "es": None if es is None else str(es), "labels": labels}
+        else:
+            if slices is None:
+                raise InputError(where, "mask_row needs the run's slice set (pass --run or --slices)")
+            r = int(row["mask_row"])
+            if r >= len(slices):
+                raise InputError(f"{where}: mask_row", f"row {r} outside the slice set's {len(slices)} rows ({slices_path})")
+            if slices.subject_ids[r] != str(row["mask_subject_id"]):
+                raise InputError(f"{where}: mask_row", f"row {r} is subject {slices.subject_ids[r]} in {slices_path}, "
+                                                       f"the plan says {row['mask_subject_id']}; wrong slice set?")
+            mask = slices.masks[r]
+            source = {"kind": "slice_set", "file": None if slices_path is None else str(slices_path), "row": r,
+                      "subject_id": slices.subject_ids[r], "slice_index": int(slices.slice_index[r])}
+        if int(row["jitter"]):
+            mask = apply_jitter(mask, np.random.default_rng(int(row["seed"])))
+        source["jitter"] = int(row["jitter"])
+        attributes = {k: _plain(row[k]) for k in ("sex", "age", "bmi", "health")}
+        requests.append(SampleRequest(str(row["sample_id"]), str(row["prompt"]), int(row["seed"]), mask, source,
+                                      {"attributes": attributes}))
+    return requests

@@ -8,7 +8,7 @@ import torch
 
 from controlnet.model import ControlNet, controlled_model_fn
 from data.slices import SliceSet
-from ddpm.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from ddpm.checkpoint import file_sha256, save_checkpoint
 from ddpm.config import to_dict
 from ddpm.images import save_grid
 from ddpm.pipeline import Pipeline, load_ldm, make_schedule_from

@@ -23,14 +23,14 @@ class PreparedData:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def synthetic_cohort(out_dir: Path, n: int, seed: int) -> Path:
-    """Generate the embedded cohort once; a marker file makes a half-written cohort regenerate."""
+def synthetic_cohort(out_dir: Path, n: int, seed: int, prevalence: str = "biased", first_eid: int = 1000001) -> Path:
+    """Generate the embedded cohort once; a marker file makes a half-written or different cohort regenerate."""
     from data.synthetic import generate_cohort
 
-    marker = out_dir / ".complete"
-    if not marker.is_file() or marker.read_text() != f"{n} {seed}":
-        generate_cohort(out_dir, n, seed)
-        marker.write_text(f"{n} {seed}")
+    marker, key = out_dir / ".complete", f"{n} {seed} {prevalence} {first_eid}"
+    if not marker.is_file() or marker.read_text() != key:
+        generate_cohort(out_dir, n, seed, prevalence=prevalence, first_eid=first_eid, progress=True)
+        marker.write_text(key)
     return out_dir
 
 
@@ -38,15 +38,35 @@ def prepare_data(cfg, run_dir: Path, progress: bool = True) -> PreparedData:
     """cfg: ddpm.run_config.DataConfig. Writes composition.csv and split.json into run_dir."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.root is None:
-        root = synthetic_cohort(run_dir / "cohort", cfg.synthetic_n, cfg.synthetic_seed)
-    else:
-        root = Path(cfg.root)
+        return _prepare_synthetic(cfg, run_dir, progress)
+    root = Path(cfg.root)
     cohort = read_cohort(root, cfg.layout, cfg.metadata, cfg.skip_bad)
     save_composition(subgroup_table(attributes_table(cohort)), run_dir / "composition.csv")
     slices = build_slice_set(cohort.subjects, cfg.preprocess, run_dir / "cache", progress=progress)
     strata = slices.attributes["health"].fillna("unknown").astype(str)
     train_idx, test_idx = subject_split(slices.subject_ids, strata, cfg.test_fraction, cfg.split_seed)
-    split = {"train": sorted({slices.subject_ids[i] for i in train_idx}), "test": sorted({slices.subject_ids[i] for i in test_idx})}
+    prepared = PreparedData(slices.select(np.asarray(train_idx)), slices.select(np.asarray(test_idx)),
+                            root, cohort.layout, cohort.skipped)
+    _save_split(prepared, run_dir)
+    return prepared
+
+
+def _prepare_synthetic(cfg, run_dir: Path, progress: bool) -> PreparedData:
+    """Biased training cohort + a separate balanced test cohort (disjoint ids, different seed)."""
+    train_root = synthetic_cohort(run_dir / "cohort", cfg.synthetic_n, cfg.synthetic_seed)
+    test_root = synthetic_cohort(run_dir / "cohort-test", cfg.synthetic_test_n, cfg.synthetic_seed + 1,
+                                 prevalence="balanced", first_eid=2000001)
+    train_cohort = read_cohort(train_root, "ukbb")
+    test_cohort = read_cohort(test_root, "ukbb")
+    save_composition(subgroup_table(attributes_table(train_cohort)), run_dir / "composition.csv")
+    save_composition(subgroup_table(attributes_table(test_cohort)), run_dir / "composition-test.csv")
+    train = build_slice_set(train_cohort.subjects, cfg.preprocess, run_dir / "cache", progress=progress)
+    test = build_slice_set(test_cohort.subjects, cfg.preprocess, run_dir / "cache", progress=progress)
+    prepared = PreparedData(train, test, train_root, "ukbb (synthetic)")
+    _save_split(prepared, run_dir)
+    return prepared
+
+
+def _save_split(prepared: PreparedData, run_dir: Path) -> None:
+    split = {"train": sorted(set(prepared.train.subject_ids)), "test": sorted(set(prepared.test.subject_ids))}
     atomic_write_bytes(run_dir / "split.json", json.dumps(split, indent=1).encode())
-    return PreparedData(slices.select(np.asarray(train_idx)), slices.select(np.asarray(test_idx)),
-                        root, cohort.layout, cohort.skipped)

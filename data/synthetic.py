@@ -42,6 +42,10 @@ HF_LOGIT = {"intercept": -2.3, "per_decade_over_60": 1.0, "male": 1.0, "per_5_bm
 MI_LOGIT = {"intercept": -3.5, "per_decade_over_60": 0.5, "male": 0.7}
 
 
+PREVALENCES = ("biased", "balanced")
+BALANCED_HF_RATE = 0.4
+
+
 def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -68,12 +72,14 @@ def _subject_rng(seed: int, k: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k, stream)))
 
 
-def _sample_one(rng: np.random.Generator) -> tuple[str, int, float, str]:
+def _sample_one(rng: np.random.Generator, prevalence: str = "biased") -> tuple[str, int, float, str]:
     sex = "male" if rng.random() < 0.5 else "female"
     age = AGE_MIN + int(AGE_SPAN * rng.beta(*AGE_BETA))
     bmi = math.exp(math.log(BMI_MEDIAN[sex]) + BMI_LOG_SD * rng.standard_normal())
     bmi = round(min(max(bmi, BMI_CLIP[0]), BMI_CLIP[1]), 1)
-    p_hf, p_mi = hf_probability(sex, age, bmi), mi_probability(sex, age)
+    # "balanced": HF independent of the attributes, for a test population where every subgroup has positives.
+    p_hf = hf_probability(sex, age, bmi) if prevalence == "biased" else BALANCED_HF_RATE
+    p_mi = mi_probability(sex, age)
     u = rng.random()
     health = "heart_failure" if u < p_hf else "myocardial_infarction" if u < p_hf + (1 - p_hf) * p_mi else "healthy"
     return sex, age, bmi, health
@@ -86,10 +92,15 @@ def _check_n_seed(n, seed) -> None:
         raise InputError("seed", f"seed must be a non-negative integer, got {seed!r}")
 
 
-def sample_metadata(n: int, seed: int = 0) -> pd.DataFrame:
-    """n subjects -> DataFrame with columns eid (int), sex, age (int years), bmi (1 decimal), health."""
+def sample_metadata(n: int, seed: int = 0, prevalence: str = "biased", first_eid: int = FIRST_EID) -> pd.DataFrame:
+    """n subjects -> DataFrame with columns eid (int), sex, age (int years), bmi (1 decimal), health.
+
+    prevalence "biased": the cohort's built-in HF logistic; "balanced": HF at BALANCED_HF_RATE in every subgroup.
+    """
     _check_n_seed(n, seed)
-    rows = [(FIRST_EID + k, *_sample_one(_subject_rng(int(seed), k, 0))) for k in range(n)]
+    if prevalence not in PREVALENCES:
+        raise InputError("prevalence", f"unknown prevalence {prevalence!r}; expected one of {', '.join(PREVALENCES)}")
+    rows = [(first_eid + k, *_sample_one(_subject_rng(int(seed), k, 0), prevalence)) for k in range(n)]
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -145,7 +156,7 @@ def _remove_stale_subjects(out_dir: Path, keep: set[str]) -> None:
 
 
 def generate_cohort(out_dir: Path, n: int, seed: int = 0, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
-                    progress: bool = False) -> Path:
+                    progress: bool = False, prevalence: str = "biased", first_eid: int = FIRST_EID) -> Path:
     """Write n synthetic subjects + metadata.csv under out_dir (UK Biobank layout); returns out_dir.
 
     Images int16 (X, Y, Z), masks uint8 (0 bg, 1 LV, 2 MYO, 3 RV); (96, 96, 8) -> 1.8 x 1.8 x 10 mm voxels.
@@ -155,10 +166,11 @@ def generate_cohort(out_dir: Path, n: int, seed: int = 0, *, shape: tuple[int, i
     dims = _check_shape(shape)
     _check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    provenance = {"generator": "data.synthetic", "n": int(n), "seed": int(seed), "shape": list(dims)}
+    provenance = {"generator": "data.synthetic", "n": int(n), "seed": int(seed), "shape": list(dims),
+                  "prevalence": prevalence, "first_eid": int(first_eid)}
     _write_atomic(out_dir / MARKER, (json.dumps(provenance, sort_keys=True) + "\n").encode())
     (out_dir / "metadata.csv").unlink(missing_ok=True)  # an earlier run's table must not describe a half-new folder
-    metadata = sample_metadata(n, seed)
+    metadata = sample_metadata(n, seed, prevalence, first_eid)
     affine = cohort_affine(dims)
     rows = tqdm(metadata.itertuples(index=False), total=n, desc="subjects", unit="subj", disable=not progress)
     for k, row in enumerate(rows):
@@ -190,11 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", required=True, type=int, help="number of subjects (> 0)")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed; same seed -> byte-identical files (default 0)")
+    parser.add_argument("--prevalence", choices=PREVALENCES, default="biased",
+                        help="biased: HF depends on sex/age/BMI (default); balanced: same HF rate in every subgroup")
     parser.add_argument("--shape", type=int, nargs=3, default=list(DEFAULT_SHAPE), metavar=("X", "Y", "Z"),
                         help="volume size; the field of view is fixed, so this sets the resolution (default 96 96 8)")
     args = parser.parse_args(argv)
     try:
-        generate_cohort(args.out, args.n, args.seed, shape=tuple(args.shape), progress=True)
+        generate_cohort(args.out, args.n, args.seed, shape=tuple(args.shape), progress=True, prevalence=args.prevalence)
     except InputError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2

@@ -55,10 +55,15 @@ class Pipeline:
         return self.ldm.text(tokens)[0]
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], masks: Optional[np.ndarray] = None, seed: int = 0,
+    def generate(self, prompts: Sequence[str], masks: Optional[np.ndarray] = None, seed: int | Sequence[int] = 0,
                  sampler: str = "ddim", steps: int = 20, eta: float = 0.0, guidance: float = 4.0,
                  control_scale: float = 1.0, progress: bool = False) -> np.ndarray:
-        """prompts: B strings; masks: (B, 2, S, S) labels or None -> images (B, 2, S, S) in [-1, 1]."""
+        """prompts: B strings; masks: (B, 2, S, S) labels or None -> images (B, 2, S, S) in [-1, 1].
+
+        seed: one per sample, or an int s meaning seeds s, s+1, ...; each sample draws all its noise from its
+        own generator, so it does not depend on the batch it is generated in (resume, batch size).
+        """
+        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else [int(s) for s in seed]
         size = self.cfg.data.preprocess.size
         f = self.vae.cfg.downsample_factor
         cond = self.context(prompts)
@@ -70,7 +75,7 @@ class Pipeline:
         shape = (len(prompts), self.vae.cfg.latent_channels, size // f, size // f)
         z = sample(fn, shape, cond, uncond, self.schedule, sampler=sampler, num_steps=steps, eta=eta,
                    guidance=guidance, prediction=self.cfg.diffusion.prediction,
-                   generator=torch.Generator().manual_seed(seed), progress=progress)
+                   generator=[torch.Generator().manual_seed(s) for s in seeds], progress=progress)
         return self.vae.decode(z / self.scale_factor).clamp(-1, 1).float().cpu().numpy()
 
 

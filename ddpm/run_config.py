@@ -26,7 +26,10 @@ class DataConfig:
     skip_bad: bool = False  # skip (and list) subjects with bad files instead of stopping
     synthetic_n: int = 600
     synthetic_seed: int = 0
-    test_fraction: float = 0.25  # held-out subjects (never seen by any generative stage)
+    # Synthetic cohort only: the test set is a separate cohort where HF does not depend on the attributes,
+    # so every subgroup has positives to measure (a real cohort is split by subject instead).
+    synthetic_test_n: int = 200
+    test_fraction: float = 0.25  # real cohort: held-out subjects (never seen by any generative stage)
     split_seed: int = 0
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 

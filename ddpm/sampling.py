@@ -13,7 +13,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from data.errors import InputError
-from ddpm.schedulers import NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step
+from ddpm.schedulers import Generators, NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step, randn
 
 ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 SAMPLERS = ("ddim", "ddpm")
@@ -37,11 +37,12 @@ def guided_output(model_fn: ModelFn, x: Tensor, t: Tensor, cond: Tensor, uncond:
 @torch.no_grad()
 def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Optional[Tensor], sched: NoiseSchedule,
            *, sampler: str = "ddim", num_steps: int = 50, eta: float = 0.0, guidance: float = 1.0,
-           prediction: str = "epsilon", generator: Optional[torch.Generator] = None, progress: bool = False,
+           prediction: str = "epsilon", generator: Generators = None, progress: bool = False,
            spacing: str = "leading", device: Optional[torch.device] = None,
            dtype: torch.dtype = torch.float32) -> Tensor:
     """Generate x0: shape (B, ...) from pure noise drawn from `generator` (same seed -> same output).
 
+    generator: one torch.Generator for the batch, or one per sample (then sample i depends only on its own).
     cond: (B, L, D) context; uncond: the null context (B or 1, L, D), needed when guidance != 1.
     sampler "ddim": DDIM on ddim_timesteps(T, num_steps, spacing) with the given eta.
     sampler "ddpm": ancestral sampling. With num_steps == T it runs ddpm_step over every train step;
@@ -60,8 +61,7 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
     full_chain = sampler == "ddpm" and num_steps == T
     eta = 1.0 if sampler == "ddpm" else eta
 
-    noise_device = generator.device if generator is not None else device
-    x = torch.randn(tuple(shape), generator=generator, device=noise_device, dtype=dtype).to(device)
+    x = randn(shape, generator, device, dtype)
     for i, t in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
         out = guided_output(model_fn, x, t_batch, cond, uncond, guidance)

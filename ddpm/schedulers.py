@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -110,14 +110,30 @@ def ddpm_posterior(sched: NoiseSchedule, x0: Tensor, x_t: Tensor, t: Timestep) -
     return mean, beta_t * (1.0 - a_prev) / (1.0 - a_t)
 
 
-def _randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    # Draw on the generator's device so a CPU seed gives the same noise whatever device x is on.
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def randn(shape: Sequence[int], generator: Generators, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Standard normal noise of `shape`; a list of generators draws each batch row from its own one.
+
+    Draws happen on the generator's device, so a CPU seed gives the same noise whatever device it ends on;
+    per-row generators make a sample independent of the batch it lands in.
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise InputError("generator", f"{len(generator)} generators for a batch of {shape[0]}")
+        rows = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.cat(rows).to(device)
+    draw_device = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=draw_device, dtype=dtype).to(device)
+
+
+def _randn_like(x: Tensor, generator: Generators) -> Tensor:
+    return randn(x.shape, generator, x.device, x.dtype)
 
 
 def ddpm_step(sched: NoiseSchedule, model_out: Tensor, x_t: Tensor, t: Timestep, prediction: str,
-              generator: Optional[torch.Generator] = None) -> Tensor:
+              generator: Generators = None) -> Tensor:
     """Ancestral step x_t -> x_{t-1} ~ q(x_{t-1} | x_t, x0_hat) (posterior variance); no noise at t = 0."""
     x0_hat, _ = predict_x0_eps(sched, model_out, x_t, t, prediction)
     mean, variance = ddpm_posterior(sched, x0_hat, x_t, t)
@@ -147,7 +163,7 @@ def ddim_timesteps(num_train_steps: int, num_steps: int, spacing: str = "leading
 
 def ddim_step(sched: NoiseSchedule, model_out: Tensor, x_t: Tensor, t: Timestep, t_prev: Timestep,
               prediction: str, eta: float = 0.0, noise: Optional[Tensor] = None,
-              generator: Optional[torch.Generator] = None) -> Tensor:
+              generator: Generators = None) -> Tensor:
     """DDIM update x_t -> x_{t_prev} (Song et al. eq. 12); t_prev = -1 means a_prev = 1 (step to x0).
 
     eta = 0 is deterministic; eta = 1 is the DDPM posterior on the (strided) chain. The sigma-term noise

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from data.slices import SliceSet
-from ddpm.checkpoint import file_sha256, load_checkpoint, model_state, save_checkpoint
+from ddpm.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from ddpm.config import to_dict
 from ddpm.images import save_grid
 from ddpm.pipeline import LatentDiffusion, Pipeline, make_schedule_from

@@ -178,3 +178,16 @@ def test_cli_bad_arguments_exit_2_with_one_line(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
+
+
+def test_balanced_prevalence_removes_the_bias():
+    from data.attributes import age_group, bmi_group
+    from data.synthetic import BALANCED_HF_RATE, sample_metadata
+
+    meta = sample_metadata(4000, seed=3, prevalence="balanced", first_eid=2000001)
+    assert meta["eid"].iloc[0] == 2000001
+    young_normal = meta[(meta["age"].map(age_group) == "<55") & (meta["bmi"].map(bmi_group) == "<25")]
+    old_obese = meta[(meta["age"].map(age_group) == "65+") & (meta["bmi"].map(bmi_group) == ">30")]
+    for cell in (young_normal, old_obese):
+        rate = (cell["health"] == "heart_failure").mean()
+        assert abs(rate - BALANCED_HF_RATE) < 4 * (BALANCED_HF_RATE * (1 - BALANCED_HF_RATE) / len(cell)) ** 0.5

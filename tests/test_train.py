@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import train
 from ddpm.checkpoint import load_checkpoint

@@ -1,0 +1,275 @@
+"""Rebalancing plan: which synthetic patients to generate (attributes, prompt, mask donor, seed), one row each.
+
+Cells are health x sex x age group x BMI group (data.attributes bins). "equalise": within each health condition,
+every cell is filled up to that condition's largest cell, so the condition no longer depends on sex, age or BMI.
+"min_count": every cell of each condition is filled up to min_count. Geometry comes from a real mask of the same
+health and sex (same health only when no real subject of that sex has the condition), drawn without replacement
+while the pool lasts, then with replacement and jitter=1 (batch sampling perturbs a reused mask geometrically).
+"""
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from data.attributes import HEALTH_CONDITIONS, SEXES, age_group, bmi_group, make_attributes
+from data.errors import InputError
+from data.prompts import prompt_from_fields, prompt_to_attributes
+from ddpm.checkpoint import atomic_write_bytes
+
+KEY_VALUES = {"health": HEALTH_CONDITIONS, "sex": SEXES, "age_group": ("<55", "55-64", "65+"),
+              "bmi_group": ("<25", "25-30", ">30")}
+# Concrete values are drawn uniformly inside a bin, clipped to a plausible adult range (age 40-80, BMI 18.5-40).
+AGE_BINS = {"<55": (40.0, 55.0), "55-64": (55.0, 65.0), "65+": (65.0, 80.0)}
+BMI_BINS = {"<25": (18.5, 25.0), "25-30": (25.0, 30.0), ">30": (30.0, 40.0)}
+MODES = ("equalise", "min_count")
+PLAN_COLUMNS = ("sample_id", "sex", "age", "bmi", "health", "prompt", "mask_subject_id", "mask_row", "seed", "jitter")
+SAMPLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_SEED = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class PlanTarget:
+    keys: tuple = ("health", "sex", "age_group", "bmi_group")
+    mode: str = "equalise"  # equalise | min_count
+    min_count: int = 0
+    conditions: Optional[tuple] = None  # health conditions to synthesise; None = every condition in the data
+    max_total: Optional[int] = None  # cap: deficits are then shared out proportionally
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.keys if k not in KEY_VALUES]
+        if unknown or "health" not in self.keys or len(set(self.keys)) != len(self.keys):
+            raise InputError("target.keys", f"got {self.keys}; expected distinct keys from {', '.join(KEY_VALUES)}, including health")
+        if self.mode not in MODES:
+            raise InputError("target.mode", f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        if self.mode == "min_count" and self.min_count < 1:
+            raise InputError("target.min_count", f"expected a positive count for mode min_count, got {self.min_count}")
+        bad = [c for c in (self.conditions or ()) if c not in HEALTH_CONDITIONS]
+        if bad:
+            raise InputError("target.conditions", f"unknown condition(s) {bad}; expected from {', '.join(HEALTH_CONDITIONS)}")
+        if self.max_total is not None and self.max_total < 0:
+            raise InputError("target.max_total", f"expected a non-negative number, got {self.max_total}")
+
+
+def planning_attributes(slices, subject_ids: Optional[set] = None) -> pd.DataFrame:
+    """SliceSet (optionally only these subjects, e.g. the training split) -> attributes with slice_row."""
+    table = slices.attributes.assign(slice_row=np.arange(len(slices)))
+    if subject_ids is not None:
+        table = table[table["subject_id"].isin(set(subject_ids))]
+    return table.reset_index(drop=True)
+
+
+def cell_keys(attributes: pd.DataFrame, keys: tuple) -> pd.DataFrame:
+    """Attributes rows (sex, age, bmi, health) -> their cell values for `keys` (None where a field is missing)."""
+    def missing(v):
+        return v is None or (not isinstance(v, str) and pd.isna(v))
+
+    columns = {"health": [None if missing(h) else h for h in attributes["health"]],
+               "sex": [None if missing(s) else s for s in attributes["sex"]],
+               "age_group": [None if missing(a) else age_group(float(a)) for a in attributes["age"]],
+               "bmi_group": [None if missing(b) else bmi_group(float(b)) for b in attributes["bmi"]]}
+    return pd.DataFrame({k: pd.Series(columns[k], dtype=object) for k in keys}, index=attributes.index)
+
+
+def _check_attributes(attributes: pd.DataFrame) -> None:
+    needed = ("subject_id", "slice_row", "sex", "age", "bmi", "health")
+    missing = [c for c in needed if c not in attributes.columns]
+    if missing:
+        raise InputError("attributes", f"missing column(s) {', '.join(missing)}; expected {', '.join(needed)}")
+    if attributes.empty:
+        raise InputError("attributes", "no real masks to plan from")
+
+
+def cell_deficits(attributes: pd.DataFrame, target: PlanTarget, seed: int = 0) -> pd.DataFrame:
+    """One row per cell of each planned condition: key values, `real` count and `deficit` to generate.
+    Over max_total, deficits shrink proportionally (seeded tie-break, so no condition is favoured)."""
+    cells = cell_keys(attributes, target.keys)
+    counted = cells.dropna()  # rows missing a key field count in no cell (they can still donate masks)
+    if counted.empty:
+        raise InputError("target.keys", f"no real row has all of {', '.join(target.keys)}; plan on fields the "
+                                        "cohort has (e.g. keys health, bmi_group for ACDC)")
+    present = [h for h in HEALTH_CONDITIONS if h in set(counted["health"])]
+    conditions = present if target.conditions is None else list(target.conditions)
+    others = [k for k in target.keys if k != "health"]
+    grouped = counted.groupby(list(target.keys)).size().to_dict()
+    counts = {(k if isinstance(k, tuple) else (k,)): v for k, v in grouped.items()}
+    combos = [dict(zip(others, values)) for values in product(*(KEY_VALUES[k] for k in others))]  # empty cells too
+    rows = []
+    for health in conditions:
+        real = [int(counts.get(tuple({"health": health, **c}[k] for k in target.keys), 0)) for c in combos]
+        goal = max(real) if target.mode == "equalise" else target.min_count
+        rows += [{"health": health, **c, "real": r, "deficit": max(goal - r, 0)} for c, r in zip(combos, real)]
+    table = pd.DataFrame(rows, columns=[*target.keys, "real", "deficit"])
+    if target.max_total is not None and table["deficit"].sum() > target.max_total:
+        table["deficit"] = _share_out(table["deficit"].to_numpy(), target.max_total, np.random.default_rng(seed))
+    return table
+
+
+def _share_out(deficits: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Scale deficits to sum to `total`: floors of the proportional shares, then largest remainders (random ties)."""
+    quota = deficits * (total / deficits.sum())
+    shares = np.floor(quota).astype(int)
+    order = np.lexsort((rng.random(len(quota)), -(quota - shares)))
+    shares[order[: total - shares.sum()]] += 1
+    return shares
+
+
+class _MaskPools:
+    """Draws mask rows: unused rows of the pool in a seeded random order first, then reuse (jitter=1)."""
+
+    def __init__(self, attributes: pd.DataFrame, rng: np.random.Generator) -> None:
+        self.attributes, self.rng = attributes, rng
+        self.used: set[int] = set()
+        self.orders: dict[tuple, list[int]] = {}
+
+    def _pool(self, health: str, sex: Optional[str]) -> list[int]:
+        key = (health, sex)
+        if key not in self.orders:
+            same = self.attributes["health"] == health
+            if sex is not None:
+                same &= self.attributes["sex"] == sex
+            self.orders[key] = [int(i) for i in self.rng.permutation(np.flatnonzero(same.to_numpy()))]
+        return self.orders[key]
+
+    def draw(self, health: str, sex: Optional[str]) -> tuple[int, int, str]:
+        """-> (position in attributes, jitter 0/1, match: "health+sex" | "health")."""
+        pool, match = self._pool(health, sex), "health+sex" if sex is not None else "health"
+        if not pool and sex is not None:
+            pool, match = self._pool(health, None), "health"
+        if not pool:
+            raise InputError("attributes", f"no real mask with health {health!r} to draw the geometry from")
+        fresh = next((i for i in pool if i not in self.used), None)
+        if fresh is not None:
+            self.used.add(fresh)
+            return fresh, 0, match
+        return pool[int(self.rng.integers(len(pool)))], 1, match
+
+
+def _draw_value(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    # Floor to 0.1 so the rounded value stays inside its half-open bin.
+    return math.floor(rng.uniform(*bounds) * 10) / 10
+
+
+def plan_rebalancing(attributes: pd.DataFrame, target: PlanTarget = PlanTarget(), seed: int = 0) -> pd.DataFrame:
+    """attributes: one row per real mask (subject_id, slice_row, sex, age, bmi, health) -> plan, one row per sample.
+
+    Fields that are cell keys are drawn inside the cell's bins; other fields are copied from the mask donor.
+    """
+    _check_attributes(attributes)
+    attributes = attributes.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    pools = _MaskPools(attributes, rng)
+    rows = []
+    for cell in cell_deficits(attributes, target, seed).itertuples(index=False):
+        cell = cell._asdict()
+        for _ in range(int(cell["deficit"])):
+            pos, jitter, match = pools.draw(cell["health"], cell.get("sex"))
+            donor = attributes.iloc[pos]
+            age = _draw_value(rng, AGE_BINS[cell["age_group"]]) if "age_group" in cell else donor["age"]
+            bmi = _draw_value(rng, BMI_BINS[cell["bmi_group"]]) if "bmi_group" in cell else donor["bmi"]
+            sex = cell.get("sex", donor["sex"])
+            fields = make_attributes(sex, age, bmi, cell["health"], where=f"donor {donor['subject_id']}")
+            rows.append({"sample_id": f"syn-{len(rows):06d}", "sex": fields.sex, "age": fields.age, "bmi": fields.bmi,
+                         "health": fields.health, "prompt": prompt_from_fields(**fields.to_dict()),
+                         "mask_subject_id": str(donor["subject_id"]), "mask_row": int(donor["slice_row"]),
+                         "seed": int(rng.integers(MAX_SEED)), "jitter": jitter, "mask_match": match})
+    return pd.DataFrame(rows, columns=[*PLAN_COLUMNS, "mask_match"])
+
+
+def composition_after(attributes: pd.DataFrame, plan: pd.DataFrame,
+                      keys: tuple = ("health", "sex", "age_group", "bmi_group")) -> pd.DataFrame:
+    """Cohort before/after per non-empty cell: key values, real, synthetic, total, and health share in the
+    (non-health keys) cell after rebalancing."""
+    real = cell_keys(attributes, keys).fillna("unknown").assign(real=1, synthetic=0)
+    syn = cell_keys(plan, keys).fillna("unknown").assign(real=0, synthetic=1)
+    table = pd.concat([real, syn]).groupby(list(keys), sort=False)[["real", "synthetic"]].sum().reset_index()
+    rank = [tuple(list(KEY_VALUES[k]).index(v) if v in KEY_VALUES[k] else len(KEY_VALUES[k]) for k, v in zip(keys, cell))
+            for cell in table[list(keys)].itertuples(index=False, name=None)]
+    table = table.iloc[sorted(range(len(table)), key=rank.__getitem__)].reset_index(drop=True)  # vocabulary order
+    table["total"] = table["real"] + table["synthetic"]
+    others = [k for k in keys if k != "health"]
+    group_total = table.groupby(others)["total"].transform("sum") if others else table["total"].sum()
+    table["health_share"] = table["total"] / group_total
+    return table
+
+
+def save_plan(plan: pd.DataFrame, path: str | Path) -> Path:
+    """Write the plan CSV atomically."""
+    buffer = io.StringIO()
+    plan.to_csv(buffer, index=False)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+    return Path(path)
+
+
+def _plan_error(path: Path, line: int, sample_id, field: str, problem: str) -> InputError:
+    return InputError(f"{path}: line {line} (sample {sample_id}): {field}", problem)
+
+
+def _check_int(value, path: Path, line: int, sid, field: str, lo: int, hi: int) -> int:
+    try:
+        number = float(value)
+        if number != int(number):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise _plan_error(path, line, sid, field, f"expected an integer, got {value!r}") from None
+    if not lo <= number <= hi:
+        raise _plan_error(path, line, sid, field, f"expected an integer in [{lo}, {hi}], got {value!r}")
+    return int(number)
+
+
+def load_plan(path: str | Path) -> pd.DataFrame:
+    """Read and validate a plan CSV; errors name the line, sample and field. mask_row may be empty where a
+    mask_path column gives the mask file instead."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "plan file not found")
+    try:
+        plan = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise InputError(path, f"cannot parse CSV ({type(err).__name__}: {err})") from None
+    missing = [c for c in PLAN_COLUMNS if c not in plan.columns]
+    if missing:
+        raise InputError(path, f"missing column(s) {', '.join(missing)}; a plan needs {', '.join(PLAN_COLUMNS)}")
+    rows, seen = [], set()
+    for i, row in enumerate(plan.to_dict("records")):
+        line, sid = i + 2, row["sample_id"]
+        if not SAMPLE_ID.fullmatch(sid) or len(sid) > 100:
+            raise _plan_error(path, line, sid, "sample_id", "expected letters, digits, '.', '_' or '-' (not starting with '.')")
+        if sid in seen:
+            raise _plan_error(path, line, sid, "sample_id", "duplicate sample id")
+        seen.add(sid)
+        try:
+            fields = make_attributes(row["sex"], row["age"], row["bmi"], row["health"], where=f"{path}: line {line}")
+            prompt_to_attributes(row["prompt"])
+        except InputError as err:
+            raise _plan_error(path, line, sid, err.where.split(": ")[-1], err.problem) from None
+        has_path = bool(row.get("mask_path", "").strip())
+        mask_row = None if has_path and row["mask_row"].strip() == "" else \
+            _check_int(row["mask_row"], path, line, sid, "mask_row", 0, 2**62)
+        rows.append({**row, **fields.to_dict(), "mask_row": mask_row,
+                     "seed": _check_int(row["seed"], path, line, sid, "seed", 0, MAX_SEED),
+                     "jitter": _check_int(row["jitter"], path, line, sid, "jitter", 0, 1)})
+    table = pd.DataFrame(rows, columns=list(plan.columns))
+    table["mask_row"] = pd.Series([r["mask_row"] for r in rows], dtype=object)  # ints, None where mask_path
+    return table
+
+
+def apply_jitter(mask: np.ndarray, rng: np.random.Generator, max_shift: float = 2.0,
+                 max_degrees: float = 5.0) -> np.ndarray:
+    """mask: (2, S, S) labels -> same shape, shifted (<= max_shift px) and rotated (<= max_degrees) about the
+    centre, nearest neighbour; ED and ES move together so the cardiac cycle stays coherent."""
+    angle = np.deg2rad(rng.uniform(-max_degrees, max_degrees))
+    shift = rng.uniform(-max_shift, max_shift, size=2)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    centre = (np.array(mask.shape[1:]) - 1) / 2.0
+    offset = centre - rotation @ (centre + shift)  # output pixel o reads input R (o - c - shift) + c
+    return np.stack([ndimage.affine_transform(m, rotation, offset=offset, order=0, mode="constant", cval=0)
+                     for m in mask]).astype(mask.dtype)

@@ -1,0 +1,186 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from data.attributes import age_group, bmi_group
+from data.cohort import LV, MYO, RV
+from data.errors import InputError
+from data.planner import (KEY_VALUES, PLAN_COLUMNS, PlanTarget, apply_jitter, composition_after, load_plan,
+                          plan_rebalancing, save_plan)
+from data.prompts import prompt_from_fields
+
+CELL_KEYS = ["health", "sex", "age_group", "bmi_group"]
+
+
+def cohort(n=80, seed=0, female_hf=True):
+    """Skewed real cohort: heart failure mostly in old, obese men; optionally no woman with heart failure."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        sex = ("female", "male")[int(rng.random() < 0.6)]
+        age, bmi = float(rng.uniform(40, 80)), float(rng.uniform(18.5, 40))
+        p_hf = 0.1 + 0.5 * (sex == "male") * (age > 60)
+        health = "heart_failure" if rng.random() < p_hf and (female_hf or sex == "male") else "healthy"
+        rows.append({"subject_id": f"s{i:03d}", "slice_row": i, "sex": sex, "age": round(age, 1),
+                     "bmi": round(bmi, 1), "health": health})
+    return pd.DataFrame(rows)
+
+
+def cells(frame):
+    return pd.DataFrame({"health": frame["health"], "sex": frame["sex"],
+                         "age_group": [age_group(a) for a in frame["age"]],
+                         "bmi_group": [bmi_group(b) for b in frame["bmi"]]})
+
+
+def counts(frame):
+    return cells(frame).groupby(CELL_KEYS).size()
+
+
+def full_grid(health):
+    return pd.MultiIndex.from_product([[health], *(KEY_VALUES[k] for k in CELL_KEYS[1:])], names=CELL_KEYS)
+
+
+def test_equalise_fills_every_cell_to_the_conditions_largest():
+    real = cohort()
+    plan = plan_rebalancing(real, PlanTarget(mode="equalise"), seed=1)
+    after = counts(pd.concat([real, plan]))
+    expected_total = 0
+    for health in ("healthy", "heart_failure"):
+        before = counts(real).reindex(full_grid(health), fill_value=0)
+        now = after.reindex(full_grid(health), fill_value=0)
+        assert (now == before.max()).all()  # every one of the 18 cells reaches the largest cell
+        expected_total += int((before.max() - before).sum())
+    assert len(plan) == expected_total
+    # Label independent of the sensitive attributes: the health share is the same in every cell.
+    table = composition_after(real, plan)
+    for _, share in table.groupby("health")["health_share"]:
+        assert np.allclose(share, share.iloc[0])
+    assert table["real"].sum() == len(real) and table["synthetic"].sum() == len(plan)
+
+
+def test_min_count_and_conditions_and_cap():
+    real = cohort()
+    plan = plan_rebalancing(real, PlanTarget(mode="min_count", min_count=3, conditions=("heart_failure",)), seed=0)
+    assert set(plan["health"]) == {"heart_failure"}
+    before = counts(real).reindex(full_grid("heart_failure"), fill_value=0)
+    added = counts(plan).reindex(full_grid("heart_failure"), fill_value=0)
+    assert ((before + added) >= 3).all()
+    assert (added == np.maximum(3 - before, 0)).all()  # cells already at 3 get nothing
+    capped = plan_rebalancing(real, PlanTarget(mode="min_count", min_count=3, max_total=7), seed=0)
+    assert len(capped) == 7
+    full = plan_rebalancing(real, PlanTarget(mode="min_count", min_count=3), seed=0)
+    capped_cells, full_cells = counts(capped), counts(full)
+    assert all(capped_cells[c] <= full_cells[c] for c in capped_cells.index)
+
+
+def test_masks_same_health_and_sex_drawn_without_replacement_first():
+    real = cohort()
+    plan = plan_rebalancing(real, PlanTarget(mode="equalise"), seed=2)
+    donors = real.set_index("slice_row").loc[plan["mask_row"]]
+    assert (donors["subject_id"].to_numpy() == plan["mask_subject_id"].to_numpy()).all()
+    assert (donors["health"].to_numpy() == plan["health"].to_numpy()).all()
+    assert (donors["sex"].to_numpy() == plan["sex"].to_numpy()).all()
+    fresh = plan[plan["jitter"] == 0]
+    assert fresh["mask_row"].is_unique  # no mask used twice without jitter
+    for (health, sex), group in plan.groupby(["health", "sex"]):
+        pool = int(((real["health"] == health) & (real["sex"] == sex)).sum())
+        assert (group["jitter"] == 0).sum() == min(pool, len(group))
+        assert group["jitter"].is_monotonic_increasing  # reuse only once the pool is used up
+
+
+def test_falls_back_to_same_health_when_no_donor_of_that_sex():
+    real = cohort(female_hf=False)
+    plan = plan_rebalancing(real, PlanTarget(mode="equalise", conditions=("heart_failure",)), seed=0)
+    women = plan[plan["sex"] == "female"]
+    assert len(women) > 0 and (women["mask_match"] == "health").all()
+    donor_health = real.set_index("slice_row").loc[women["mask_row"], "health"]
+    assert (donor_health == "heart_failure").all()
+
+
+def test_values_inside_cell_bins_and_prompts():
+    real = cohort()
+    plan = plan_rebalancing(real, PlanTarget(mode="min_count", min_count=2), seed=3)
+    assert plan["sample_id"].is_unique and set(PLAN_COLUMNS) <= set(plan.columns)
+    assert plan["age"].between(40, 80).all() and plan["bmi"].between(18.5, 40).all()
+    assert plan["age"].nunique() > len(plan) // 2  # drawn per sample, not a bin's fixed representative
+    for row in plan.itertuples():
+        assert row.prompt == prompt_from_fields(row.sex, row.age, row.bmi, row.health)
+
+
+def test_deterministic_for_a_seed():
+    real = cohort()
+    a = plan_rebalancing(real, PlanTarget(), seed=5)
+    b = plan_rebalancing(real, PlanTarget(), seed=5)
+    c = plan_rebalancing(real, PlanTarget(), seed=6)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a[["age", "mask_row", "seed"]].equals(c[["age", "mask_row", "seed"]])
+
+
+def test_save_load_roundtrip_and_errors(tmp_path):
+    plan = plan_rebalancing(cohort(), PlanTarget(mode="min_count", min_count=1, max_total=6), seed=0)
+    path = save_plan(plan, tmp_path / "plan.csv")
+    loaded = load_plan(path)
+    assert list(loaded["sample_id"]) == list(plan["sample_id"])
+    assert list(loaded["mask_row"]) == list(plan["mask_row"]) and list(loaded["seed"]) == list(plan["seed"])
+    assert np.allclose(loaded["age"], plan["age"])
+    bad_cases = {"health": ("flu", r"line 3 \(sample syn-000001\): health.*heart_failure"),
+                 "jitter": ("2", r"line 3.*jitter"), "sample_id": ("syn-000000", "duplicate"),
+                 "mask_row": ("-1", "mask_row")}
+    for field, (value, message) in bad_cases.items():
+        broken = plan.copy()
+        broken[field] = broken[field].astype(object)
+        broken.loc[1, field] = value
+        save_plan(broken, tmp_path / "bad.csv")
+        with pytest.raises(InputError, match=message):
+            load_plan(tmp_path / "bad.csv")
+    save_plan(plan.drop(columns=["seed"]), tmp_path / "bad.csv")
+    with pytest.raises(InputError, match="missing column.*seed"):
+        load_plan(tmp_path / "bad.csv")
+
+
+def test_keys_the_cohort_lacks():
+    real = cohort().assign(sex=None, age=np.nan)  # like ACDC: no sex, no age
+    with pytest.raises(InputError, match="no real row has all of"):
+        plan_rebalancing(real, PlanTarget())
+    plan = plan_rebalancing(real, PlanTarget(keys=("health", "bmi_group")), seed=0)
+    after = cells(pd.concat([real, plan]).assign(sex="female", age=50.0)).groupby(["health", "bmi_group"]).size()
+    for health in ("healthy", "heart_failure"):
+        assert after[health].nunique() == 1 and len(after[health]) == 3  # 3 BMI groups, equal
+    assert plan["sex"].isna().all() and plan["age"].isna().all()  # copied from donors: unknown stays unknown
+
+
+def test_target_validation():
+    with pytest.raises(InputError, match="mode"):
+        PlanTarget(mode="balance")
+    with pytest.raises(InputError, match="min_count"):
+        PlanTarget(mode="min_count", min_count=0)
+    with pytest.raises(InputError, match="flu"):
+        PlanTarget(conditions=("flu",))
+    with pytest.raises(InputError, match="health"):
+        PlanTarget(keys=("sex",))
+    with pytest.raises(InputError, match="no real mask with health 'atrial_fibrillation'"):
+        plan_rebalancing(cohort(), PlanTarget(mode="min_count", min_count=1, conditions=("atrial_fibrillation",)))
+
+
+def ring_mask(size=32):
+    x, y = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    r = np.hypot(x - 15.5, y - 14.5)
+    m = np.zeros((size, size), np.uint8)
+    m[np.hypot(x - 15.5, y - 5.0) < 5] = RV
+    m[r < 8] = MYO
+    m[r < 5] = LV
+    return np.stack([m, m])
+
+
+def test_apply_jitter_is_small_rigid_and_deterministic():
+    mask = ring_mask()
+    moved = [apply_jitter(mask, np.random.default_rng(s)) for s in range(5)]
+    assert all(m.shape == mask.shape and m.dtype == mask.dtype for m in moved)
+    assert any((m != mask).any() for m in moved)
+    for m in moved:
+        assert (m[0] == m[1]).all()  # ED and ES move together
+        for label in (LV, MYO, RV):
+            assert abs(int((m == label).sum()) - int((mask == label).sum())) <= 0.15 * (mask == label).sum()
+        lv_shift = np.argwhere(m[0] == LV).mean(0) - np.argwhere(mask[0] == LV).mean(0)
+        assert np.abs(lv_shift).max() <= 3.0  # a few pixels at most
+    assert (apply_jitter(mask, np.random.default_rng(1)) == moved[1]).all()
