@@ -1,0 +1,338 @@
+"""The debiasing experiment: one classifier per arm x seed, all scored on the same real test set.
+
+Arms differ ONLY in their training set (same test set, seeds, ClassifierConfig and TrainConfig otherwise):
+  real            the real training slices
+  reweighted      the same, drawn with metagroup-balanced sampling (label x sex x age x BMI; the classic baseline)
+  real+synthetic  real plus the synthetic samples of the rebalancing plan (under-represented subgroups)
+  synthetic       synthetic only (sanity check: does generated data carry the label at all?)
+Model selection: train_classifier holds out val_fraction of the arm's OWN training subjects (each synthetic sample
+is its own subject "syn-..."), so no arm looks at the test set before it is scored.
+Intervals: 95% percentile bootstrap over TEST SUBJECTS of the seed-mean metric: each replicate scores every seed's
+predictions on the same resampled subjects and averages over seeds, so the interval brackets the reported mean
+(the seed spread is reported separately as std). All bootstraps share one seed, so arms are compared paired.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from classify.bootstrap import bootstrap_ci, mean_std_over_seeds
+from classify.fairness import SENSITIVE_COLUMNS, UNKNOWN, fairness_summary, sensitive_frame, subgroup_metrics
+from classify.resnet import ClassifierConfig
+from classify.train import TrainConfig, predict_proba, train_classifier
+from data.attributes import is_positive
+from data.errors import InputError
+from data.planner import KEY_VALUES
+from data.prompts import prompt_to_attributes
+from data.slices import SliceSet
+from ddpm.checkpoint import atomic_write_bytes
+
+ARMS = ("real", "reweighted", "real+synthetic", "synthetic")
+ARM_LABELS = {"real": "(a) real", "reweighted": "(b) reweighted", "real+synthetic": "(c) real+synthetic",
+              "synthetic": "(d) synthetic"}
+NEEDS_SYNTHETIC = ("real+synthetic", "synthetic")
+DEBIASED, BASELINES = "real+synthetic", ("real", "reweighted")
+DISPARITY_KEYS = ("worst_group_balanced_accuracy", "balanced_accuracy_gap", "balanced_accuracy_ratio",
+                  "equalized_odds_difference", "demographic_parity_difference")
+THRESHOLD = 0.5  # P(positive) >= THRESHOLD predicts positive
+SYNTHETIC_PREFIX = "syn-"
+
+
+@dataclass
+class ExperimentConfig:
+    arms: tuple = ARMS
+    seeds: tuple = (0, 1, 2)
+    positive: tuple = ("heart_failure",)  # health conditions labelled 1
+    n_boot: int = 500
+    val_fraction: float = 0.2  # of each arm's own training subjects, for best-epoch selection
+
+
+def check_experiment_config(cfg: ExperimentConfig) -> None:
+    unknown = [a for a in cfg.arms if a not in ARMS]
+    if unknown or not cfg.arms or len(set(cfg.arms)) != len(cfg.arms):
+        raise InputError("experiment.arms", f"expected distinct arms from {', '.join(ARMS)}, got {list(cfg.arms)}")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise InputError("experiment.seeds", f"expected distinct integer seeds, got {list(cfg.seeds)}")
+    if not cfg.positive:
+        raise InputError("experiment.positive", "expected at least one health condition to label positive")
+    if int(cfg.n_boot) < 1 or not 0.0 <= float(cfg.val_fraction) < 1.0:
+        raise InputError("experiment", f"expected n_boot >= 1 and val_fraction in [0, 1), got {cfg.n_boot}, "
+                                       f"{cfg.val_fraction}")
+
+
+def is_missing(value) -> bool:
+    """None, NaN or blank text."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+def _attributes(slices: SliceSet) -> pd.DataFrame:
+    """slices.attributes with sex and health read from the prompt where the column is empty."""
+    attrs = slices.attributes.copy()
+    for column in ("sex", "health"):
+        attrs[column] = [getattr(prompt_to_attributes(p or ""), column) if is_missing(v) else v
+                         for v, p in zip(attrs[column], attrs["prompt"])]
+    return attrs
+
+
+def labels_of(slices: SliceSet, positive: tuple = ("heart_failure",)) -> np.ndarray:
+    """(N,) int64: 1 where the sample's health condition is in `positive`, else 0 (missing health -> 0)."""
+    health = _attributes(slices)["health"]
+    return np.array([int(is_positive(None if is_missing(h) else h, tuple(positive))) for h in health], dtype=np.int64)
+
+
+def _groups(slices: SliceSet, source: str) -> pd.DataFrame:
+    """One row per sample: subject_id, sex, age, bmi, source; synthetic subject ids get the 'syn-' prefix."""
+    attrs = _attributes(slices)
+    ids = [s if source == "real" or s.startswith(SYNTHETIC_PREFIX) else SYNTHETIC_PREFIX + s
+           for s in slices.subject_ids]
+    return pd.DataFrame({"subject_id": ids, "sex": attrs["sex"], "age": attrs["age"], "bmi": attrs["bmi"],
+                         "source": source})
+
+
+def arm_training_set(arm: str, real_train: SliceSet, synthetic: Optional[SliceSet],
+                     positive: tuple = ("heart_failure",)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, bool]:
+    """-> (images (N, 2, S, S), labels (N,), groups_df (N rows: subject_id, sex, age, bmi, source),
+    balanced_sampling). Only "reweighted" samples metagroup-balanced."""
+    if arm not in ARMS:
+        raise InputError("arm", f"unknown arm {arm!r}; expected one of {', '.join(ARMS)}")
+    parts = [] if arm == "synthetic" else [(real_train, "real")]
+    if arm in NEEDS_SYNTHETIC:
+        if synthetic is None or len(synthetic) == 0:
+            raise InputError(f"arm {arm}", "needs synthetic samples, got none")
+        if synthetic.images.shape[1:] != real_train.images.shape[1:]:
+            raise InputError("synthetic.images", f"expected samples shaped {real_train.images.shape[1:]} like the "
+                                                 f"real slices, got {synthetic.images.shape[1:]}")
+        parts.append((synthetic, "synthetic"))
+    frames = [_groups(s, source) for s, source in parts]
+    shared = set(frames[0]["subject_id"]) & set(frames[-1]["subject_id"]) if len(frames) == 2 else set()
+    if shared:
+        raise InputError("synthetic subject ids", f"{len(shared)} also name real subjects (e.g. {sorted(shared)[0]})")
+    groups = pd.concat(frames, ignore_index=True)
+    images = np.concatenate([s.images for s, _ in parts])
+    labels = np.concatenate([labels_of(s, positive) for s, _ in parts])
+    return images, labels, groups, arm == "reweighted"
+
+
+# Bootstrap metrics: y_pred is (N, n_seeds) 0/1; groups is (N, 3) group names per SENSITIVE_COLUMNS.
+def _ba_per_seed(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """(n_seeds,) balanced accuracy of each column: mean of the sensitivity/specificity of the classes present."""
+    pos = y_true == 1
+    rates = ([y_pred[pos].mean(0)] if pos.any() else []) + ([1.0 - y_pred[~pos].mean(0)] if (~pos).any() else [])
+    return np.mean(rates, axis=0) if rates else np.full(y_pred.shape[1], np.nan)
+
+
+def _overall_ba(y_true, y_pred, y_score, groups) -> float:
+    return float(np.mean(_ba_per_seed(y_true, y_pred)))
+
+
+def _group_ba(column: int, group: str):
+    def metric(y_true, y_pred, y_score, groups) -> float:
+        rows = groups[:, column] == group
+        return float(np.mean(_ba_per_seed(y_true[rows], y_pred[rows]))) if rows.any() else float("nan")
+    return metric
+
+
+def _worst_per_seed(y_true, y_pred, groups) -> np.ndarray:
+    """(n_seeds,) lowest balanced accuracy over the known single-attribute groups (as fairness_summary)."""
+    rows = [_ba_per_seed(y_true[groups[:, c] == g], y_pred[groups[:, c] == g])
+            for c in range(groups.shape[1]) for g in np.unique(groups[:, c]) if g != UNKNOWN]
+    rows = np.array([r for r in rows if not np.isnan(r).all()])
+    return np.nanmin(rows, axis=0) if len(rows) else np.full(y_pred.shape[1], np.nan)
+
+
+def _worst_ba(y_true, y_pred, y_score, groups) -> float:
+    return float(np.mean(_worst_per_seed(y_true, y_pred, groups)))
+
+
+def _worst_gain(n_seeds: int):
+    """Paired: y_pred holds the debiased arm's seeds then the baseline's."""
+    def metric(y_true, y_pred, y_score, groups) -> float:
+        return float(np.mean(_worst_per_seed(y_true, y_pred[:, :n_seeds], groups))
+                     - np.mean(_worst_per_seed(y_true, y_pred[:, n_seeds:], groups)))
+    return metric
+
+
+def _interval(point_lo_hi: tuple) -> dict:
+    return dict(zip(("point", "lo", "hi"), point_lo_hi))
+
+
+def _mean_std(values: list) -> dict:
+    mean, std = mean_std_over_seeds(values)
+    return {"mean": mean, "std": std, "values": [float(v) for v in values]}
+
+
+def _aggregate(summaries: list[dict]) -> dict:
+    """Mean/std over seeds of the overall and worst-group numbers and each attribute's disparities."""
+    out = {k: _mean_std([s["overall"][k] for s in summaries]) for k in ("balanced_accuracy", "auroc")}
+    out["worst_group_balanced_accuracy"] = _mean_std([s["worst_group_balanced_accuracy"] for s in summaries])
+    for column in SENSITIVE_COLUMNS:
+        out[column] = {k: _mean_std([s[column][k] for s in summaries]) for k in DISPARITY_KEYS}
+    return out
+
+
+def _group_order(column: str, present) -> list:
+    known = [g for g in KEY_VALUES.get(column, ()) if g in set(present)]
+    return known + sorted(g for g in set(present) if g not in known and g != UNKNOWN)
+
+
+def _intervals(y_true, preds: np.ndarray, codes: np.ndarray, subject_ids, n_boot: int) -> dict:
+    """Bootstrap intervals of one arm; preds: (N, n_seeds)."""
+    def ci(metric):
+        return bootstrap_ci(metric, y_true, preds, None, codes, subject_ids, n_boot=n_boot, seed=0)
+
+    rows = []
+    for c, column in enumerate(SENSITIVE_COLUMNS):
+        for group in _group_order(column, codes[:, c]):
+            in_group = codes[:, c] == group
+            per_seed = _ba_per_seed(y_true[in_group], preds[in_group])
+            rows.append({"attribute": column, "group": group, "count": int(in_group.sum()),
+                         "n_subjects": len(set(np.asarray(subject_ids)[in_group])),
+                         "n_positive": int(y_true[in_group].sum()), **_interval(ci(_group_ba(c, group))),
+                         "seed_std": mean_std_over_seeds(per_seed)[1]})
+    columns = ["attribute", "group", "count", "n_subjects", "n_positive", "point", "lo", "hi", "seed_std"]
+    return {"balanced_accuracy": _interval(ci(_overall_ba)),
+            "worst_group_balanced_accuracy": _interval(ci(_worst_ba)),
+            "subgroups": pd.DataFrame(rows, columns=columns)}
+
+
+def _verdict(lo: float, hi: float) -> str:
+    if math.isnan(lo) or math.isnan(hi):
+        return "undetermined"
+    return "helped" if lo > 0 else ("hurt" if hi < 0 else "no clear difference")
+
+
+def _comparison(aggregate: dict, preds: dict, y_true, codes, subject_ids, n_boot: int) -> dict:
+    """Arm real+synthetic against each baseline: worst-group gain (paired CI), BA and disparity changes."""
+    out = {}
+    for base in [b for b in BASELINES if b in preds and DEBIASED in preds]:
+        a, b = aggregate[DEBIASED], aggregate[base]
+        paired = np.hstack([preds[DEBIASED], preds[base]])
+        gain = bootstrap_ci(_worst_gain(preds[base].shape[1]), y_true, paired, None, codes, subject_ids,
+                            n_boot=n_boot, seed=0)
+        out[f"{DEBIASED} vs {base}"] = {
+            "baseline": base, "worst_group_gain": _interval(gain), "verdict": _verdict(gain[1], gain[2]),
+            "balanced_accuracy_change": a["balanced_accuracy"]["mean"] - b["balanced_accuracy"]["mean"],
+            "disparity_change": {c: {k: a[c][k]["mean"] - b[c][k]["mean"] for k in DISPARITY_KEYS[1:]}
+                                 for c in SENSITIVE_COLUMNS}}
+    return out
+
+
+def _plain(value):
+    """Nested results -> JSON-ready values (NaN/inf -> None, DataFrames -> lists of row dicts)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, pd.DataFrame):
+        return _plain(value.to_dict("records"))
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass
+class ExperimentResult:
+    """runs: one dict per arm x seed (arm, seed, scores (N_test,), history, summary, subgroups DataFrame);
+    aggregate / intervals: per arm; comparison: per "real+synthetic vs <baseline>"; skipped: arm -> reason."""
+
+    config: dict
+    test: dict
+    runs: list = field(default_factory=list)
+    skipped: dict = field(default_factory=dict)
+    aggregate: dict = field(default_factory=dict)
+    intervals: dict = field(default_factory=dict)
+    comparison: dict = field(default_factory=dict)
+
+    @property
+    def arms(self) -> list:
+        return list(self.aggregate)
+
+    def subgroup_table(self) -> pd.DataFrame:
+        """Long table: arm, seed, then subgroup_metrics' columns."""
+        tables = [r["subgroups"].assign(arm=r["arm"], seed=r["seed"]) for r in self.runs]
+        if not tables:
+            return pd.DataFrame(columns=["arm", "seed", "grouping", "group"])
+        table = pd.concat(tables, ignore_index=True)
+        return table[["arm", "seed"] + [c for c in table.columns if c not in ("arm", "seed")]]
+
+    def to_dict(self) -> dict:
+        return _plain({"config": self.config, "test": self.test, "arms": self.arms, "skipped": self.skipped,
+                       "aggregate": self.aggregate, "intervals": self.intervals, "comparison": self.comparison,
+                       "runs": self.runs})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write out_dir/experiment.json and out_dir/subgroups.csv atomically; returns out_dir."""
+        out_dir = Path(out_dir)
+        atomic_write_bytes(out_dir / "experiment.json", self.to_json().encode())
+        buffer = io.StringIO()
+        self.subgroup_table().to_csv(buffer, index=False)
+        atomic_write_bytes(out_dir / "subgroups.csv", buffer.getvalue().encode())
+        return out_dir
+
+
+def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Optional[SliceSet], exp_cfg: ExperimentConfig,
+                   clf_cfg: ClassifierConfig, train_cfg: TrainConfig, progress: bool = True) -> ExperimentResult:
+    """Train every runnable arm once per seed and score it on real_test (see the module docstring).
+
+    train_cfg.seed, balanced_sampling and val_fraction are set per run (seed, arm, exp_cfg.val_fraction).
+    """
+    check_experiment_config(exp_cfg)
+    if len(real_test) == 0:
+        raise InputError("real_test", "expected at least one test slice")
+    leaked = set(real_train.subject_ids) & set(real_test.subject_ids)
+    if leaked:
+        raise InputError("real_test", f"{len(leaked)} subject(s) also in real_train (e.g. {sorted(leaked)[0]}); "
+                                      "the test set must hold unseen subjects")
+    positive = tuple(exp_cfg.positive)
+    y_test, groups_test = labels_of(real_test, positive), _groups(real_test, "real")
+    codes = sensitive_frame(groups_test)[list(SENSITIVE_COLUMNS)].to_numpy().astype(str)
+    result = ExperimentResult(
+        config={"experiment": asdict(exp_cfg), "classifier": asdict(clf_cfg), "train": asdict(train_cfg),
+                "threshold": THRESHOLD, "intervals": "95% bootstrap over test subjects of the seed-mean metric"},
+        test={"n_slices": len(real_test), "n_subjects": len(set(real_test.subject_ids)),
+              "n_positive": int(y_test.sum()), "subject_ids": list(real_test.subject_ids), "labels": y_test})
+    preds, n_boot = {}, int(exp_cfg.n_boot)
+    bar = tqdm(total=len(exp_cfg.arms) * len(exp_cfg.seeds), desc="experiment", unit="run", disable=not progress)
+    for arm in exp_cfg.arms:
+        if arm in NEEDS_SYNTHETIC and (synthetic is None or len(synthetic) == 0):
+            result.skipped[arm] = "no synthetic samples"
+        else:
+            images, labels, groups, balanced = arm_training_set(arm, real_train, synthetic, positive)
+            if len(np.unique(labels)) < 2:
+                only = f"training set holds only class {labels[0]}" if len(labels) else "no training data"
+                result.skipped[arm] = only
+        if arm in result.skipped:
+            bar.total -= len(exp_cfg.seeds)
+            continue
+        for seed in exp_cfg.seeds:
+            bar.set_postfix(arm=arm, seed=seed)
+            cfg = replace(train_cfg, seed=int(seed), balanced_sampling=balanced, val_fraction=exp_cfg.val_fraction)
+            model, history = train_classifier(images, labels, groups, cfg, progress=False, model_cfg=clf_cfg)
+            scores = predict_proba(model, real_test.images)
+            y_pred = (scores >= THRESHOLD).astype(int)
+            result.runs.append({"arm": arm, "seed": int(seed), "n_train": len(labels), "history": history,
+                                "scores": scores, "summary": fairness_summary(y_test, y_pred, scores, groups_test),
+                                "subgroups": subgroup_metrics(y_test, y_pred, scores, groups_test)})
+            bar.update(1)
+        runs = [r for r in result.runs if r["arm"] == arm]
+        preds[arm] = np.stack([(r["scores"] >= THRESHOLD).astype(int) for r in runs], axis=1)
+        result.aggregate[arm] = _aggregate([r["summary"] for r in runs])
+        result.intervals[arm] = _intervals(y_test, preds[arm], codes, real_test.subject_ids, n_boot)
+    bar.close()
+    result.comparison = _comparison(result.aggregate, preds, y_test, codes, real_test.subject_ids, n_boot)
+    return result

@@ -1,0 +1,234 @@
+"""Tests for classify/experiment.py: arm training sets, arms differing only in data, a toy end-to-end run."""
+import copy
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import classify.experiment as experiment
+from classify.experiment import (ARMS, ExperimentConfig, arm_training_set, labels_of, run_experiment)
+from classify.resnet import ClassifierConfig, ResNetClassifier
+from classify.train import TrainConfig
+from data.errors import InputError
+from data.slices import SliceSet
+
+TINY = ClassifierConfig(widths=(4, 8), blocks_per_stage=(1, 1))
+TRAIN = TrainConfig(epochs=2, batch_size=16, lr=3e-3, augment=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny convs run faster on one thread than fighting other processes for the shared cores
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def toy_slices(n_subjects: int, p_male_if_positive: float, seed: int, prefix: str, per_subject: int = 2,
+               size: int = 16, labels=None) -> SliceSet:
+    """Brightness encodes the label; a bright corner patch marks males, so sex is a shortcut wherever
+    P(male | positive) != P(male | negative) = 1 - p_male_if_positive."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n_subjects) % 2 if labels is None else np.asarray(labels)
+    male = rng.random(n_subjects) < np.where(labels == 1, p_male_if_positive, 1 - p_male_if_positive)
+    images, records = [], []
+    for k in range(n_subjects):
+        for _ in range(per_subject):
+            image = np.clip(rng.normal(0.3 if labels[k] else -0.3, 0.3, (2, size, size)), -1, 1)
+            image[:, :4, :4] = 1.0 if male[k] else -1.0
+            images.append(image)
+            records.append({"subject_id": f"{prefix}{k}", "sex": "male" if male[k] else "female",
+                            "age": 45.0 + 10 * (k % 3), "bmi": 22.0 + 4 * ((k // 3) % 3),
+                            "health": "heart_failure" if labels[k] else "healthy", "prompt": ""})
+    n = len(images)
+    return SliceSet(np.stack(images).astype(np.float32), np.zeros((n, 2, size, size), np.uint8),
+                    [r["subject_id"] for r in records], np.zeros(n), pd.DataFrame(records))
+
+
+def toy_problem():
+    """Real train with the sex shortcut (positives 85% male), a test set without it, a synthetic set against it."""
+    return (toy_slices(24, 0.85, 0, "train-"), toy_slices(24, 0.5, 1, "test-"),
+            toy_slices(12, 0.15, 2, "", per_subject=1))
+
+
+def test_labels_of_marks_positive_conditions_and_reads_prompts_where_health_is_missing():
+    slices = toy_slices(4, 0.5, 0, "s", per_subject=1)
+    slices.attributes.loc[0, ["health", "prompt"]] = [None, "Male, age in 60s, heart failure"]
+    slices.attributes.loc[1, "health"] = "myocardial_infarction"
+    assert labels_of(slices).tolist() == [1, 0, 0, 1]
+    assert labels_of(slices, ("heart_failure", "myocardial_infarction")).tolist() == [1, 1, 0, 1]
+
+
+def test_arm_training_sets_hold_exactly_their_data():
+    real, _, syn = toy_problem()
+    n_real = len(real)
+    images, labels, groups, balanced = arm_training_set("real", real, syn)
+    assert np.array_equal(images, real.images) and np.array_equal(labels, labels_of(real)) and not balanced
+    images_w, labels_w, groups_w, balanced_w = arm_training_set("reweighted", real, syn)
+    assert balanced_w and np.array_equal(images_w, images) and groups_w.equals(groups)
+    images_c, labels_c, groups_c, balanced_c = arm_training_set("real+synthetic", real, syn)
+    assert not balanced_c and len(images_c) == n_real + len(syn)
+    assert np.array_equal(images_c[n_real:], syn.images) and np.array_equal(labels_c[n_real:], labels_of(syn))
+    assert all(s.startswith("syn-") for s in groups_c["subject_id"][n_real:])
+    assert groups_c["sex"][n_real:].tolist() == syn.attributes["sex"].tolist()  # groups from the prompted attributes
+    assert set(groups_c["subject_id"][:n_real]).isdisjoint(groups_c["subject_id"][n_real:])
+    images_d, _, groups_d, _ = arm_training_set("synthetic", real, syn)
+    assert np.array_equal(images_d, syn.images) and (groups_d["source"] == "synthetic").all()
+    with pytest.raises(InputError, match="synthetic"):
+        arm_training_set("real+synthetic", real, None)
+    with pytest.raises(InputError, match="unknown arm"):
+        arm_training_set("oversampled", real, syn)
+    with pytest.raises(InputError, match="shaped"):
+        arm_training_set("synthetic", real, toy_slices(4, 0.5, 0, "x", size=8))
+
+
+class Spy:
+    """Stands in for train_classifier and predict_proba: records calls; scores = label-correlated noise, the same
+    for every call unless vary=True."""
+
+    def __init__(self, y_test, vary: bool = False):
+        self.train_calls, self.predict_calls, self.y_test, self.vary = [], [], y_test, vary
+
+    def train(self, images, labels, groups_df, cfg, val=None, progress=False, model_cfg=None):
+        self.train_calls.append({"images": images, "labels": labels, "groups": groups_df, "cfg": cfg, "val": val,
+                                 "model_cfg": model_cfg})
+        return ResNetClassifier(model_cfg), {"best_epoch": 0, "seed": cfg.seed}
+
+    def predict(self, model, images, batch_size=256):
+        self.predict_calls.append(images)
+        rng = np.random.default_rng(len(self.predict_calls) if self.vary else 0)
+        return np.clip(0.5 + 0.3 * (self.y_test - 0.5) + rng.normal(0, 0.2, len(images)), 0, 1)
+
+
+def memoised(metric):
+    """fairlearn's MetricFrame costs ~0.5 s a call; identical predictions need it only once."""
+    cache = {}
+
+    def wrapper(y_true, y_pred, y_score, groups):
+        key = (np.asarray(y_pred).tobytes(), np.asarray(y_score).tobytes())
+        if key not in cache:
+            cache[key] = metric(y_true, y_pred, y_score, groups)
+        return copy.deepcopy(cache[key])
+    return wrapper
+
+
+def spied_run(monkeypatch, real, test, syn, cfg):
+    spy = Spy(labels_of(test))
+    monkeypatch.setattr(experiment, "train_classifier", spy.train)
+    monkeypatch.setattr(experiment, "predict_proba", spy.predict)
+    monkeypatch.setattr(experiment, "fairness_summary", memoised(experiment.fairness_summary))
+    monkeypatch.setattr(experiment, "subgroup_metrics", memoised(experiment.subgroup_metrics))
+    return spy, run_experiment(real, test, syn, cfg, TINY, TRAIN, progress=False)
+
+
+def test_arms_differ_only_in_their_training_set(monkeypatch):
+    real, test, syn = toy_problem()
+    cfg = ExperimentConfig(seeds=(3, 5), n_boot=20, val_fraction=0.25)
+    spy, result = spied_run(monkeypatch, real, test, syn, cfg)
+    assert len(spy.train_calls) == len(ARMS) * 2 and result.arms == list(ARMS)
+    assert all(images is test.images for images in spy.predict_calls)  # one and the same test set
+    for i, call in enumerate(spy.train_calls):
+        arm = ARMS[i // 2]
+        images, labels, groups, balanced = arm_training_set(arm, real, syn)
+        assert np.array_equal(call["images"], images) and np.array_equal(call["labels"], labels)
+        assert call["groups"].equals(groups) and call["val"] is None  # validation comes from the arm's own subjects
+        assert call["model_cfg"] is TINY
+        expected = TrainConfig(**{**TRAIN.__dict__, "seed": cfg.seeds[i % 2], "balanced_sampling": arm == "reweighted",
+                                  "val_fraction": 0.25})
+        assert call["cfg"] == expected
+
+
+def test_skipped_arms_are_recorded_with_a_reason(monkeypatch):
+    real, test, syn = toy_problem()
+    cfg = ExperimentConfig(seeds=(0,), n_boot=10)
+    _, result = spied_run(monkeypatch, real, test, None, cfg)
+    assert result.arms == ["real", "reweighted"] and result.comparison == {}
+    assert set(result.skipped) == {"real+synthetic", "synthetic"}
+    assert all("synthetic" in reason for reason in result.skipped.values())
+    positives_only = syn.select(labels_of(syn) == 1)
+    cfg = ExperimentConfig(arms=("real+synthetic", "synthetic"), seeds=(0,), n_boot=10)
+    _, result = spied_run(monkeypatch, real, test, positives_only, cfg)
+    assert result.arms == ["real+synthetic"]
+    assert "only class 1" in result.skipped["synthetic"]
+    assert json.loads(result.to_json())["skipped"] == result.skipped
+
+
+def test_test_subjects_seen_in_training_and_bad_configs_are_refused(monkeypatch):
+    real, test, syn = toy_problem()
+    with pytest.raises(InputError, match="unseen"):
+        spied_run(monkeypatch, real, real.select(np.arange(4)), syn, ExperimentConfig())
+    for bad in (ExperimentConfig(arms=("real", "smote")), ExperimentConfig(seeds=()), ExperimentConfig(n_boot=0)):
+        with pytest.raises(InputError, match="experiment"):
+            spied_run(monkeypatch, real, test, syn, bad)
+
+
+@pytest.fixture(scope="module")
+def toy_result():
+    torch.set_num_threads(1)
+    real, test, syn = toy_problem()
+    result = run_experiment(real, test, syn, ExperimentConfig(seeds=(0, 1), n_boot=60), TINY, TRAIN, progress=False)
+    return result, test
+
+
+def test_toy_experiment_runs_every_arm_with_finite_numbers(toy_result):
+    result, test = toy_result
+    assert result.arms == list(ARMS) and result.skipped == {}
+    assert len(result.runs) == len(ARMS) * 2
+    for arm in ARMS:
+        agg = result.aggregate[arm]
+        for key in ("balanced_accuracy", "auroc", "worst_group_balanced_accuracy"):
+            assert math.isfinite(agg[key]["mean"]) and math.isfinite(agg[key]["std"])
+        for column in ("sex", "age_group", "bmi_group"):
+            assert math.isfinite(agg[column]["balanced_accuracy_gap"]["mean"])
+    for run in result.runs:
+        assert run["scores"].shape == (len(test),) and np.all((run["scores"] >= 0) & (run["scores"] <= 1))
+
+
+def test_intervals_bracket_the_seed_mean_and_match_fairlearn_per_group(toy_result):
+    result, _ = toy_result
+    for arm in result.arms:
+        intervals = result.intervals[arm]
+        for key in ("balanced_accuracy", "worst_group_balanced_accuracy"):
+            ci = intervals[key]
+            assert ci["lo"] <= ci["point"] <= ci["hi"]
+            assert ci["point"] == pytest.approx(result.aggregate[arm][key]["mean"])
+        tables = [r["subgroups"] for r in result.runs if r["arm"] == arm]
+        for row in intervals["subgroups"].itertuples():
+            assert row.lo <= row.point <= row.hi
+            per_seed = [t.loc[(t["grouping"] == row.attribute) & (t["group"] == row.group), "balanced_accuracy"].item()
+                        for t in tables]
+            assert row.point == pytest.approx(np.mean(per_seed))
+    assert len(result.intervals["real"]["subgroups"]) == 2 + 3 + 3  # sex, age and BMI groups of the toy test set
+
+
+def test_comparison_of_arm_c_against_both_baselines(toy_result):
+    result, _ = toy_result
+    assert set(result.comparison) == {"real+synthetic vs real", "real+synthetic vs reweighted"}
+    for comp in result.comparison.values():
+        base = result.aggregate[comp["baseline"]]
+        gain = comp["worst_group_gain"]
+        expected = result.aggregate["real+synthetic"]["worst_group_balanced_accuracy"]["mean"] \
+            - base["worst_group_balanced_accuracy"]["mean"]
+        assert gain["point"] == pytest.approx(expected) and gain["lo"] <= gain["point"] <= gain["hi"]
+        assert comp["verdict"] in ("helped", "hurt", "no clear difference")
+        assert comp["disparity_change"]["sex"]["balanced_accuracy_gap"] == pytest.approx(
+            result.aggregate["real+synthetic"]["sex"]["balanced_accuracy_gap"]["mean"]
+            - base["sex"]["balanced_accuracy_gap"]["mean"])
+
+
+def test_save_writes_plain_json_and_the_subgroup_csv(toy_result, tmp_path):
+    result, test = toy_result
+    out = result.save(tmp_path / "exp")
+    saved = json.loads((out / "experiment.json").read_text())  # strict JSON: NaN would not parse as a number here
+    assert "NaN" not in (out / "experiment.json").read_text()
+    assert saved["arms"] == list(ARMS) and len(saved["runs"][0]["scores"]) == len(test)
+    assert saved["aggregate"]["real"]["balanced_accuracy"]["mean"] == pytest.approx(
+        result.aggregate["real"]["balanced_accuracy"]["mean"])
+    table = pd.read_csv(out / "subgroups.csv")
+    assert len(table) == sum(len(r["subgroups"]) for r in result.runs)
+    assert set(table["arm"]) == set(ARMS) and set(table["seed"]) == {0, 1}
+    assert not list(out.glob(".*tmp"))

@@ -1,0 +1,140 @@
+"""Tests for classify/report.py and classify/plots.py: sections carry the result's numbers, valid PNG figures."""
+import copy
+import json
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import classify.experiment as experiment
+from classify.experiment import ARM_LABELS, ExperimentConfig, labels_of, run_experiment
+from classify.plots import composition_plot, subgroup_bar_plot
+from classify.report import (composition_counts, composition_section, experiment_section, fmt, fmt_interval,
+                             fmt_mean_std, markdown_table, realism_section, render_report, reproduce_section,
+                             write_report)
+from tests.test_experiment import TINY, TRAIN, Spy, toy_problem
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """An experiment result on the toy problem, with training and prediction stubbed (scores track the label)."""
+    torch.set_num_threads(1)
+    real, test, syn = toy_problem()
+    spy = Spy(labels_of(test), vary=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiment, "train_classifier", spy.train)
+        patch.setattr(experiment, "predict_proba", spy.predict)
+        cfg = ExperimentConfig(arms=("real", "reweighted", "real+synthetic"), seeds=(0, 1), n_boot=30)
+        result = run_experiment(real, test, syn, cfg, TINY, TRAIN, progress=False)
+    return result, real, syn
+
+
+def test_formatting_uses_three_decimals_and_n_a():
+    assert fmt(0.12345) == "0.123" and fmt(float("nan")) == "n/a" and fmt(None) == "n/a" and fmt(7) == "7"
+    assert fmt(0.05, signed=True) == "+0.050"
+    assert fmt_mean_std({"mean": 0.5, "std": 0.01}) == "0.500 ± 0.010"
+    assert fmt_mean_std({"mean": 0.5, "std": None}) == "0.500"  # one seed: no std
+    assert fmt_interval({"point": 0.7, "lo": 0.6, "hi": 0.8}) == "0.700 [0.600, 0.800]"
+    table = markdown_table(["group", "x"], [["female | <55", 0.25]]).splitlines()
+    assert table[2] == "| female \\| <55 | 0.250 |" and table[1] == "|---|---|"
+
+
+def test_render_report_keeps_every_section_in_order(toy, tmp_path):
+    result, real, syn = toy
+    after = pd.concat([real.attributes, syn.attributes])
+    sections = {"Cohort composition": composition_section(real.attributes, after),
+                "Realism and control fidelity": realism_section({"fid": 3.0}),
+                "Debiasing experiment": experiment_section(result, "figures/subgroups.png"),
+                "Reproduce": reproduce_section(["python train.py --config configs/tiny.yaml"], "name: tiny\n"),
+                "Empty": ""}
+    text = render_report(sections, title="Toy report")
+    assert text.startswith("# Toy report\n")
+    positions = [text.index(f"\n## {heading}\n") for heading in sections]
+    assert positions == sorted(positions)
+    assert "_n/a_" in text.split("## Empty")[1]
+    path = write_report(tmp_path / "out" / "report.md", sections, title="Toy report")
+    assert path.read_text() == text and not list(path.parent.glob(".*tmp"))
+
+
+def test_experiment_section_shows_the_results_numbers(toy):
+    result, _, _ = toy
+    text = experiment_section(result, "figures/subgroups.png")
+    for arm in result.arms:
+        agg = result.aggregate[arm]
+        assert fmt_mean_std(agg["balanced_accuracy"]) in text
+        assert fmt_mean_std(agg["worst_group_balanced_accuracy"]) in text
+        assert fmt_interval(result.intervals[arm]["worst_group_balanced_accuracy"]) in text
+        for row in result.intervals[arm]["subgroups"].to_dict("records"):
+            assert fmt_interval(row) in text
+    for key, comp in result.comparison.items():
+        assert key in text and fmt_interval(comp["worst_group_gain"], signed=True) in text
+        assert fmt(comp["worst_group_gain"]["point"], signed=True) in text.split("###")[0]  # in the headline words
+    assert "![Per-subgroup balanced accuracy per arm](figures/subgroups.png)" in text
+    assert f"{result.test['n_subjects']} held-out real subjects" in text
+
+
+def test_headline_says_plainly_whether_synthetic_data_helped(toy):
+    data = json.loads(toy[0].to_json())  # the saved experiment.json renders the same way
+    for verdict, words in (("helped", "synthetic data helped"), ("no clear difference", "did NOT clearly help"),
+                           ("hurt", "synthetic data hurt")):
+        for comp in data["comparison"].values():
+            comp["verdict"] = verdict
+        assert experiment_section(data).count(words) == len(data["comparison"])
+    without_c = copy.deepcopy(data)
+    without_c["arms"].remove("real+synthetic")
+    without_c["comparison"], without_c["skipped"] = {}, {"real+synthetic": "no synthetic samples"}
+    text = experiment_section(without_c)
+    assert "cannot say whether synthetic data helps" in text and "no synthetic samples" in text
+    assert ARM_LABELS["real+synthetic"] not in text.split("Skipped arms")[0].split("\n\n", 1)[1]
+
+
+def test_realism_section_renders_present_keys_and_n_a_for_missing():
+    text = realism_section({"fid": (12.3456, 0.5), "kid": 0.01234, "extractor": "segmenter",
+                            "dice": {"LV": 0.9, "MYO": 0.8, "RV": float("nan")}, "ms_ssim": 0.3333,
+                            "descriptor_errors": {"lv_volume_mae": 1.5, "n_valid_lv_volume": 10}})
+    assert "| FID | 12.346 ± 0.500 |" in text and "| KID | 0.012 |" in text
+    assert "| feature extractor | segmenter |" in text
+    assert "| FID real-vs-real bound | n/a |" in text and "| ms_ssim | 0.333 |" in text
+    assert "| 0.900 | 0.800 | n/a |" in text and "| 1.500 | 10 |" in text
+    assert "dice: n/a" in realism_section({}) and "| FID | n/a |" in realism_section({})
+    assert "| FID | 3.000 ± 0.100 |" in realism_section({"fid": 3.0, "fid_std": 0.1})
+
+
+def test_composition_counts_positives_per_subgroup(toy):
+    _, real, syn = toy
+    before, after = real.attributes, pd.concat([real.attributes, syn.attributes], ignore_index=True)
+    counts = composition_counts(before)
+    positive = before["health"] == "heart_failure"
+    female = counts[(counts["attribute"] == "sex") & (counts["group"] == "female")].iloc[0]
+    assert female["n"] == (before["sex"] == "female").sum()
+    assert female["n_positive"] == (positive & (before["sex"] == "female")).sum()
+    for attribute in ("sex", "age_group", "bmi_group"):
+        part = counts[counts["attribute"] == attribute]
+        assert part["n"].sum() == len(before) and part["n_positive"].sum() == positive.sum()
+    # a count table (one row per cell with a "count" column) gives the same numbers as one row per sample
+    cells = before.groupby(["sex", "age", "bmi", "health"]).size().reset_index(name="count")
+    pd.testing.assert_frame_equal(composition_counts(cells), counts)
+    text = composition_section(before, after)
+    n_syn_female_pos = ((syn.attributes["sex"] == "female") & (syn.attributes["health"] == "heart_failure")).sum()
+    row = f"| sex | female | {female['n']} | {female['n_positive']} |"
+    assert row in text and f"| {female['n_positive'] + n_syn_female_pos} |" in text
+    assert f"+{len(syn)} synthetic" in text
+
+
+def _assert_png(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
+    assert not list(path.parent.glob(".*tmp"))
+
+
+def test_plots_write_valid_pngs(toy, tmp_path):
+    result, real, syn = toy
+    _assert_png(subgroup_bar_plot(result, tmp_path / "figs" / "subgroups.png"))
+    data = json.loads(result.to_json())
+    for arm in data["arms"]:  # a cohort without sex / age / BMI (ACDC) has no subgroups to plot
+        data["intervals"][arm]["subgroups"] = []
+    _assert_png(subgroup_bar_plot(data, tmp_path / "empty.png"))
+    after = pd.concat([real.attributes, syn.attributes], ignore_index=True)
+    _assert_png(composition_plot(real.attributes, after, tmp_path / "composition.png"))
