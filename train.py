@@ -14,7 +14,7 @@ import yaml
 from data.errors import InputError
 from ddpm.trainer import NonFiniteLoss
 
-STAGES = ("data", "vae", "ldm", "controlnet")
+STAGES = ("data", "vae", "ldm", "controlnet", "plan", "evaluation", "experiment")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 
 
@@ -23,7 +23,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train the cardiac latent diffusion pipeline (VAE -> LDM -> ControlNet) on a cohort, "
                     "by default on the embedded synthetic cohort.",
         epilog="Overrides: section.key=value, e.g. `vae_train.steps=200 data.synthetic_n=100`.")
-    parser.add_argument("--stage", default="all", choices=(*STAGES[1:], "all"), help="stage to run (default: all)")
+    parser.add_argument("--stage", default="all", choices=("vae", "ldm", "controlnet", "all"),
+                        help="train up to this stage; all = the main job: + plan, samples, evaluation, "
+                             "debiasing arms and report (default: all)")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="YAML/JSON config (default: configs/tiny.yaml, the CPU preset)")
     parser.add_argument("--data", default=None, help="cohort folder (UK Biobank or ACDC layout); default: synthetic")
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
     wanted = STAGES[1:] if args.stage == "all" else (args.stage,)
+    commands = [" ".join(["python", "train.py", *sys.argv[1:]]) if sys.argv[1:] else "python train.py"]
     timings: dict[str, float] = {}
 
     def stage(name: str, output: Path, fn) -> Path:
@@ -71,9 +74,16 @@ def run(args: argparse.Namespace) -> Path:
     if "ldm" not in wanted and "controlnet" not in wanted:
         return run_dir
     ldm = stage("ldm", run_dir / "ldm.safetensors", lambda: train_ldm(cfg, data.train, vae, run_dir, args.resume))
-    if "controlnet" in wanted:
-        stage("controlnet", run_dir / "controlnet.safetensors",
-              lambda: train_controlnet(cfg, data.train, data.test, vae, ldm, run_dir, args.resume))
+    if "controlnet" not in wanted:
+        return run_dir
+    controlnet = stage("controlnet", run_dir / "controlnet.safetensors",
+                       lambda: train_controlnet(cfg, data.train, data.test, vae, ldm, run_dir, args.resume))
+    if args.stage == "all":
+        from classify.debias import run_downstream
+
+        ckpts = {"vae": vae, "ldm": ldm, "controlnet": controlnet}
+        report = run_downstream(cfg, data, ckpts, run_dir, set(args.force), commands, timings, stage)
+        print(f"[report] {report}")
     return run_dir
 
 

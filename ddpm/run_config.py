@@ -6,16 +6,19 @@ from typing import Optional
 
 import torch
 
+from classify.experiment import ExperimentConfig
 from classify.resnet import ClassifierConfig
 from classify.train import TrainConfig as ClassifierTrainConfig
 from controlnet.model import ControlNetConfig
 from data.errors import InputError
+from data.planner import PlanTarget
 from data.preprocess import PreprocessConfig
 from ddpm.config import load_config
 from ddpm.text_encoder import TextEncoderConfig
 from ddpm.trainer import TrainConfig
 from ddpm.unet import UNetConfig
 from ddpm.vae import VAEConfig
+from evaluation.report import EvalConfig
 
 
 @dataclass
@@ -75,8 +78,11 @@ class RunConfig:
     controlnet: ControlNetConfig = field(default_factory=ControlNetConfig)
     controlnet_train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    plan: PlanTarget = field(default_factory=PlanTarget)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     classifier_train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def __post_init__(self) -> None:
         if self.unet.in_channels != self.vae.latent_channels or self.unet.out_channels != self.vae.latent_channels:

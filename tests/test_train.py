@@ -60,3 +60,20 @@ def test_bad_config_is_one_clear_line(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "vae_train.stpes" in result.stderr
     assert "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir()), "no partial output for an impossible config"
+
+
+def test_stage_all_writes_every_report_section(smoke_run, capsys):
+    assert train.main(["--config", SMOKE, "--runs", str(smoke_run.parent), "--stage", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "[vae] done already" in out and "[controlnet] done already" in out  # resumable: trained stages skipped
+    report = (smoke_run / "report.md").read_text()
+    for heading in ("Cohort composition before/after", "Synthetic patients per subgroup", "Realism and control fidelity",
+                    "Debiasing: per-subgroup balanced accuracy per arm", "Reproduce"):
+        assert f"## {heading}" in report, heading
+    for name in ("plan.csv", "samples_by_subgroup.png", "composition.png", "evaluation/metrics.json",
+                 "experiment/experiment.json", "experiment/subgroup_balanced_accuracy.png"):
+        assert (smoke_run / name).is_file(), name
+    plan = (smoke_run / "plan.csv").read_text().splitlines()
+    assert len(plan) - 1 == len(list((smoke_run / "samples").glob("*.json")))
+    experiment = json.loads((smoke_run / "experiment" / "experiment.json").read_text())
+    assert {"real", "reweighted", "real+synthetic"} <= set(experiment["arms"])

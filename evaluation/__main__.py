@@ -1,0 +1,122 @@
+"""Evaluate generated cardiac images against real ones: FID/KID with a real-vs-real bound, per-subgroup FID,
+control fidelity (Dice, shape descriptors), attribute fidelity, diversity and memorisation.
+
+    python -m evaluation --real runs/tiny/cache/slices-....npz --fake runs/tiny/samples --out eval/metrics.json
+    python -m evaluation --real test.npz --real-train train.npz --fake samples/ --inception-weights pt_inception.pth \\
+        --out eval/metrics.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from data.errors import InputError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = _OneLineParser(
+        prog="python -m evaluation", formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__,
+        epilog="Writes --out (metrics.json, NaN as null), the same name with .md (a Markdown table) and .png "
+               "(a figure). Without --inception-weights the FID features come from a segmenter trained here on the "
+               "real training images (no Inception weights ship with cardiac-ldm and nothing is downloaded); every "
+               "report names its extractor. Bad input exits 2 with one line 'error: ...'.")
+    data = p.add_argument_group("images (a folder of sample.py outputs, or a slice-set .npz)")
+    data.add_argument("--real", type=Path, required=True,
+                      help="real reference images (held-out test set); FID/KID and the bound are computed on them")
+    data.add_argument("--fake", type=Path, required=True, help="generated samples: folder of <id>.nii.gz + <id>.json")
+    data.add_argument("--real-train", type=Path, help="the generator's real training images: train the segmenter and "
+                                                      "attribute classifiers, memorisation check (default: half the "
+                                                      "subjects of --real, the other half is the test set)")
+    data.add_argument("--spacing-mm", type=float, help="pixel size of the preprocessed grid, for shape descriptors "
+                                                       "(default: the samples' sidecars, else 2.0)")
+    how = p.add_argument_group("metrics")
+    how.add_argument("--inception-weights", type=Path, help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth; "
+                                                            "gives standard FID features")
+    how.add_argument("--fid-n", type=int, default=500, help="images per side for FID (clipped to what is available)")
+    how.add_argument("--fid-repeats", type=int, default=4, help="FID repeats (mean ± std); default 4")
+    how.add_argument("--kid-subsets", type=int, default=50)
+    how.add_argument("--kid-subset-size", type=int, default=100)
+    how.add_argument("--segmenter-steps", type=int, default=600, help="training steps of the domain segmenter")
+    how.add_argument("--attribute-epochs", type=int, default=5, help="epochs of each attribute classifier")
+    how.add_argument("--seed", type=int, default=0)
+    how.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", type=Path, required=True, help="metrics JSON path; .md and .png are written beside it")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def _check_args(args) -> None:
+    for name in ("fid_n", "fid_repeats", "kid_subsets", "kid_subset_size", "segmenter_steps", "attribute_epochs"):
+        if getattr(args, name) < 1:
+            raise InputError("--" + name.replace("_", "-"), f"expected a positive integer, got {getattr(args, name)}")
+    if args.spacing_mm is not None and not args.spacing_mm > 0:
+        raise InputError("--spacing-mm", f"expected a positive pixel size in mm, got {args.spacing_mm}")
+    if args.out.is_dir():
+        raise InputError(args.out, "is a folder; --out names the metrics JSON file, e.g. eval/metrics.json")
+
+
+def run(args) -> int:
+    import torch
+
+    from evaluation.image_sets import load_image_set, split_by_subject
+    from evaluation.report import EvalConfig, evaluate, write_outputs
+
+    _check_args(args)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise InputError("--device", f"unknown device {args.device!r}; expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", "CUDA is not available on this machine; use --device cpu")
+    progress = not args.quiet
+    real = load_image_set(args.real, progress)
+    fake = load_image_set(args.fake, progress)
+    notes = []
+    if args.real_train is None:
+        real_train, real_test = split_by_subject(real, 0.5, args.seed)
+        notes.append(f"no --real-train: {args.real} was split by subject into {len(set(real_train.subject_ids))} "
+                     f"training and {len(set(real_test.subject_ids))} test subjects; the memorisation check then "
+                     "compares with those training subjects, not the generator's")
+    else:
+        real_train, real_test = load_image_set(args.real_train, progress), real
+        shared = set(real_train.subject_ids) & set(real_test.subject_ids)
+        if shared:
+            notes.append(f"{len(shared)} subject(s) are in both --real-train and --real (e.g. {sorted(shared)[0]}): "
+                         "the segmenter has seen test images and the memorisation ratio is biased low")
+    cfg = EvalConfig(fid_n=args.fid_n, fid_repeats=args.fid_repeats, kid_subsets=args.kid_subsets,
+                     kid_subset_size=args.kid_subset_size, segmenter_steps=args.segmenter_steps,
+                     attribute_epochs=args.attribute_epochs, seed=args.seed)
+    metrics = evaluate(real_train, real_test, fake, cfg, args.inception_weights, progress, args.spacing_mm,
+                       device=device)
+    metrics["notes"] = notes + metrics["notes"]
+    try:
+        paths = write_outputs(metrics, args.out, args.out.with_suffix(".md"), args.out.with_suffix(".png"))
+    except OSError as err:
+        raise InputError(args.out, f"cannot write the outputs ({err.strerror or err})") from None
+    fid = metrics["fid"]
+    summary = fid.get("skipped") or (f"FID {fid['fake_vs_real']['mean']:.4g} ± {fid['fake_vs_real']['std']:.2g} "
+                                     f"(real-vs-real bound {fid['real_vs_real_bound']['mean']:.4g}, "
+                                     f"n={fid['n_per_side']}/side)")
+    print(f"{summary}; features: {metrics['extractor']['name']}")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except InputError as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)  # one line, whatever the message
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Evaluate generated cardiac images against real ones and write metrics.json, a Markdown table and a figure.
+
+Reference for FID/KID is real_test: the domain segmenter (the feature extractor without Inception weights) was
+trained on real_train, so only real_test is unseen by it, as generated images are. The real-vs-real bound splits
+real_test by subject at the same n per side, so FID and its floor compare.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import pandas as pd
+import torch
+
+from data.errors import InputError
+from ddpm.checkpoint import atomic_write_bytes
+from evaluation.attributes import DEFAULT_ATTRIBUTES, attribute_accuracy, attribute_labels, train_attribute_classifiers
+from evaluation.diversity import mean_pairwise_ms_ssim, nearest_real_distance
+from evaluation.features import make_extractor
+from evaluation.fid import real_vs_real_bound, repeated_fid
+from evaluation.fidelity import descriptor_errors, dice_per_structure
+from evaluation.image_sets import ImageSet, as_image_set
+from evaluation.kid import kernel_inception_distance
+from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
+
+SUBGROUP_KEYS = ("sex", "age_decade", "bmi_category", "health")
+DEFAULT_SPACING_MM = 2.0  # the default preprocessed grid: 128 mm crop on 64 px
+
+
+@dataclass
+class EvalConfig:
+    fid_n: int = 500  # images per side (clipped to what is available)
+    fid_repeats: int = 4
+    kid_subsets: int = 50
+    kid_subset_size: int = 100
+    segmenter_steps: int = 600
+    attribute_epochs: int = 5
+    seed: int = 0
+    min_group: int = 10  # subgroups with fewer images on either side get no FID
+    max_ms_ssim_pairs: int = 500  # per MS-SSIM set
+    segmenter_base: int = 16  # width of the domain segmenter
+    segmenter_batch_size: int = 16
+
+
+def _mean_std(pair: tuple[float, float]) -> dict:
+    return {"mean": pair[0], "std": pair[1]}
+
+
+def bound_capacity(subject_ids) -> int:
+    """Largest n that every subject-disjoint halving can supply: the images of the smallest half of the subjects."""
+    counts = np.sort(np.unique(np.asarray(subject_ids), return_counts=True)[1])
+    return int(counts[: len(counts) // 2].sum())
+
+
+def fid_block(real: np.ndarray, real_subjects, fake: np.ndarray, cfg: EvalConfig) -> dict:
+    """FID (fake vs real) and the real-vs-real bound (real halved by subject) at one n per side, plus KID."""
+    n = min(int(cfg.fid_n), len(fake), bound_capacity(real_subjects))
+    if n < 2:
+        return {"skipped": f"too few images for n >= 2 per side ({len(fake)} fake, {len(real)} real in "
+                           f"{len(set(real_subjects))} subjects)"}
+    m = min(int(cfg.kid_subset_size), len(real), len(fake))
+    return {"n_per_side": n, "repeats": int(cfg.fid_repeats),
+            "fake_vs_real": _mean_std(repeated_fid(real, fake, n, cfg.fid_repeats, cfg.seed)),
+            "real_vs_real_bound": _mean_std(real_vs_real_bound(real, real_subjects, n, cfg.fid_repeats, cfg.seed)),
+            "kid": {**_mean_std(kernel_inception_distance(real, fake, cfg.kid_subsets, m, seed=cfg.seed)),
+                    "subset_size": m}}
+
+
+def subgroup_fid(real: np.ndarray, real_labels: pd.DataFrame, fake: np.ndarray, fake_labels: pd.DataFrame,
+                 cfg: EvalConfig) -> dict:
+    """{key: {value: FID/KID of that subgroup's fakes vs its real images}}; values with < min_group images on a
+    side are skipped with the reason; a key neither side carries (ACDC: sex, age, BMI) maps to {}."""
+    out = {}
+    for key in SUBGROUP_KEYS:
+        values = sorted(set(real_labels[key].dropna()) | set(fake_labels[key].dropna()))
+        out[key] = {}
+        for value in values:
+            r, f = (real_labels[key] == value).to_numpy(), (fake_labels[key] == value).to_numpy()
+            n = min(int(cfg.fid_n), int(r.sum()), int(f.sum()))
+            entry = {"n_real": int(r.sum()), "n_fake": int(f.sum())}
+            if n < cfg.min_group:
+                out[key][value] = {**entry, "skipped": f"fewer than {cfg.min_group} images on a side"}
+                continue
+            fid = repeated_fid(real[r], fake[f], n, cfg.fid_repeats, cfg.seed)
+            kid = kernel_inception_distance(real[r], fake[f], cfg.kid_subsets, n, seed=cfg.seed)
+            out[key][value] = {**entry, "n_per_side": n, "fid": _mean_std(fid), "kid": _mean_std(kid)}
+    return out
+
+
+def control_fidelity(model, real_test: ImageSet, fake: ImageSet, spacing_mm: float) -> dict:
+    """Dice per structure and descriptor errors of the segmenter on fakes (vs their conditioning masks) and on
+    real_test (vs the true masks: the segmenter's own accuracy, the ceiling)."""
+    out = {}
+    for name, data in (("real_test", real_test), ("fake", fake)):
+        if data.masks is None:
+            out[name] = {"skipped": "no masks (e.g. samples generated without a conditioning mask)"}
+            continue
+        pred = segment(model, data.images)
+        out[name] = {"dice": dice_per_structure(pred, data.masks),
+                     "descriptor_mae": descriptor_errors(pred, data.masks, spacing_mm)}
+    return out
+
+
+def _condition_key(data: ImageSet, i: int) -> str:
+    mask = "" if data.masks is None else hashlib.sha1(np.ascontiguousarray(data.masks[i])).hexdigest()
+    return f"{data.prompts[i]}|{mask}"
+
+
+def diversity(fake: ImageSet, real_train: ImageSet, real_test: ImageSet, cfg: EvalConfig) -> dict:
+    """Mean pairwise MS-SSIM (fakes sharing prompt and mask, all fakes, real_test) and nearest-real distances."""
+    pairs = cfg.max_ms_ssim_pairs
+    keys = pd.Series([_condition_key(fake, i) for i in range(len(fake))])
+    groups = [g for g in keys.groupby(keys).indices.values() if len(g) >= 2]
+    same = [mean_pairwise_ms_ssim(fake.images[g], max(1, pairs // len(groups)), cfg.seed) for g in groups]
+    ms = {"fake_same_condition": float(np.mean(same)) if same else None, "n_condition_groups": len(groups),
+          "fake_all": mean_pairwise_ms_ssim(fake.images, pairs, cfg.seed) if len(fake) > 1 else None,
+          "real_test_all": mean_pairwise_ms_ssim(real_test.images, pairs, cfg.seed) if len(real_test) > 1 else None}
+    # distances as root-mean-square pixel differences, so image size does not change the scale
+    scale = math.sqrt(fake.images[0].size)
+    d_fake = nearest_real_distance(fake.images, real_train.images) / scale
+    d_test = nearest_real_distance(real_test.images, real_train.images) / scale
+    memo = {"fake_to_train_median": float(np.median(d_fake)), "real_test_to_train_median": float(np.median(d_test)),
+            "ratio": float(np.median(d_fake) / np.median(d_test)) if np.median(d_test) > 0 else None,
+            "fraction_fake_closer_than_any_real_test": float((d_fake < d_test.min()).mean())}
+    return {"ms_ssim": ms, "memorisation": memo}
+
+
+def _summary(data: ImageSet) -> dict:
+    return {"source": data.source, "n_images": len(data), "n_subjects": len(set(data.subject_ids)),
+            "has_masks": data.masks is not None}
+
+
+def _log(message: str, progress: bool) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def evaluate(real_train, real_test, fake, cfg: Optional[EvalConfig] = None,
+             inception_weights: Optional[Union[str, Path]] = None, progress: bool = True,
+             spacing_mm: Optional[float] = None, attrs=DEFAULT_ATTRIBUTES,
+             device: Union[str, torch.device] = "cpu") -> dict:
+    """All metrics of generated images `fake` against real images (ImageSet or SliceSet, (N, 2, S, S) in [-1, 1]).
+
+    spacing_mm: pixel size of the preprocessed grid for descriptor errors (default: the samples' sidecars, else
+    2.0 mm). Returns a JSON-ready dict (NaN where undefined).
+    """
+    cfg = cfg or EvalConfig()
+    real_train, real_test = as_image_set(real_train, "real_train"), as_image_set(real_test, "real_test")
+    fake = as_image_set(fake, "fake")
+    for data in (real_test, fake):
+        if data.size != real_train.size:
+            raise InputError(data.source, f"image size {data.size} differs from the real training images' "
+                                          f"{real_train.size} ({real_train.source})")
+    notes = []
+    if spacing_mm is None:
+        spacing_mm = fake.pixel_mm or DEFAULT_SPACING_MM
+        notes.append(f"descriptor spacing {spacing_mm} mm/pixel from " +
+                     ("the samples' sidecars" if fake.pixel_mm else "the default grid (no pixel_mm in sidecars)"))
+    if real_train.masks is None and inception_weights is None:
+        raise InputError(real_train.source, "carries no masks to train the domain segmenter and no Inception weights "
+                                            "were given: there is no feature extractor for FID")
+    seg_model = None
+    if real_train.masks is not None:
+        _log(f"training the domain segmenter on {len(real_train)} real images ({cfg.segmenter_steps} steps)", progress)
+        seg_model = train_segmenter(real_train.images, real_train.masks, SegmenterConfig(base=cfg.segmenter_base),
+                                    steps=cfg.segmenter_steps, seed=cfg.seed, batch_size=cfg.segmenter_batch_size,
+                                    device=device)
+    extractor = make_extractor("auto", inception_weights, seg_model, len(real_train), device, progress)
+    notes += [extractor.note, f"subgroup FIDs use n = min({cfg.fid_n}, images on each side) and FID grows as n "
+                              "shrinks: compare subgroups by KID, or at equal n"]
+    real_feats = extractor(real_test.images, "real_test features")
+    fake_feats = extractor(fake.images, "fake features")
+    real_labels = attribute_labels(real_test.attributes, use_numbers=True)
+    fake_labels = attribute_labels(fake.attributes, use_numbers=False)
+    metrics = {"extractor": {"name": extractor.name, "note": extractor.note},
+               "data": {"real_train": _summary(real_train), "real_test": _summary(real_test), "fake": _summary(fake),
+                        "image_size": real_train.size, "spacing_mm": float(spacing_mm)},
+               "config": asdict(cfg),
+               "fid": fid_block(real_feats, real_test.subject_ids, fake_feats, cfg),
+               "subgroup_fid": subgroup_fid(real_feats, real_labels, fake_feats, fake_labels, cfg)}
+    if seg_model is None:
+        metrics["control_fidelity"] = {"skipped": "the real training images carry no masks to train a segmenter"}
+    else:
+        metrics["control_fidelity"] = {"segmenter": {"steps": cfg.segmenter_steps, "trained_on": len(real_train)},
+                                       **control_fidelity(seg_model, real_test, fake, float(spacing_mm))}
+    _log(f"training attribute classifiers ({cfg.attribute_epochs} epochs each)", progress)
+    models = train_attribute_classifiers(real_train, attrs, cfg.attribute_epochs, seed=cfg.seed, device=device)
+    metrics["attribute_fidelity"] = {
+        "real_test": attribute_accuracy(models, real_test.images, real_test.attributes),
+        "fake": attribute_accuracy(models, fake.images, fake.attributes, prompted=True)}
+    _log("diversity and memorisation", progress)
+    metrics.update(diversity(fake, real_train, real_test, cfg))
+    metrics["notes"] = notes
+    return metrics
+
+
+def plain(value):
+    """Nested metrics -> JSON-ready Python values (numpy scalars -> Python, NaN/inf -> None)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_outputs(metrics: dict, out_json: Union[str, Path], markdown_path: Optional[Union[str, Path]] = None,
+                  figure_path: Optional[Union[str, Path]] = None) -> list[Path]:
+    """metrics.json (NaN -> null), a Markdown summary and a PNG figure, each written atomically. Returns the paths."""
+    data = plain(metrics)
+    written = [Path(out_json)]
+    atomic_write_bytes(out_json, (json.dumps(data, indent=1, allow_nan=False) + "\n").encode())
+    if markdown_path is not None:
+        atomic_write_bytes(markdown_path, markdown_table(data).encode())
+        written.append(Path(markdown_path))
+    if figure_path is not None:
+        png = figure_png(data)
+        if png is not None:
+            atomic_write_bytes(figure_path, png)
+            written.append(Path(figure_path))
+    return written
+
+
+def _num(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}g}"
+
+
+def _pm(entry: Optional[dict]) -> str:
+    return "—" if not entry or entry.get("mean") is None else f"{_num(entry['mean'])} ± {_num(entry['std'], 2)}"
+
+
+def _acc(entry: dict) -> str:
+    return entry.get("skipped") or f"{_num(entry['accuracy'])} (chance {_num(entry['chance'])}, n={entry['n']})"
+
+
+def markdown_table(m: dict) -> str:
+    """Short Markdown summary of plain (JSON-ready) metrics."""
+    lines = ["# Evaluation of generated images", "", f"Feature extractor: **{m['extractor']['name']}**.", "",
+             "| metric | generated | real reference |", "|---|---|---|"]
+    fid = m["fid"]
+    if "skipped" in fid:
+        lines.append(f"| FID | {fid['skipped']} | |")
+    else:
+        lines += [f"| FID (n={fid['n_per_side']}/side, {fid['repeats']} repeats) | {_pm(fid['fake_vs_real'])} | "
+                  f"{_pm(fid['real_vs_real_bound'])} (real vs real, subject split) |",
+                  f"| KID (subsets of {fid['kid']['subset_size']}) | {_pm(fid['kid'])} | |"]
+    control = m["control_fidelity"]
+    sides = [control.get(side, control) for side in ("fake", "real_test")]  # a skip may sit at either level
+    for name in ("LV", "MYO", "RV"):
+        cells = [c.get("skipped") or _num(c["dice"][name]) for c in sides]
+        lines.append(f"| Dice {name} (segmenter) | {cells[0]} | {cells[1]} (segmenter's own accuracy) |")
+    for key in ("ed_lv_area_mm2", "ed_wall_thickness_mm", "ef_proxy"):
+        cells = [c.get("skipped") or _num(c["descriptor_mae"][f"{key}_mae"]) for c in sides]
+        lines.append(f"| MAE {key} | {cells[0]} | {cells[1]} |")
+    attrs = m["attribute_fidelity"]
+    for name, entry in attrs["fake"].items():
+        lines.append(f"| accuracy {name} | {_acc(entry)} | {_acc(attrs['real_test'][name])} |")
+    ms, memo = m["ms_ssim"], m["memorisation"]
+    lines += [f"| MS-SSIM, same prompt and mask ({ms['n_condition_groups']} groups) | "
+              f"{_num(ms['fake_same_condition'])} | |",
+              f"| MS-SSIM, all pairs | {_num(ms['fake_all'])} | {_num(ms['real_test_all'])} (real test) |",
+              f"| nearest real-train distance, median RMS (ratio {_num(memo['ratio'])}) | "
+              f"{_num(memo['fake_to_train_median'])} | {_num(memo['real_test_to_train_median'])} (real test) |",
+              "", "## Subgroup FID (fake vs real test)", "", "| attribute | value | n real | n fake | FID | KID |",
+              "|---|---|---|---|---|---|"]
+    for key, groups in m["subgroup_fid"].items():
+        if not groups:
+            lines.append(f"| {key} | — | 0 | 0 | no {key} labels | |")
+        for value, g in groups.items():
+            lines.append(f"| {key} | {value} | {g['n_real']} | {g['n_fake']} | "
+                         f"{g.get('skipped') or _pm(g['fid'])} | {'' if 'skipped' in g else _pm(g['kid'])} |")
+    return "\n".join(lines + ["", "Notes:"] + [f"- {note}" for note in m.get("notes", [])]) + "\n"
+
+
+def figure_png(m: dict) -> Optional[bytes]:
+    """FID per subgroup with the real-vs-real bound, Dice per structure and attribute accuracy, fake vs real."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # no display: render to memory
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed; no figure written", file=sys.stderr)
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fid = m["fid"]
+    names, values = [], []
+    if "skipped" not in fid:
+        names, values = ["all"], [fid["fake_vs_real"]["mean"]]
+        axes[0].axhline(fid["real_vs_real_bound"]["mean"], color="k", ls="--", label="real vs real bound")
+    for key, groups in m["subgroup_fid"].items():
+        for value, g in groups.items():
+            if "fid" in g:
+                names.append(f"{key}={value}")
+                values.append(g["fid"]["mean"])
+    axes[0].bar(range(len(values)), values, color="tab:blue")
+    axes[0].set_xticks(range(len(values)), names, rotation=45, ha="right", fontsize=7)
+    axes[0].set_title("FID (fake vs real test)", fontsize=9)
+    if "skipped" not in fid:
+        axes[0].legend(fontsize=7)
+    control, width = m["control_fidelity"], 0.4
+    for offset, side in ((-width / 2, "fake"), (width / 2, "real_test")):
+        dice = control.get(side, {}).get("dice")
+        if dice:
+            axes[1].bar(np.arange(3) + offset, [dice[k] for k in ("LV", "MYO", "RV")], width, label=side)
+    axes[1].set_xticks(range(3), ["LV", "MYO", "RV"])
+    axes[1].set_ylim(0, 1)
+    axes[1].set_title("Dice of the segmenter", fontsize=9)
+    attrs = [k for k, v in m["attribute_fidelity"]["fake"].items() if "accuracy" in v]
+    for offset, side in ((-width / 2, "fake"), (width / 2, "real_test")):
+        acc = [m["attribute_fidelity"][side][k].get("accuracy") or 0.0 for k in attrs]
+        axes[2].bar(np.arange(len(attrs)) + offset, acc, width, label=side)
+    axes[2].scatter(range(len(attrs)), [m["attribute_fidelity"]["fake"][k]["chance"] for k in attrs], color="k",
+                    marker="_", s=300, label="chance (fake)", zorder=3)
+    axes[2].set_xticks(range(len(attrs)), attrs, fontsize=8)
+    axes[2].set_ylim(0, 1)
+    axes[2].set_title("attribute classifier accuracy", fontsize=9)
+    for ax in axes[1:]:
+        ax.legend(fontsize=7)
+    fig.suptitle(f"features: {m['extractor']['name']}", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
