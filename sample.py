@@ -12,18 +12,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from data.errors import InputError
+from data.errors import InputError, OneLineArgumentParser
 
 LAYOUT_LABELS = ("ukbb", "acdc")
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _OneLineParser(
+    p = OneLineArgumentParser(
         prog="python sample.py", formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__,
         epilog="outputs per sample in --out:\n"
                "  <id>.nii.gz       float32 S x S x 2 (ED, ES) on the preprocessed grid (crop_mm / size mm pixels)\n"

@@ -17,7 +17,7 @@ import yaml
 from classify.experiment import run_experiment
 from classify.plots import composition_plot, subgroup_bar_plot
 from classify.report import composition_section, experiment_section, reproduce_section, write_report
-from controlnet.batch import SampleRequest, SampleSettings, checkpoint_record, plan_requests, run_requests
+from controlnet.batch import SampleRequest, checkpoint_record, plan_requests, run_requests
 from data.planner import load_plan, plan_rebalancing, planning_attributes, save_plan
 from data.prepare import PreparedData
 from data.slices import SliceSet
@@ -31,14 +31,9 @@ from evaluation.report import evaluate, write_outputs
 DOWNSTREAM = ("plan", "samples", "evaluation", "experiment")
 
 
-def _settings(cfg) -> SampleSettings:
-    s = cfg.sample
-    return SampleSettings(s.sampler, s.steps, s.eta, s.guidance, s.control_scale, s.batch_size)
-
-
 def _generate(cfg, ckpts: dict, requests: list[SampleRequest], out_dir: Path) -> None:
     pipe = load_pipeline(ckpts["vae"], ckpts["ldm"], ckpts.get("controlnet"), device=resolve_device(cfg.device))
-    run_requests(pipe, requests, out_dir, _settings(cfg), checkpoint_record(ckpts))
+    run_requests(pipe, requests, out_dir, cfg.sample, checkpoint_record(ckpts))
 
 
 def _sample_set(out_dir: Path, ids: list[str], attributes: pd.DataFrame) -> SliceSet:

@@ -28,6 +28,7 @@ from classify.bootstrap import bootstrap_ci, mean_std_over_seeds
 from classify.fairness import SENSITIVE_COLUMNS, UNKNOWN, fairness_summary, sensitive_frame, subgroup_metrics
 from classify.resnet import ClassifierConfig
 from classify.train import TrainConfig, predict_proba, train_classifier
+from data.json_ready import json_ready
 from data.attributes import is_positive
 from data.errors import InputError
 from data.planner import KEY_VALUES
@@ -227,21 +228,6 @@ def _comparison(aggregate: dict, preds: dict, y_true, codes, subject_ids, n_boot
     return out
 
 
-def _plain(value):
-    """Nested results -> JSON-ready values (NaN/inf -> None, DataFrames -> lists of row dicts)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, pd.DataFrame):
-        return _plain(value.to_dict("records"))
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 @dataclass
 class ExperimentResult:
     """runs: one dict per arm x seed (arm, seed, scores (N_test,), history, summary, subgroups DataFrame);
@@ -268,7 +254,7 @@ class ExperimentResult:
         return table[["arm", "seed"] + [c for c in table.columns if c not in ("arm", "seed")]]
 
     def to_dict(self) -> dict:
-        return _plain({"config": self.config, "test": self.test, "arms": self.arms, "skipped": self.skipped,
+        return json_ready({"config": self.config, "test": self.test, "arms": self.arms, "skipped": self.skipped,
                        "aggregate": self.aggregate, "intervals": self.intervals, "comparison": self.comparison,
                        "runs": self.runs})
 

@@ -17,8 +17,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from data.json_ready import json_ready
 from data.errors import InputError
 from data.nifti import load_nifti, save_nifti
+from data.planner import SAMPLE_ID
 from ddpm.checkpoint import atomic_write_bytes, file_sha256
 from ddpm.images import save_grid, to_uint8
 from ddpm.pipeline import Pipeline
@@ -147,6 +149,9 @@ def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Pat
     ids = [r.sample_id for r in requests]
     if len(set(ids)) != len(ids):
         raise InputError("sample ids", "duplicate sample ids in one call")
+    unsafe = [i for i in ids if not SAMPLE_ID.fullmatch(i)]  # ids become file names: never a path out of out_dir
+    if unsafe:
+        raise InputError("sample ids", f"{unsafe[:3]} are not plain names (letters, digits, '.', '_', '-', not starting with '.')")
     if len({r.mask is None for r in requests}) > 1:
         raise InputError("masks", "mix of masked and unmasked samples in one call; run them separately")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,13 +196,6 @@ def find_slice_set(run_dir: Path, cfg, subject_ids: set[str]):
     raise InputError(Path(run_dir) / "cache", f"{problem} for this run's preprocessing; pass --slices FILE")
 
 
-def _plain(value):
-    """NaN / numpy scalars -> JSON-ready Python values."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def plan_requests(plan, cfg, slices=None, slices_path: Optional[Path] = None, plan_dir: Path = Path("."),
                   labels: str = "ukbb") -> list[SampleRequest]:
     """Rows of a validated plan (data.planner.load_plan) -> requests. Masks from the SliceSet row `mask_row`
@@ -230,7 +228,7 @@ def plan_requests(plan, cfg, slices=None, slices_path: Optional[Path] = None, pl
         if int(row["jitter"]):
             mask = apply_jitter(mask, np.random.default_rng(int(row["seed"])))
         source["jitter"] = int(row["jitter"])
-        attributes = {k: _plain(row[k]) for k in ("sex", "age", "bmi", "health")}
+        attributes = {k: json_ready(row[k]) for k in ("sex", "age", "bmi", "health")}
         requests.append(SampleRequest(str(row["sample_id"]), str(row["prompt"]), int(row["seed"]), mask, source,
                                       {"attributes": attributes}))
     return requests

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
 import warnings
@@ -20,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from data.json_ready import json_ready
 from data.cohort import Subject
 from data.errors import InputError
 from data.preprocess import PreprocessConfig, Sample2D, config_hash, preprocess_subject
@@ -43,12 +43,7 @@ def attributes_frame(records: Sequence[dict]) -> pd.DataFrame:
 
 def _records(frame: pd.DataFrame) -> list[dict]:
     """DataFrame -> JSON-ready rows (NaN -> None)."""
-    def plain(value):
-        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-            return None
-        return value.item() if isinstance(value, np.generic) else value
-
-    return [{c: plain(v) for c, v in row.items()} for row in frame[list(ATTRIBUTE_COLUMNS)].to_dict("records")]
+    return json_ready(frame[list(ATTRIBUTE_COLUMNS)])
 
 
 @dataclass

@@ -8,7 +8,6 @@ The generative model (and its intended shortcuts) is written down in docs/synthe
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import math
@@ -23,7 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from data.attributes import Attributes
-from data.errors import InputError
+from data.errors import InputError, OneLineArgumentParser
 from data.phantom import cohort_affine, render_subject
 from data.subgroups import format_composition, subgroup_table
 
@@ -187,13 +186,8 @@ def generate_cohort(out_dir: Path, n: int, seed: int = 0, *, shape: tuple[int, i
     return out_dir
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _OneLineParser(
+    parser = OneLineArgumentParser(
         prog="python -m data.synthetic",
         description="Write a deterministic synthetic UK-Biobank-like cardiac cohort (short-axis ED/ES images, "
                     "LV/MYO/RV masks, metadata.csv) whose heart-failure rate depends on sex, age and BMI.")
@@ -210,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         generate_cohort(args.out, args.n, args.seed, shape=tuple(args.shape), progress=True, prevalence=args.prevalence)
     except InputError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
     metadata = pd.read_csv(args.out / "metadata.csv")
     print(f"wrote {len(metadata)} subjects to {args.out}")

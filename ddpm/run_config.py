@@ -9,6 +9,7 @@ import torch
 from classify.experiment import ExperimentConfig
 from classify.resnet import ClassifierConfig
 from classify.train import TrainConfig as ClassifierTrainConfig
+from controlnet.batch import SampleSettings
 from controlnet.model import ControlNetConfig
 from data.errors import InputError
 from data.planner import PlanTarget
@@ -54,17 +55,6 @@ class DiffusionConfig:
 
 
 @dataclass
-class SampleConfig:
-    sampler: str = "ddim"
-    steps: int = 20  # the method: DDIM 20 steps, eta 0, guidance 4, control 1.0
-    eta: float = 0.0
-    guidance: float = 4.0
-    control_scale: float = 1.0
-    batch_size: int = 32
-    use_ema: bool = True
-
-
-@dataclass
 class RunConfig:
     name: str = "default"
     device: str = "cpu"
@@ -77,7 +67,7 @@ class RunConfig:
     ldm_train: TrainConfig = field(default_factory=TrainConfig)
     controlnet: ControlNetConfig = field(default_factory=ControlNetConfig)
     controlnet_train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    sample: SampleSettings = field(default_factory=SampleSettings)
     plan: PlanTarget = field(default_factory=PlanTarget)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
@@ -95,8 +85,10 @@ class RunConfig:
                              f"({self.vae.downsample_factor}) times the UNet factor ({self.unet.downsample_factor})")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise InputError("device", f"expected 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        if self.name != "".join(c for c in self.name if c.isalnum() or c in "-_."):
-            raise InputError("name", f"run name {self.name!r} may only contain letters, digits, '-', '_' and '.'")
+        # runs/<name> must be a new folder inside runs/: no separators, and not '', '.' or '..'.
+        if self.name != "".join(c for c in self.name if c.isalnum() or c in "-_.") or self.name.strip(".") == "":
+            raise InputError("name", f"run name {self.name!r} may only contain letters, digits, '-', '_' and '.' "
+                                     "(and not only dots)")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -11,16 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from data.errors import InputError
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
+from data.errors import InputError, OneLineArgumentParser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _OneLineParser(
+    p = OneLineArgumentParser(
         prog="python -m evaluation", formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__,
         epilog="Writes --out (metrics.json, NaN as null), the same name with .md (a Markdown table) and .png "
                "(a figure). Without --inception-weights the FID features come from a segmenter trained here on the "

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from data.json_ready import json_ready
 from data.errors import InputError
 from ddpm.checkpoint import atomic_write_bytes
 from evaluation.attributes import DEFAULT_ATTRIBUTES, attribute_accuracy, attribute_labels, train_attribute_classifiers
@@ -201,23 +202,10 @@ def evaluate(real_train, real_test, fake, cfg: Optional[EvalConfig] = None,
     return metrics
 
 
-def plain(value):
-    """Nested metrics -> JSON-ready Python values (numpy scalars -> Python, NaN/inf -> None)."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_outputs(metrics: dict, out_json: Union[str, Path], markdown_path: Optional[Union[str, Path]] = None,
                   figure_path: Optional[Union[str, Path]] = None) -> list[Path]:
     """metrics.json (NaN -> null), a Markdown summary and a PNG figure, each written atomically. Returns the paths."""
-    data = plain(metrics)
+    data = json_ready(metrics)
     written = [Path(out_json)]
     atomic_write_bytes(out_json, (json.dumps(data, indent=1, allow_nan=False) + "\n").encode())
     if markdown_path is not None:

@@ -12,7 +12,8 @@ from evaluation.__main__ import main, parse_args
 from evaluation.features import segmenter_extractor
 from evaluation.fid import real_vs_real_bound
 from evaluation.image_sets import ImageSet, as_image_set, load_image_set
-from evaluation.report import EvalConfig, bound_capacity, control_fidelity, fid_block, markdown_table, plain
+from data.json_ready import json_ready as plain
+from evaluation.report import EvalConfig, bound_capacity, control_fidelity, fid_block, markdown_table
 from evaluation.segmenter import SegmenterConfig, train_segmenter
 from tests.test_features import toy_slices
 
