@@ -160,6 +160,8 @@ def run(args) -> int:
     out = args.out or (args.run / "samples" if args.run else None)
     if out is None:
         raise InputError("--out", "no output folder: pass --out (or --run)")
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder; --out names the output folder")
     try:
         pipe = load_pipeline(paths["vae"], paths["ldm"], paths["controlnet"], device=_device(args.device))
     except RuntimeError as err:  # e.g. a ControlNet trained on another LDM: weights do not fit

@@ -37,6 +37,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# The config sections a stage's weights depend on (its own and its parents'); bookkeeping keys do not count.
+STAGE_SECTIONS = {"vae": ("data", "vae", "vae_train")}
+STAGE_SECTIONS["ldm"] = STAGE_SECTIONS["vae"] + ("text", "unet", "diffusion", "ldm_train")
+STAGE_SECTIONS["controlnet"] = STAGE_SECTIONS["ldm"] + ("controlnet", "controlnet_train")
+BOOKKEEPING = ("log_every", "sample_every", "checkpoint_every", "keep_last")
+PARENT = {"ldm": "vae", "controlnet": "ldm"}
+
+
+def check_reusable(cfg, run_dir: Path, stages: tuple[str, ...], force: list[str]) -> None:
+    """A finished stage is reused only when trained with this config and on the parent checkpoint now in the run."""
+    from ddpm.checkpoint import file_sha256, load_checkpoint
+    from ddpm.config import to_dict
+
+    now = to_dict(cfg)
+    for stage in stages:
+        path = run_dir / f"{stage}.safetensors"
+        if stage in force or not path.is_file():
+            continue
+        meta = load_checkpoint(path, expect_stage=stage)[1]
+        then = meta.get("config", {})
+        changed = [f"{section}.{key}: {then[section][key]!r} -> {value!r}" for section in STAGE_SECTIONS[stage]
+                   for key, value in now[section].items()
+                   if key not in BOOKKEEPING and key in then.get(section, {}) and then[section][key] != value]
+        if changed:
+            raise InputError(path, f"trained with another config ({'; '.join(changed[:3])}); "
+                                   f"use --force {stage} to retrain it, or another --name")
+        parent = PARENT.get(stage)
+        if parent in force:
+            raise InputError(path, f"--force {parent} retrains the {parent} this {stage} was trained on; "
+                                   f"add --force {stage}")
+        if parent and meta.get(parent) is not None and (run_dir / f"{parent}.safetensors").is_file() and \
+                meta[parent] != file_sha256(run_dir / f"{parent}.safetensors"):
+            raise InputError(path, f"trained on another {parent} than {run_dir / f'{parent}.safetensors'}; "
+                                   f"use --force {stage}")
+
+
 def run(args: argparse.Namespace) -> Path:
     from controlnet.train import train_controlnet
     from data.prepare import prepare_data
@@ -50,9 +86,9 @@ def run(args: argparse.Namespace) -> Path:
         ([f"name={args.name}"] if args.name else [])
     cfg = load_run_config(args.config, overrides)
     run_dir = Path(args.runs) / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
     wanted = STAGES[1:] if args.stage == "all" else (args.stage,)
+    last = tuple(STAGE_SECTIONS).index("controlnet" if args.stage == "all" else args.stage)
+    check_reusable(cfg, run_dir, tuple(STAGE_SECTIONS)[:last + 1], args.force)  # before config.yaml is rewritten
     commands = [" ".join(["python", "train.py", *sys.argv[1:]]) if sys.argv[1:] else "python train.py"]
     timings: dict[str, float] = {}
 
@@ -66,7 +102,8 @@ def run(args: argparse.Namespace) -> Path:
         print(f"[{name}] finished in {timings[name]:.0f} s -> {result}")
         return result
 
-    data = prepare_data(cfg.data, run_dir)
+    data = prepare_data(cfg.data, run_dir)  # first: bad data fails before the run folder is written to
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
     print(f"[data] {len(data.train)} train / {len(data.test)} test slices from {data.cohort_root} ({data.layout})"
           + (f"; skipped {len(data.skipped)} subjects" if data.skipped else ""))
     # Stages a later stage needs run first (or are skipped when their output exists).

@@ -36,13 +36,13 @@ def synthetic_cohort(out_dir: Path, n: int, seed: int, prevalence: str = "biased
 
 def prepare_data(cfg, run_dir: Path, progress: bool = True) -> PreparedData:
     """cfg: ddpm.run_config.DataConfig. Writes composition.csv and split.json into run_dir."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.root is None:
         return _prepare_synthetic(cfg, run_dir, progress)
     root = Path(cfg.root)
+    # Read and preprocess before writing anything: a bad cohort leaves no half-made run folder.
     cohort = read_cohort(root, cfg.layout, cfg.metadata, cfg.skip_bad)
-    save_composition(subgroup_table(attributes_table(cohort)), run_dir / "composition.csv")
     slices = build_slice_set(cohort.subjects, cfg.preprocess, run_dir / "cache", progress=progress)
+    save_composition(subgroup_table(attributes_table(cohort)), run_dir / "composition.csv")
     strata = slices.attributes["health"].fillna("unknown").astype(str)
     train_idx, test_idx = subject_split(slices.subject_ids, strata, cfg.test_fraction, cfg.split_seed)
     prepared = PreparedData(slices.select(np.asarray(train_idx)), slices.select(np.asarray(test_idx)),

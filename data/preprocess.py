@@ -129,7 +129,8 @@ def preprocess_subject(subject: Subject, cfg: PreprocessConfig) -> list[Sample2D
     _check_subject(subject)
     slices = lv_slices(subject.mask_ed)
     if len(slices) == 0:
-        raise InputError(f"subject {subject.subject_id}", "ED mask has no LV blood pool (label 1) in any slice")
+        where = f"subject {subject.subject_id}" + (f" ({subject.source})" if subject.source is not None else "")
+        raise InputError(where, "ED mask has no LV blood pool (label 1) in any slice")
     sx, sy, assumed = _in_plane_spacing(subject, cfg)
     mid = mid_lv_slice(subject.mask_ed)
     mid_planes = np.stack([subject.image_ed[:, :, mid], subject.image_es[:, :, mid]]).astype(np.float64)

@@ -46,6 +46,11 @@ def read_metadata(csv_path: str | Path) -> pd.DataFrame:
     if (eids == "").any():
         first_row = int((eids == "").to_numpy().argmax()) + 2  # +1 header, +1 one-based
         raise InputError(f"{csv_path}: line {first_row}: eid", "empty eid; every row needs a subject id")
+    # An eid names the subject's folder under root: '../x' or '/abs' would read another cohort's files.
+    unsafe = sorted(e for e in eids if "/" in e or "\\" in e or e.strip(".") == "")
+    if unsafe:
+        raise InputError(f"{csv_path}: eid", f"eid(s) {unsafe[:3]} are not folder names; "
+                                             "expected plain ids such as 1000001")
     duplicated = sorted(set(eids[eids.duplicated()]))
     if duplicated:
         raise InputError(f"{csv_path}: eid", f"duplicate eid(s) {duplicated}; each subject must appear once")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -17,6 +19,8 @@ import yaml
 from data.errors import InputError
 
 T = TypeVar("T")
+# YAML 1.1 reads 1e-4 and 1.0e30 (no dot or no exponent sign) as strings; they are plain numbers to a user.
+FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -61,6 +65,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         raise InputError(where, f"expected an integer, got {value!r}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and FLOAT_TEXT.fullmatch(value.strip()) and math.isfinite(float(value)):
             return float(value)
         raise InputError(where, f"expected a number, got {value!r}")
     if hint is str:

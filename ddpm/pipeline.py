@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from controlnet.model import ControlNet, controlled_model_fn
-from ddpm.checkpoint import load_checkpoint, model_state
+from data.errors import InputError
+from ddpm.checkpoint import file_sha256, load_checkpoint, model_state
 from ddpm.config import from_dict
 from ddpm.sampling import sample
 from ddpm.schedulers import NoiseSchedule, make_schedule
@@ -92,8 +93,20 @@ def load_ldm(path: Path, use_ema: bool = True, device: torch.device = torch.devi
     return ldm.to(device).eval().requires_grad_(False), meta
 
 
-def load_controlnet(path: Path, unet: UNet, use_ema: bool = True) -> tuple[ControlNet, dict]:
+def check_parent(meta: dict, path: Path, key: str, parent: Path) -> None:
+    """A model fits only the exact parent it was trained on (the LDM its VAE's latents, a ControlNet its LDM)."""
+    trained_on, given = meta.get(key), file_sha256(parent)
+    if trained_on is not None and trained_on != given:
+        raise InputError(path, f"was trained on the {key} checkpoint with sha256 {trained_on}, but {parent} has "
+                               f"sha256 {given} (another run or config); pass the {key} checkpoint of the same run")
+
+
+def load_controlnet(path: Path, unet: UNet, use_ema: bool = True,
+                    ldm_path: Optional[Path] = None) -> tuple[ControlNet, dict]:
+    """ldm_path: the LDM checkpoint `unet` comes from; refused unless it is the one this ControlNet was trained on."""
     states, meta = load_checkpoint(path, expect_stage="controlnet")
+    if ldm_path is not None:
+        check_parent(meta, path, "ldm", ldm_path)
     cfg = _config_of(meta, str(path))
     net = ControlNet(unet, cfg.controlnet, cfg.vae.downsample_factor)
     net.load_state_dict(model_state(states, "ema" if use_ema else "model"))
@@ -107,6 +120,7 @@ def load_pipeline(vae_path: Path, ldm_path: Path, controlnet_path: Optional[Path
 
     vae, scale, _ = load_vae(vae_path, device)
     ldm, meta = load_ldm(ldm_path, use_ema, device)
+    check_parent(meta, ldm_path, "vae", vae_path)
     cfg = _config_of(meta, str(ldm_path))
-    controlnet = load_controlnet(controlnet_path, ldm.unet, use_ema)[0] if controlnet_path else None
+    controlnet = load_controlnet(controlnet_path, ldm.unet, use_ema, ldm_path)[0] if controlnet_path else None
     return Pipeline(cfg, vae, scale, ldm, Tokenizer(), make_schedule_from(cfg), controlnet)

@@ -1,11 +1,13 @@
 """Stage `ldm`: train the latent UNet and the text encoder jointly on cached VAE latents."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from data.slices import SliceSet
@@ -25,8 +27,11 @@ def cached_latents(vae_path: Path, images: np.ndarray, cache_dir: Path,
     """Posterior (mean, std) of the training images, computed once per VAE checkpoint."""
     cache = cache_dir / f"latents-{file_sha256(vae_path)}-{len(images)}.safetensors"
     if cache.is_file():
-        stored = load_file(str(cache))
-        return stored["mean"].to(device), stored["std"].to(device)
+        try:
+            stored = load_file(str(cache))
+            return stored["mean"].to(device), stored["std"].to(device)
+        except (SafetensorError, OSError, KeyError) as err:  # a damaged cache is rebuilt, never a traceback
+            warnings.warn(f"rebuilding the latent cache {cache}: {err}")
     vae, _, _ = load_vae(vae_path, device)
     mean, std = encode_latents(vae, images)
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -79,7 +80,23 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def checkpoint_paths(run_dir: Path, stage: str) -> list[Path]:
-    return sorted(run_dir.glob(f"{stage}-step*.safetensors"), key=lambda p: int(p.stem.split("step")[-1]))
+    """Step checkpoints, oldest first; temp files of killed writes ('.<name>.*.tmp') and stray names never match."""
+    pattern = re.compile(rf"{re.escape(stage)}-step(\d+)\.safetensors")
+    found = [(int(m.group(1)), p) for p in run_dir.glob(f"{stage}-step*.safetensors")
+             if (m := pattern.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def metrics_until(path: Path, step: int) -> bytes:
+    """The metrics log's records up to `step` (a resumed run replays later steps; a half-written line is dropped)."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    return "".join(kept).encode()
 
 
 def latest_checkpoint(run_dir: Path, stage: str) -> Optional[Path]:
@@ -113,13 +130,22 @@ def train_loop(
     last_good: Optional[Path] = latest_checkpoint(run_dir, stage) if resume else None
     if last_good is not None:
         states, saved = load_checkpoint(last_good, expect_stage=stage)
-        model.load_state_dict(model_state(states, "model"))
-        ema.load_state_dict(model_state(states, "ema"))
-        optimizer.load_state_dict(optimizer_state(states))
+        try:
+            model.load_state_dict(model_state(states, "model"))
+            ema.load_state_dict(model_state(states, "ema"))
+            optimizer.load_state_dict(optimizer_state(states))
+        except (RuntimeError, ValueError, KeyError) as err:  # e.g. written by a model of another config
+            detail = " ".join(str(err).split())[:200]
+            raise InputError(last_good, f"cannot resume: the checkpoint does not fit this model (another config?): "
+                                        f"{detail} ...; train without resume or use another run name") from None
         start = int(saved["step"])
     metrics_path = run_dir / f"{stage}-metrics.jsonl"
     if start == 0 and metrics_path.exists():
         metrics_path.unlink()
+    elif metrics_path.exists():
+        atomic_write_bytes(metrics_path, metrics_until(metrics_path, start))
+    for stale in run_dir.glob(f".{stage}-step*.tmp"):  # half-written checkpoints of a killed run: never read
+        stale.unlink(missing_ok=True)
 
     def save(step: int) -> Path:
         path = run_dir / f"{stage}-step{step:07d}.safetensors"

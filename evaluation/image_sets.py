@@ -111,7 +111,9 @@ def _read_pair(path: Path, is_mask: bool) -> np.ndarray:
 
 def load_sample_folder(folder: Path, progress: bool = True) -> ImageSet:
     """sample.py's output folder -> ImageSet; each sample <id>.nii.gz (+ <id>_mask.nii.gz) + <id>.json."""
-    image_paths = sorted(p for p in folder.glob("*.nii.gz") if not p.name.endswith("_mask.nii.gz"))
+    # '.<name>...' are temp files of a write that was interrupted (atomic writes); they are never samples.
+    image_paths = sorted(p for p in folder.glob("*.nii.gz") if not p.name.endswith("_mask.nii.gz")
+                         and not p.name.startswith("."))
     if not image_paths:
         raise InputError(folder, "no samples: expected <id>.nii.gz files with <id>.json sidecars (sample.py output)")
     images, masks, ids, records, pixels = [], [], [], [], set()
