@@ -5,6 +5,7 @@ Every stage writes into runs/<name>/; a finished stage is skipped on the next ca
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import yaml
 from data.errors import InputError
 from ddpm.trainer import NonFiniteLoss
 
-STAGES = ("data", "vae", "ldm", "controlnet", "plan", "evaluation", "experiment")
+STAGES = ("data", "vae", "ldm", "controlnet", "plan", "evaluation", "experiment")  # in run order
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 
 
@@ -90,15 +91,19 @@ def run(args: argparse.Namespace) -> Path:
     last = tuple(STAGE_SECTIONS).index("controlnet" if args.stage == "all" else args.stage)
     check_reusable(cfg, run_dir, tuple(STAGE_SECTIONS)[:last + 1], args.force)  # before config.yaml is rewritten
     commands = [" ".join(["python", "train.py", *sys.argv[1:]]) if sys.argv[1:] else "python train.py"]
-    timings: dict[str, float] = {}
+    # Seconds per stage, kept across invocations: a resumed run's report still shows what each stage took.
+    timings_path = run_dir / "timings.json"
+    timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
 
     def stage(name: str, output: Path, fn) -> Path:
         if output.is_file() and name not in args.force:
             print(f"[{name}] done already: {output} (use --force {name} to redo)")
             return output
         tic = time.perf_counter()
+        args.force = sorted(set(args.force) | set(STAGES[STAGES.index(name) + 1:]))  # later outputs are now stale
         result = fn()
-        timings[name] = time.perf_counter() - tic
+        timings[name] = round(time.perf_counter() - tic, 1)
+        atomic_write_bytes(timings_path, json.dumps(timings, indent=1).encode())
         print(f"[{name}] finished in {timings[name]:.0f} s -> {result}")
         return result
 
@@ -119,7 +124,7 @@ def run(args: argparse.Namespace) -> Path:
         from classify.debias import run_downstream
 
         ckpts = {"vae": vae, "ldm": ldm, "controlnet": controlnet}
-        report = run_downstream(cfg, data, ckpts, run_dir, set(args.force), commands, timings, stage)
+        report = run_downstream(cfg, data, ckpts, run_dir, args, commands, timings, stage)
         print(f"[report] {report}")
     return run_dir
 
