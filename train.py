@@ -32,6 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default=None, help="cohort folder (UK Biobank or ACDC layout); default: synthetic")
     parser.add_argument("--name", default=None, help="run name (default: the config's name)")
     parser.add_argument("--runs", default="runs", help="folder holding run folders (default: runs)")
+    parser.add_argument("--clip-weights", default=None,
+                        help="local open_clip weights file for a pretrained text tower (needs the [clip] extra; "
+                             "nothing is downloaded); sets text.open_clip_weights")
+    parser.add_argument("--clip-model", default=None, help="open_clip model name of --clip-weights, e.g. ViT-B-32")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted stage from its last checkpoint")
     parser.add_argument("--force", action="append", default=[], choices=STAGES, help="redo this stage (repeatable)")
     parser.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
@@ -84,7 +88,9 @@ def run(args: argparse.Namespace) -> Path:
     from ddpm.checkpoint import atomic_write_bytes
 
     overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else []) + \
-        ([f"name={args.name}"] if args.name else [])
+        ([f"name={args.name}"] if args.name else []) + \
+        ([f"text.open_clip_weights={args.clip_weights}"] if args.clip_weights else []) + \
+        ([f"text.open_clip_model={args.clip_model}"] if args.clip_model else [])
     cfg = load_run_config(args.config, overrides)
     run_dir = Path(args.runs) / cfg.name
     wanted = STAGES[1:] if args.stage == "all" else (args.stage,)

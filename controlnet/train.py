@@ -13,8 +13,7 @@ from ddpm.config import to_dict
 from ddpm.images import save_grid
 from ddpm.pipeline import Pipeline, load_ldm, make_schedule_from
 from ddpm.run_config import resolve_device
-from ddpm.tokenizer import Tokenizer
-from ddpm.train_ldm import cached_latents, diffusion_loss, drop_prompts
+from ddpm.train_ldm import PromptContexts, cached_latents, diffusion_loss
 from ddpm.train_vae import load_vae
 from ddpm.trainer import train_loop
 from geometry.encodings import encode_control
@@ -30,18 +29,14 @@ def train_controlnet(cfg, train: SliceSet, test: SliceSet, vae_path: Path, ldm_p
     mean, std = cached_latents(vae_path, train.images, run_dir / "cache", device)
     # encoded once, not per step
     controls = encode_control(torch.from_numpy(train.masks).long(), cfg.controlnet.control).to(device)
-    tokenizer = Tokenizer()
-    tokens = tokenizer.encode(train.prompts, cfg.text.context_length).to(device)
-    empty = tokenizer.encode([""], cfg.text.context_length).to(device)
+    contexts = PromptContexts(ldm.text, train.prompts, cfg.diffusion.cond_dropout)  # frozen: embedded once
     sched = make_schedule_from(cfg)
     net = ControlNet(ldm.unet, cfg.controlnet, cfg.vae.downsample_factor).to(device)
 
     def loss_fn(idx: torch.Tensor, gen: torch.Generator, step: int):
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)) * scale
-        with torch.no_grad():
-            context = ldm.text(drop_prompts(tokens[idx], empty, cfg.diffusion.cond_dropout, gen))[0]
         fn = controlled_model_fn(ldm.unet, net, controls[idx])
-        return diffusion_loss(fn, z0, context, sched, cfg.diffusion.prediction, gen), {}
+        return diffusion_loss(fn, z0, contexts(idx, gen), sched, cfg.diffusion.prediction, gen), {}
 
     meta = {"config": to_dict(cfg), "vae": file_sha256(vae_path), "ldm": file_sha256(ldm_path), "scale_factor": scale}
     ema, _ = train_loop(stage="controlnet-train", model=net, loss_fn=loss_fn, num_samples=len(train),
@@ -51,7 +46,7 @@ def train_controlnet(cfg, train: SliceSet, test: SliceSet, vae_path: Path, ldm_p
     save_checkpoint(out, {"ema": ema.state_dict(), "model": net.state_dict()}, {**meta, "stage": "controlnet"})
     ema.copy_to(net)
     vae, _, _ = load_vae(vae_path, device)
-    pipe = Pipeline(cfg, vae, scale, ldm, tokenizer, sched, net.eval())
+    pipe = Pipeline(cfg, vae, scale, ldm, sched, net.eval())
     n = min(8, len(test))
     s = cfg.sample
     fake = pipe.generate(test.prompts[:n], test.masks[:n], seed=cfg.controlnet_train.seed, steps=s.steps,

@@ -15,8 +15,7 @@ from ddpm.checkpoint import file_sha256, load_checkpoint, model_state
 from ddpm.config import from_dict
 from ddpm.sampling import sample
 from ddpm.schedulers import NoiseSchedule, make_schedule
-from ddpm.text_encoder import TextEncoder
-from ddpm.tokenizer import Tokenizer
+from ddpm.text_encoder import build_text_encoder
 from ddpm.unet import UNet
 from ddpm.vae import AutoencoderKL
 from geometry.encodings import encode_control
@@ -27,7 +26,7 @@ class LatentDiffusion(nn.Module):
 
     def __init__(self, cfg) -> None:
         super().__init__()
-        self.text = TextEncoder(cfg.text)
+        self.text = build_text_encoder(cfg.text)
         self.unet = UNet(cfg.unet)
 
 
@@ -42,7 +41,6 @@ class Pipeline:
     vae: AutoencoderKL
     scale_factor: float
     ldm: LatentDiffusion
-    tokenizer: Tokenizer
     schedule: NoiseSchedule
     controlnet: Optional[ControlNet] = None
 
@@ -52,8 +50,7 @@ class Pipeline:
 
     @torch.no_grad()
     def context(self, prompts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer.encode(list(prompts), self.cfg.text.context_length).to(self.device)
-        return self.ldm.text(tokens)[0]
+        return self.ldm.text(self.ldm.text.tokenize(list(prompts)))[0]
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], masks: Optional[np.ndarray] = None, seed: int | Sequence[int] = 0,
@@ -123,4 +120,4 @@ def load_pipeline(vae_path: Path, ldm_path: Path, controlnet_path: Optional[Path
     check_parent(meta, ldm_path, "vae", vae_path)
     cfg = _config_of(meta, str(ldm_path))
     controlnet = load_controlnet(controlnet_path, ldm.unet, use_ema, ldm_path)[0] if controlnet_path else None
-    return Pipeline(cfg, vae, scale, ldm, Tokenizer(), make_schedule_from(cfg), controlnet)
+    return Pipeline(cfg, vae, scale, ldm, make_schedule_from(cfg), controlnet)

@@ -24,6 +24,11 @@ class TextEncoderConfig:
     width: int = 128
     layers: int = 2
     heads: int = 4
+    # Optional pretrained tower ([clip] extra): an open_clip model name and a LOCAL weights file; width must
+    # then equal the tower's width. freeze=True trains the UNet against cached prompt embeddings.
+    open_clip_model: Optional[str] = None
+    open_clip_weights: Optional[str] = None
+    freeze: bool = True
 
 
 class CausalSelfAttention(nn.Module):
@@ -62,7 +67,8 @@ class TextEncoder(nn.Module):
     def __init__(self, config: Optional[TextEncoderConfig] = None) -> None:
         super().__init__()
         config = TextEncoderConfig() if config is None else config
-        vocab_size = Tokenizer().vocab_size if config.vocab_size is None else config.vocab_size
+        self.tokenizer = Tokenizer()
+        vocab_size = self.tokenizer.vocab_size if config.vocab_size is None else config.vocab_size
         if config.width % config.heads != 0:
             raise InputError("text_encoder.heads", f"width {config.width} must be divisible by heads {config.heads}")
         if vocab_size < 4 or config.context_length < 2 or config.layers < 0:
@@ -76,6 +82,11 @@ class TextEncoder(nn.Module):
         # CLIP's initialisation scales for the embeddings.
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
+
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        """B prompts -> (B, context_length) token ids of the built-in tokenizer, on this encoder's device."""
+        tokens = self.tokenizer.encode(list(texts), self.config.context_length)
+        return tokens.to(self.token_embedding.weight.device)
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """tokens: (B, L) with L <= context_length -> (states (B, L, width), pooled (B, width))."""
@@ -101,7 +112,7 @@ class OpenClipTextTower(nn.Module):
         self.width = int(tower.ln_final.weight.shape[0])
 
     def tokenize(self, texts: Sequence[str]) -> Tensor:
-        return self.tokenizer(list(texts))
+        return self.tokenizer(list(texts)).to(self.tower.token_embedding.weight.device)
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """tokens: (B, L) from self.tokenize -> (states (B, L, width), pooled (B, width))."""
@@ -191,3 +202,18 @@ class PromptEmbeddingCache:
             states, pooled = self.encoder(self.tokenize(missing).to(device))
             self._store.update((p, (s, q)) for p, s, q in zip(missing, states, pooled))
         return (torch.stack([self._store[p][0] for p in prompts]), torch.stack([self._store[p][1] for p in prompts]))
+
+
+def build_text_encoder(config: TextEncoderConfig) -> nn.Module:
+    """Our CLIP-style encoder (trained jointly), or a local pretrained open_clip tower when configured."""
+    if config.open_clip_weights is None:
+        return TextEncoder(config)
+    tower = load_open_clip_text_tower(config.open_clip_model or "", Path(config.open_clip_weights), config.freeze)
+    if tower.width != config.width:
+        raise InputError("text.width", f"{config.width} but the open_clip tower {config.open_clip_model!r} has width "
+                                       f"{tower.width}; set text.width and unet.context_dim to {tower.width}")
+    return tower
+
+
+def is_frozen(encoder: nn.Module) -> bool:
+    return not any(p.requires_grad for p in encoder.parameters())

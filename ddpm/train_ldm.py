@@ -17,7 +17,7 @@ from ddpm.images import save_grid
 from ddpm.pipeline import LatentDiffusion, Pipeline, make_schedule_from
 from ddpm.run_config import resolve_device
 from ddpm.schedulers import NoiseSchedule, add_noise, prediction_target
-from ddpm.tokenizer import Tokenizer
+from ddpm.text_encoder import PromptEmbeddingCache, is_frozen
 from ddpm.train_vae import encode_latents, load_vae
 from ddpm.trainer import train_loop
 
@@ -50,10 +50,31 @@ def diffusion_loss(unet_fn, x0: torch.Tensor, context: torch.Tensor, sched: Nois
     return F.mse_loss(unet_fn(x_t, t, context).float(), prediction_target(sched, x0, noise, t, prediction).float())
 
 
-def drop_prompts(tokens: torch.Tensor, empty: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
-    """Replace each row by the empty prompt with probability p (classifier-free guidance training)."""
-    drop = (torch.rand(tokens.shape[0], generator=gen) < p).to(tokens.device)
-    return torch.where(drop[:, None], empty.expand_as(tokens), tokens)
+class PromptContexts:
+    """Text contexts of training prompts with classifier-free-guidance dropout (prompt -> "" with prob p).
+
+    A frozen encoder runs once per distinct prompt (cached embeddings); a jointly trained one on every step.
+    """
+
+    def __init__(self, text: torch.nn.Module, prompts: list[str], p: float) -> None:
+        self.text, self.p = text, p
+        distinct = sorted(set(prompts))
+        position = {q: i for i, q in enumerate(distinct)}
+        self.row = torch.tensor([position[q] for q in prompts])  # training sample -> its distinct prompt
+        if is_frozen(text):
+            cache = PromptEmbeddingCache(text, text.tokenize)
+            self.states, self.empty = cache(distinct)[0], cache([""])[0]
+        else:
+            self.tokens, self.empty_tokens = text.tokenize(distinct), text.tokenize([""])
+
+    def __call__(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """idx: (B,) training rows -> context (B, L, W)."""
+        drop = torch.rand(len(idx), generator=gen) < self.p
+        rows = self.row[idx]
+        if is_frozen(self.text):
+            return torch.where(drop[:, None, None].to(self.states.device), self.empty, self.states[rows])
+        tokens = torch.where(drop[:, None].to(self.tokens.device), self.empty_tokens, self.tokens[rows])
+        return self.text(tokens)[0]
 
 
 def grid_prompts(slices: SliceSet, limit: int = 8) -> list[str]:
@@ -69,28 +90,31 @@ def train_ldm(cfg, train: SliceSet, vae_path: Path, run_dir: Path, resume: bool 
     torch.manual_seed(cfg.ldm_train.seed)
     mean, std = cached_latents(vae_path, train.images, run_dir / "cache", device)
     scale = float(load_checkpoint(vae_path, expect_stage="vae")[1]["scale_factor"])
-    tokenizer = Tokenizer()
-    tokens = tokenizer.encode(train.prompts, cfg.text.context_length).to(device)
-    empty = tokenizer.encode([""], cfg.text.context_length).to(device)
     sched = make_schedule_from(cfg)
     model = LatentDiffusion(cfg).to(device)
+    contexts = PromptContexts(model.text, train.prompts, cfg.diffusion.cond_dropout)
 
     def loss_fn(idx: torch.Tensor, gen: torch.Generator, step: int):
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)) * scale
-        context = model.text(drop_prompts(tokens[idx], empty, cfg.diffusion.cond_dropout, gen))[0]
-        loss = diffusion_loss(model.unet, z0, context, sched, cfg.diffusion.prediction, gen)
+        loss = diffusion_loss(model.unet, z0, contexts(idx, gen), sched, cfg.diffusion.prediction, gen)
         return loss, {}
+
+    vae, _, _ = load_vae(vae_path, device)
+    prompts = [p for p in grid_prompts(train) for _ in range(2)]
+
+    def prompt_grid(path: Path) -> None:
+        """Two samples per health condition's most frequent prompt, same seeds every time."""
+        images = Pipeline(cfg, vae, scale, model.eval(), sched).generate(
+            prompts, seed=cfg.ldm_train.seed, steps=cfg.sample.steps, guidance=cfg.sample.guidance)
+        model.train()
+        save_grid(path, images, labels=prompts, ncols=2)
 
     meta = {"config": to_dict(cfg), "vae": file_sha256(vae_path), "scale_factor": scale}
     ema, _ = train_loop(stage="ldm-train", model=model, loss_fn=loss_fn, num_samples=len(train),
-                        cfg=cfg.ldm_train, run_dir=run_dir / "ldm", meta=meta, resume=resume, device=device)
+                        cfg=cfg.ldm_train, run_dir=run_dir / "ldm", meta=meta, resume=resume, device=device,
+                        on_checkpoint=lambda step, _: prompt_grid(run_dir / "ldm" / f"samples-step{step:07d}.png"))
     out = run_dir / "ldm.safetensors"
     save_checkpoint(out, {"ema": ema.state_dict(), "model": model.state_dict()}, {**meta, "stage": "ldm"})
     ema.copy_to(model)
-    vae, _, _ = load_vae(vae_path, device)
-    pipe = Pipeline(cfg, vae, scale, model.eval(), tokenizer, sched)
-    prompts = grid_prompts(train)
-    images = pipe.generate([p for p in prompts for _ in range(2)], seed=cfg.ldm_train.seed, steps=cfg.sample.steps,
-                           guidance=cfg.sample.guidance)
-    save_grid(run_dir / "ldm_samples.png", images, labels=[p for p in prompts for _ in range(2)], ncols=2)
+    prompt_grid(run_dir / "ldm_samples.png")
     return out
