@@ -81,6 +81,7 @@ def check_reusable(cfg, run_dir: Path, stages: tuple[str, ...], force: list[str]
 def run(args: argparse.Namespace) -> Path:
     from controlnet.train import train_controlnet
     from data.prepare import prepare_data
+    from data.subgroups import format_composition, subgroup_table
     from ddpm.config import to_dict
     from ddpm.run_config import load_run_config
     from ddpm.train_ldm import train_ldm
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> Path:
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
     print(f"[data] {len(data.train)} train / {len(data.test)} test slices from {data.cohort_root} ({data.layout})"
           + (f"; skipped {len(data.skipped)} subjects" if data.skipped else ""))
+    print(format_composition(subgroup_table(data.train.attributes)))  # the imbalance the main job addresses
     # Stages a later stage needs run first (or are skipped when their output exists).
     vae = stage("vae", run_dir / "vae.safetensors", lambda: train_vae(cfg, data.train, data.test, run_dir, args.resume))
     if "ldm" not in wanted and "controlnet" not in wanted:
