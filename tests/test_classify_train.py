@@ -14,15 +14,6 @@ from data.errors import InputError
 TINY = ClassifierConfig(widths=(4, 8), blocks_per_stage=(1, 1))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny convs run faster on one thread than fighting other processes for the shared cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _groups(n, seed=0):
     rng = np.random.default_rng(seed)
     return pd.DataFrame({"sex": rng.choice(["female", "male"], n), "age": rng.uniform(30, 80, n),

@@ -19,15 +19,6 @@ TINY = ClassifierConfig(widths=(4, 8), blocks_per_stage=(1, 1))
 TRAIN = TrainConfig(epochs=2, batch_size=16, lr=3e-3, augment=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny convs run faster on one thread than fighting other processes for the shared cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def toy_slices(n_subjects: int, p_male_if_positive: float, seed: int, prefix: str, per_subject: int = 2,
                size: int = 16, labels=None) -> SliceSet:
     """Brightness encodes the label; a bright corner patch marks males, so sex is a shortcut wherever
