@@ -9,11 +9,6 @@ from evaluation.attributes import attribute_accuracy, attribute_labels, predict,
 from tests.test_features import toy_slices
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def trained():
     torch.set_num_threads(1)

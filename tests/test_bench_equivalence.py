@@ -31,15 +31,6 @@ T = 1000
 PREDICTIONS = [("epsilon", "epsilon"), ("v", "v_prediction")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from 2 threads, and 2 OpenMP threads stall badly when a neighbour holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def ddim_reference(**kw):
     return diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="scaled_linear", beta_start=0.00085,
                                    beta_end=0.012, clip_sample=False, **kw)

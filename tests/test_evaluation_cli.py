@@ -39,11 +39,6 @@ def noise_like(data: SliceSet, seed: int = 0) -> ImageSet:
     return ImageSet(images, data.masks, data.subject_ids, data.attributes, "noise")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def toy():
     torch.set_num_threads(1)

@@ -47,11 +47,6 @@ def toy_slices(n_subjects: int, slices: int = 2, size: int = 32, seed: int = 0, 
     return SliceSet(np.stack(images), np.stack(masks), ids, np.zeros(len(ids)), attributes_frame(records))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
 def test_auto_without_weights_uses_the_segmenter_and_names_it():
     torch.manual_seed(0)
     model = Segmenter(SegmenterConfig(base=4)).eval()

@@ -78,11 +78,6 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
 def killed_run(mode: str, n: int, script: str, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", KILLER, mode, str(n), script, *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, check=False)

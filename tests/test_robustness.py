@@ -38,11 +38,6 @@ FAST = ["vae_train.steps=1", "vae_train.checkpoint_every=1", "ldm_train.steps=1"
         "data.synthetic_test_n=4", "sample.steps=1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
 class Payload:
     """Unpickling this runs code: it creates the file PWNED next to the malicious file."""
 
