@@ -1,6 +1,8 @@
 """cardiac-ldm training CLI: `python train.py --stage vae|ldm|controlnet|all [--config FILE] [key=value ...]`.
 
 Every stage writes into runs/<name>/; a finished stage is skipped on the next call (use --force STAGE).
+`torchrun --nproc_per_node=N train.py ...` trains the VAE, LDM and ControlNet stages data-parallel (batch_size is
+the global batch); rank 0 alone writes, and runs the plan, evaluation and experiment stages.
 """
 from __future__ import annotations
 
@@ -87,12 +89,14 @@ def run(args: argparse.Namespace) -> Path:
     from ddpm.train_ldm import train_ldm
     from ddpm.train_vae import train_vae
     from ddpm.checkpoint import atomic_write_bytes
+    from ddpm.distributed import barrier, init_from_env
 
     overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else []) + \
         ([f"name={args.name}"] if args.name else []) + \
         ([f"text.open_clip_weights={args.clip_weights}"] if args.clip_weights else []) + \
         ([f"text.open_clip_model={args.clip_model}"] if args.clip_model else [])
     cfg = load_run_config(args.config, overrides)
+    main = init_from_env(cfg.device).is_main
     run_dir = Path(args.runs) / cfg.name
     wanted = STAGES[1:] if args.stage == "all" else (args.stage,)
     last = tuple(STAGE_SECTIONS).index("controlnet" if args.stage == "all" else args.stage)
@@ -104,21 +108,28 @@ def run(args: argparse.Namespace) -> Path:
 
     def stage(name: str, output: Path, fn) -> Path:
         if output.is_file() and name not in args.force:
-            print(f"[{name}] done already: {output} (use --force {name} to redo)")
+            if main:
+                print(f"[{name}] done already: {output} (use --force {name} to redo)")
             return output
         tic = time.perf_counter()
         args.force = sorted(set(args.force) | set(STAGES[STAGES.index(name) + 1:]))  # later outputs are now stale
         result = fn()
         timings[name] = round(time.perf_counter() - tic, 1)
-        atomic_write_bytes(timings_path, json.dumps(timings, indent=1).encode())
-        print(f"[{name}] finished in {timings[name]:.0f} s -> {result}")
+        if main:
+            atomic_write_bytes(timings_path, json.dumps(timings, indent=1).encode())
+            print(f"[{name}] finished in {timings[name]:.0f} s -> {result}")
         return result
 
-    data = prepare_data(cfg.data, run_dir)  # first: bad data fails before the run folder is written to
-    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
-    print(f"[data] {len(data.train)} train / {len(data.test)} test slices from {data.cohort_root} ({data.layout})"
-          + (f"; skipped {len(data.skipped)} subjects" if data.skipped else ""))
-    print(format_composition(subgroup_table(data.train.attributes)))  # the imbalance the main job addresses
+    # First: bad data fails before the run folder is written to. Rank 0 fills the cache, the others read it.
+    data = prepare_data(cfg.data, run_dir) if main else None
+    barrier()
+    if data is None:
+        data = prepare_data(cfg.data, run_dir)
+    if main:
+        atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+        print(f"[data] {len(data.train)} train / {len(data.test)} test slices from {data.cohort_root} ({data.layout})"
+              + (f"; skipped {len(data.skipped)} subjects" if data.skipped else ""))
+        print(format_composition(subgroup_table(data.train.attributes)))  # the imbalance the main job addresses
     # Stages a later stage needs run first (or are skipped when their output exists).
     vae = stage("vae", run_dir / "vae.safetensors", lambda: train_vae(cfg, data.train, data.test, run_dir, args.resume))
     if "ldm" not in wanted and "controlnet" not in wanted:
@@ -128,7 +139,7 @@ def run(args: argparse.Namespace) -> Path:
         return run_dir
     controlnet = stage("controlnet", run_dir / "controlnet.safetensors",
                        lambda: train_controlnet(cfg, data.train, data.test, vae, ldm, run_dir, args.resume))
-    if args.stage == "all":
+    if args.stage == "all" and main:
         from classify.debias import run_downstream
 
         ckpts = {"vae": vae, "ldm": ldm, "controlnet": controlnet}
@@ -138,6 +149,8 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ddpm.distributed import shutdown
+
     args = parse_args(argv)
     try:
         run_dir = run(args)
@@ -150,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
+    finally:
+        shutdown()
     print(f"run folder: {run_dir}")
     return 0
 

@@ -13,9 +13,10 @@ from ddpm.config import to_dict
 from ddpm.images import save_grid
 from ddpm.pipeline import Pipeline, load_ldm, make_schedule_from
 from ddpm.run_config import resolve_device
-from ddpm.train_ldm import PromptContexts, cached_latents, diffusion_loss
+from ddpm.distributed import on_main_then_sync
+from ddpm.train_ldm import PromptContexts, diffusion_loss, shared_latents
 from ddpm.train_vae import load_vae
-from ddpm.trainer import train_loop
+from ddpm.trainer import StepDraws, train_loop
 from geometry.encodings import encode_control
 
 
@@ -26,33 +27,39 @@ def train_controlnet(cfg, train: SliceSet, test: SliceSet, vae_path: Path, ldm_p
     torch.manual_seed(cfg.controlnet_train.seed)
     ldm, ldm_meta = load_ldm(ldm_path, device=device)  # frozen, eval mode
     scale = float(ldm_meta["scale_factor"])
-    mean, std = cached_latents(vae_path, train.images, run_dir / "cache", device)
-    # encoded once, not per step
-    controls = encode_control(torch.from_numpy(train.masks).long(), cfg.controlnet.control).to(device)
+    mean, std = shared_latents(vae_path, train.images, run_dir / "cache", device)
+    # Masks stay uint8 on the CPU and are encoded per batch: encoded float maps of a whole cohort outgrow a GPU.
+    masks = torch.from_numpy(train.masks)
     contexts = PromptContexts(ldm.text, train.prompts, cfg.diffusion.cond_dropout)  # frozen: embedded once
     sched = make_schedule_from(cfg)
     net = ControlNet(ldm.unet, cfg.controlnet, cfg.vae.downsample_factor).to(device)
 
-    def loss_fn(idx: torch.Tensor, gen: torch.Generator, step: int):
-        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)) * scale
-        fn = controlled_model_fn(ldm.unet, net, controls[idx])
-        return diffusion_loss(fn, z0, contexts(idx, gen), sched, cfg.diffusion.prediction, gen), {}
+    def loss_fn(idx: torch.Tensor, draws: StepDraws, step: int):
+        z0 = (mean[idx] + std[idx] * draws.randn(mean[idx].shape).to(device)) * scale
+        control = encode_control(masks[idx].long(), cfg.controlnet.control).to(device)
+        fn = controlled_model_fn(ldm.unet, net, control)
+        return diffusion_loss(fn, z0, contexts(idx, draws), sched, cfg.diffusion.prediction, draws), {}
 
     meta = {"config": to_dict(cfg), "vae": file_sha256(vae_path), "ldm": file_sha256(ldm_path), "scale_factor": scale}
     ema, _ = train_loop(stage="controlnet-train", model=net, loss_fn=loss_fn, num_samples=len(train),
                         cfg=cfg.controlnet_train, run_dir=run_dir / "controlnet", meta=meta, resume=resume,
-                        device=device)
+                        device=device, compile_modules=(net, ldm.unet))
     out = run_dir / "controlnet.safetensors"
-    save_checkpoint(out, {"ema": ema.state_dict(), "model": net.state_dict()}, {**meta, "stage": "controlnet"})
-    ema.copy_to(net)
-    vae, _, _ = load_vae(vae_path, device)
-    pipe = Pipeline(cfg, vae, scale, ldm, sched, net.eval())
-    n = min(8, len(test))
-    s = cfg.sample
-    fake = pipe.generate(test.prompts[:n], test.masks[:n], seed=cfg.controlnet_train.seed, steps=s.steps,
-                         guidance=s.guidance, control_scale=s.control_scale)
-    grid_images = np.stack([x for pair in zip(fake, test.images[:n]) for x in pair])
-    grid_masks = np.stack([m for m in test.masks[:n] for _ in range(2)])
-    labels = [f"{tag}: {p}" for p in test.prompts[:n] for tag in ("gen", "real")]
-    save_grid(run_dir / "controlnet_samples.png", grid_images, grid_masks, labels, ncols=2)
+
+    def finish() -> None:
+        """The stage checkpoint (EMA weights) and a mask | sample | real grid of held-out cases."""
+        save_checkpoint(out, {"ema": ema.state_dict(), "model": net.state_dict()}, {**meta, "stage": "controlnet"})
+        ema.copy_to(net)
+        vae, _, _ = load_vae(vae_path, device)
+        pipe = Pipeline(cfg, vae, scale, ldm, sched, net.eval())
+        n = min(8, len(test))
+        s = cfg.sample
+        fake = pipe.generate(test.prompts[:n], test.masks[:n], seed=cfg.controlnet_train.seed, steps=s.steps,
+                             guidance=s.guidance, control_scale=s.control_scale)
+        grid_images = np.stack([x for pair in zip(fake, test.images[:n]) for x in pair])
+        grid_masks = np.stack([m for m in test.masks[:n] for _ in range(2)])
+        labels = [f"{tag}: {p}" for p in test.prompts[:n] for tag in ("gen", "real")]
+        save_grid(run_dir / "controlnet_samples.png", grid_images, grid_masks, labels, ncols=2)
+
+    on_main_then_sync(finish)
     return out

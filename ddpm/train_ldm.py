@@ -19,7 +19,8 @@ from ddpm.run_config import resolve_device
 from ddpm.schedulers import NoiseSchedule, add_noise, prediction_target
 from ddpm.text_encoder import PromptEmbeddingCache, is_frozen
 from ddpm.train_vae import encode_latents, load_vae
-from ddpm.trainer import train_loop
+from ddpm.distributed import on_main_then_sync
+from ddpm.trainer import StepDraws, train_loop
 
 
 def cached_latents(vae_path: Path, images: np.ndarray, cache_dir: Path,
@@ -41,11 +42,17 @@ def cached_latents(vae_path: Path, images: np.ndarray, cache_dir: Path,
     return mean.to(device), std.to(device)
 
 
+def shared_latents(vae_path: Path, images: np.ndarray, cache_dir: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cached_latents for every process: rank 0 fills the cache, the others then read it (no racing writes)."""
+    on_main_then_sync(lambda: cached_latents(vae_path, images, cache_dir, device))
+    return cached_latents(vae_path, images, cache_dir, device)
+
+
 def diffusion_loss(unet_fn, x0: torch.Tensor, context: torch.Tensor, sched: NoiseSchedule, prediction: str,
-                   gen: torch.Generator) -> torch.Tensor:
+                   draws: StepDraws) -> torch.Tensor:
     """MSE between the network output and the eps/v target at uniformly drawn timesteps. x0: (B, C, h, w)."""
-    t = torch.randint(0, sched.num_train_steps, (x0.shape[0],), generator=gen).to(x0.device)
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device)  # CPU generator: same draws on any device
+    t = draws.randint(sched.num_train_steps, (x0.shape[0],)).to(x0.device)
+    noise = draws.randn(x0.shape).to(x0.device)
     x_t = add_noise(sched, x0, noise, t)
     return F.mse_loss(unet_fn(x_t, t, context).float(), prediction_target(sched, x0, noise, t, prediction).float())
 
@@ -67,9 +74,9 @@ class PromptContexts:
         else:
             self.tokens, self.empty_tokens = text.tokenize(distinct), text.tokenize([""])
 
-    def __call__(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, draws: StepDraws) -> torch.Tensor:
         """idx: (B,) training rows -> context (B, L, W)."""
-        drop = torch.rand(len(idx), generator=gen) < self.p
+        drop = draws.rand((len(idx),)) < self.p
         rows = self.row[idx]
         if is_frozen(self.text):
             return torch.where(drop[:, None, None].to(self.states.device), self.empty, self.states[rows])
@@ -88,15 +95,15 @@ def train_ldm(cfg, train: SliceSet, vae_path: Path, run_dir: Path, resume: bool 
     """cfg: RunConfig. Returns `<run_dir>/ldm.safetensors` with EMA weights of UNet + text encoder."""
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.ldm_train.seed)
-    mean, std = cached_latents(vae_path, train.images, run_dir / "cache", device)
+    mean, std = shared_latents(vae_path, train.images, run_dir / "cache", device)
     scale = float(load_checkpoint(vae_path, expect_stage="vae")[1]["scale_factor"])
     sched = make_schedule_from(cfg)
     model = LatentDiffusion(cfg).to(device)
     contexts = PromptContexts(model.text, train.prompts, cfg.diffusion.cond_dropout)
 
-    def loss_fn(idx: torch.Tensor, gen: torch.Generator, step: int):
-        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)) * scale
-        loss = diffusion_loss(model.unet, z0, contexts(idx, gen), sched, cfg.diffusion.prediction, gen)
+    def loss_fn(idx: torch.Tensor, draws: StepDraws, step: int):
+        z0 = (mean[idx] + std[idx] * draws.randn(mean[idx].shape).to(device)) * scale
+        loss = diffusion_loss(model.unet, z0, contexts(idx, draws), sched, cfg.diffusion.prediction, draws)
         return loss, {}
 
     vae, _, _ = load_vae(vae_path, device)
@@ -112,9 +119,14 @@ def train_ldm(cfg, train: SliceSet, vae_path: Path, run_dir: Path, resume: bool 
     meta = {"config": to_dict(cfg), "vae": file_sha256(vae_path), "scale_factor": scale}
     ema, _ = train_loop(stage="ldm-train", model=model, loss_fn=loss_fn, num_samples=len(train),
                         cfg=cfg.ldm_train, run_dir=run_dir / "ldm", meta=meta, resume=resume, device=device,
-                        on_checkpoint=lambda step, _: prompt_grid(run_dir / "ldm" / f"samples-step{step:07d}.png"))
+                        on_checkpoint=lambda step, _: prompt_grid(run_dir / "ldm" / f"samples-step{step:07d}.png"),
+                        compile_modules=(model.unet,))
     out = run_dir / "ldm.safetensors"
-    save_checkpoint(out, {"ema": ema.state_dict(), "model": model.state_dict()}, {**meta, "stage": "ldm"})
-    ema.copy_to(model)
-    prompt_grid(run_dir / "ldm_samples.png")
+
+    def finish() -> None:
+        save_checkpoint(out, {"ema": ema.state_dict(), "model": model.state_dict()}, {**meta, "stage": "ldm"})
+        ema.copy_to(model)
+        prompt_grid(run_dir / "ldm_samples.png")
+
+    on_main_then_sync(finish)
     return out

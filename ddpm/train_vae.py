@@ -14,7 +14,8 @@ from ddpm.checkpoint import atomic_write_bytes, load_checkpoint, model_state, sa
 from ddpm.config import to_dict
 from ddpm.images import save_grid
 from ddpm.run_config import resolve_device
-from ddpm.trainer import train_loop
+from ddpm.distributed import on_main_then_sync
+from ddpm.trainer import StepDraws, train_loop
 from ddpm.vae import (AutoencoderKL, PatchDiscriminator, adaptive_disc_weight, compute_scale_factor, disc_active,
                       generator_adv_loss, hinge_d_loss, vae_loss)
 from evaluation.diversity import ms_ssim_batch
@@ -29,9 +30,9 @@ class VAEWithDiscriminator(torch.nn.Module):
         self.disc = disc
 
 
-def vae_step_loss(model: VAEWithDiscriminator, x: torch.Tensor, gen: torch.Generator, step: int) -> tuple[torch.Tensor, dict]:
+def vae_step_loss(model: VAEWithDiscriminator, x: torch.Tensor, draws: StepDraws, step: int) -> tuple[torch.Tensor, dict]:
     posterior = model.vae.encode(x)
-    noise = torch.randn(posterior.mean.shape, generator=gen).to(x.device)  # CPU generator: same noise on any device
+    noise = draws.randn(posterior.mean.shape).to(x.device)
     recon = model.vae.decode(posterior.mean + posterior.std * noise)
     loss, logs = vae_loss(x, recon, posterior, model.vae.cfg)
     if model.disc is not None and disc_active(step, model.vae.cfg):
@@ -97,8 +98,17 @@ def train_vae(cfg, train: SliceSet, test: SliceSet, run_dir: Path, resume: bool 
     meta = {"config": to_dict(cfg)}
     ema, final = train_loop(stage="vae-train", model=model, num_samples=len(images), cfg=cfg.vae_train,
                             run_dir=run_dir / "vae", meta=meta, resume=resume, device=device,
-                            loss_fn=lambda idx, gen, step: vae_step_loss(model, images[idx], gen, step))
+                            loss_fn=lambda idx, draws, step: vae_step_loss(model, images[idx], draws, step),
+                            compile_modules=(vae.encoder, vae.decoder), find_unused=disc is not None)
     ema.copy_to(model)
+    out = run_dir / "vae.safetensors"
+    on_main_then_sync(lambda: finish_vae(vae, train, test, meta, run_dir, out))
+    return out
+
+
+def finish_vae(vae: AutoencoderKL, train: SliceSet, test: SliceSet, meta: dict, run_dir: Path, out: Path) -> None:
+    """Latent scale factor, held-out metrics, reconstruction grid and the stage checkpoint `out` (EMA weights)."""
+    device = next(vae.parameters()).device
     mean, std = encode_latents(vae, train.images)
     scale = compute_scale_factor(mean)
     metrics = reconstruction_metrics(vae, test.images)
@@ -108,8 +118,6 @@ def train_vae(cfg, train: SliceSet, test: SliceSet, run_dir: Path, resume: bool 
         recon = vae.decode(vae.encode(torch.from_numpy(test.images[:8]).to(device)).mode()).clamp(-1, 1).float().cpu().numpy()
     save_grid(run_dir / "vae_reconstructions.png", np.concatenate([test.images[:8], recon]),
               labels=["real"] * min(8, len(test)) + ["recon"] * len(recon), ncols=4)
-    out = run_dir / "vae.safetensors"
     save_checkpoint(out, {"ema": {f"vae.{k}": v for k, v in vae.state_dict().items()}},
                     {**meta, "stage": "vae", "scale_factor": scale, "heldout": metrics})
     atomic_write_bytes(run_dir / "vae_metrics.json", json.dumps({"scale_factor": scale, **metrics}, indent=1).encode())
-    return out

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from data.errors import InputError
 from ddpm.checkpoint import atomic_write_bytes, load_checkpoint, model_state, optimizer_state, save_checkpoint
+from ddpm.distributed import barrier, mean_over_ranks, ranks, wrap_for_ranks
 from ddpm.ema import EMA
 
 
@@ -37,6 +38,7 @@ class TrainConfig:
     log_every: int = 25
     sample_every: int = 0  # 0: grids only at the end
     precision: str = "fp32"  # "fp32" or "bf16" (autocast; weights stay fp32)
+    compile: bool = False  # torch.compile the stage's networks (same results to float tolerance)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -66,6 +68,38 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
 def step_generator(seed: int, step: int) -> torch.Generator:
     """Per-step generator for noise and timesteps."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step + 1)
+
+
+class StepDraws:
+    """The random draws of one step, made for the whole global batch; a process keeps its own rows of each.
+
+    So N processes draw exactly what one process would at the same global batch. Draws are on the CPU
+    (same numbers on any device); shape[0] is this process's share of the batch.
+    """
+
+    def __init__(self, generator: torch.Generator, global_batch: int, rows: Optional[slice] = None) -> None:
+        self.generator, self.global_batch = generator, global_batch
+        self.rows = rows if rows is not None else slice(0, global_batch)
+
+    def _full(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if shape[0] != self.rows.stop - self.rows.start:
+            raise ValueError(f"draw of {shape[0]} rows, but this process holds rows {self.rows} of the batch")
+        return (self.global_batch, *shape[1:])
+
+    def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(self._full(tuple(shape)), generator=self.generator)[self.rows]
+
+    def rand(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.rand(self._full(tuple(shape)), generator=self.generator)[self.rows]
+
+    def randint(self, high: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randint(0, high, self._full(tuple(shape)), generator=self.generator)[self.rows]
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; the fused kernel (one launch for all tensors; CPU from torch 2.4) where this torch has it."""
+    fused_ok = all(p.is_cuda for p in params) or tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused_ok or None)
 
 
 def autocast_context(precision: str, device: torch.device):
@@ -108,7 +142,7 @@ def train_loop(
     *,
     stage: str,
     model: nn.Module,
-    loss_fn: Callable[[torch.Tensor, torch.Generator, int], tuple[torch.Tensor, dict]],
+    loss_fn: Callable[[torch.Tensor, StepDraws, int], tuple[torch.Tensor, dict]],
     num_samples: int,
     cfg: TrainConfig,
     run_dir: Path,
@@ -116,15 +150,22 @@ def train_loop(
     resume: bool = False,
     on_checkpoint: Optional[Callable[[int, nn.Module], None]] = None,
     device: torch.device = torch.device("cpu"),
+    compile_modules: tuple[nn.Module, ...] = (),
+    find_unused: bool = False,
 ) -> tuple[EMA, Path]:
     """Train the trainable parameters of `model` with AdamW; returns (EMA, final checkpoint path).
 
-    loss_fn(batch_indices (B,), generator, step) -> (scalar loss, logs). The final checkpoint is
-    `<run_dir>/<stage>-final.safetensors`; intermediate ones are kept last-N for resume.
+    loss_fn(batch_indices (b,), draws, step) -> (scalar loss, logs), b = this process's share of the global
+    batch cfg.batch_size (all of it without torchrun). The final checkpoint is `<run_dir>/<stage>-final.safetensors`;
+    intermediate ones are kept last-N for resume. Under torchrun only rank 0 writes; gradients are averaged by DDP.
+    compile_modules: compiled in place when cfg.compile; find_unused: some parameters skip some steps (DDP must know).
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    dp = ranks()
+    rows = dp.rows(cfg.batch_size)
+    if dp.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, cfg)
     ema = EMA(model, cfg.ema_decay)
     start = 0
     last_good: Optional[Path] = latest_checkpoint(run_dir, stage) if resume else None
@@ -140,34 +181,44 @@ def train_loop(
                                         f"{detail} ...; train without resume or use another run name") from None
         start = int(saved["step"])
     metrics_path = run_dir / f"{stage}-metrics.jsonl"
-    if start == 0 and metrics_path.exists():
-        metrics_path.unlink()
-    elif metrics_path.exists():
-        atomic_write_bytes(metrics_path, metrics_until(metrics_path, start))
-    for stale in run_dir.glob(f".{stage}-step*.tmp"):  # half-written checkpoints of a killed run: never read
-        stale.unlink(missing_ok=True)
+    if dp.is_main:
+        if start == 0 and metrics_path.exists():
+            metrics_path.unlink()
+        elif metrics_path.exists():
+            atomic_write_bytes(metrics_path, metrics_until(metrics_path, start))
+        for stale in run_dir.glob(f".{stage}-step*.tmp"):  # half-written checkpoints of a killed run: never read
+            stale.unlink(missing_ok=True)
+    barrier()  # every rank has read the checkpoint before rank 0 writes new ones
 
     def save(step: int) -> Path:
         path = run_dir / f"{stage}-step{step:07d}.safetensors"
+        if not dp.is_main:
+            return path
         save_checkpoint(path, {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict()},
                         {**meta, "stage": stage, "step": step})
         for old in checkpoint_paths(run_dir, stage)[:-cfg.keep_last]:
             old.unlink(missing_ok=True)  # the newest (just written) is never among these
         return path
 
+    if cfg.compile:
+        for module in compile_modules:
+            module.compile()  # in place: state_dict keys stay as they are
+    step_loss = wrap_for_ranks(model, loss_fn, device, find_unused)
     model.train()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=stage, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=stage, dynamic_ncols=True,
+               mininterval=1.0, disable=not dp.is_main)
     tic = time.perf_counter()
-    with open(metrics_path, "a") as log:
+    with open(metrics_path, "a") if dp.is_main else nullcontext() as log:
         for step in bar:
-            torch.manual_seed(cfg.seed * 7919 + step)  # dropout and any module randomness
+            torch.manual_seed(cfg.seed * 7919 + step + 104_729 * dp.rank)  # dropout: other masks on other ranks
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            idx = batch_indices(num_samples, cfg.batch_size, cfg.seed, step)
+            idx = batch_indices(num_samples, cfg.batch_size, cfg.seed, step)[rows]
             with autocast_context(cfg.precision, device):
-                loss, logs = loss_fn(idx, step_generator(cfg.seed, step), step)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"{stage}: non-finite loss {loss.item()} at step {step}; "
+                loss, logs = step_loss(idx, StepDraws(step_generator(cfg.seed, step), cfg.batch_size, rows), step)
+            global_loss = mean_over_ranks(loss)  # every rank sees the same value, so all stop together
+            if not torch.isfinite(global_loss):
+                raise NonFiniteLoss(f"{stage}: non-finite loss {global_loss.item()} at step {step}; "
                                     f"last good checkpoint: {last_good or 'none (no checkpoint written yet)'}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -178,17 +229,23 @@ def train_loop(
             ema.update(model, step)
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                record = {"step": done, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr_at(step, cfg),
-                          "sec": round(time.perf_counter() - tic, 2), **{k: float(v) for k, v in logs.items()}}
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                parts = mean_over_ranks(torch.tensor([float(v) for v in logs.values()])).tolist()  # every rank joins
+                if log is not None:
+                    record = {**dict(zip(logs, parts)), "step": done, "loss": global_loss.item(),
+                              "grad_norm": grad_norm.item(), "lr": lr_at(step, cfg),
+                              "sec": round(time.perf_counter() - tic, 2)}
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{global_loss.item():.4f}")
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 last_good = save(done)
-            if on_checkpoint is not None and cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
+            if on_checkpoint is not None and dp.is_main and cfg.sample_every and done % cfg.sample_every == 0 \
+                    and done != cfg.steps:
                 on_checkpoint(done, model)
     final = run_dir / f"{stage}-final.safetensors"
-    if last_good is None:  # resumed at the end: nothing left to train
-        last_good = latest_checkpoint(run_dir, stage)
-    atomic_write_bytes(final, last_good.read_bytes())
+    if dp.is_main:
+        if last_good is None:  # resumed at the end: nothing left to train
+            last_good = latest_checkpoint(run_dir, stage)
+        atomic_write_bytes(final, last_good.read_bytes())
+    barrier()
     return ema, final

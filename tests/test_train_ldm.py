@@ -9,6 +9,7 @@ import train
 from ddpm.checkpoint import load_checkpoint, model_state
 from ddpm.pipeline import load_pipeline
 from ddpm.train_ldm import PromptContexts
+from ddpm.trainer import StepDraws
 from ddpm.text_encoder import TextEncoder, TextEncoderConfig
 from tests.test_text_encoder import FakeClip
 
@@ -51,9 +52,9 @@ def test_prompt_contexts_frozen_cache_equals_running_the_encoder():
     text = TextEncoder(TextEncoderConfig(width=16, layers=1, heads=2))
     prompts = ["Female, age in 40s, normal BMI, healthy", "Male, age in 70s, obese BMI, heart failure"] * 3
     idx = torch.tensor([5, 0, 3])
-    live = PromptContexts(text, prompts, p=0.5)(idx, torch.Generator().manual_seed(1))
+    live = PromptContexts(text, prompts, p=0.5)(idx, StepDraws(torch.Generator().manual_seed(1), 3))
     text.requires_grad_(False)
-    cached = PromptContexts(text, prompts, p=0.5)(idx, torch.Generator().manual_seed(1))
+    cached = PromptContexts(text, prompts, p=0.5)(idx, StepDraws(torch.Generator().manual_seed(1), 3))
     assert torch.allclose(live, cached, atol=1e-6)
-    dropped = PromptContexts(text, prompts, p=1.0)(idx, torch.Generator().manual_seed(1))
+    dropped = PromptContexts(text, prompts, p=1.0)(idx, StepDraws(torch.Generator().manual_seed(1), 3))
     assert torch.allclose(dropped, text(text.tokenize([""] * 3))[0], atol=1e-6)
