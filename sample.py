@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     plan = p.add_argument_group("rebalancing plan (--make-plan)")
     plan.add_argument("--make-plan", type=Path, metavar="CSV", help="write a plan from the run's training split and exit")
     plan.add_argument("--mode", default="equalise", choices=("equalise", "min_count"))
-    plan.add_argument("--min-count", type=int, default=0, metavar="N", help="mode min_count: samples per cell")
+    plan.add_argument("--min-count", type=int, default=0, metavar="N",
+                      help="mode min_count: samples per cell; mode equalise: a floor per cell")
     plan.add_argument("--conditions", metavar="LIST", help="comma-separated health conditions to synthesise (default: all present)")
     plan.add_argument("--keys", default="health,sex,age_group,bmi_group", metavar="LIST",
                       help="cell keys (default health,sex,age_group,bmi_group; e.g. health,bmi_group for ACDC)")

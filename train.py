@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 STAGE_SECTIONS = {"vae": ("data", "vae", "vae_train")}
 STAGE_SECTIONS["ldm"] = STAGE_SECTIONS["vae"] + ("text", "unet", "diffusion", "ldm_train")
 STAGE_SECTIONS["controlnet"] = STAGE_SECTIONS["ldm"] + ("controlnet", "controlnet_train")
-BOOKKEEPING = ("log_every", "sample_every", "checkpoint_every", "keep_last")
+BOOKKEEPING = ("log_every", "sample_every", "checkpoint_every", "keep_last", "compile")  # weights do not depend on these
 PARENT = {"ldm": "vae", "controlnet": "ldm"}
 
 
@@ -57,16 +57,17 @@ def check_reusable(cfg, run_dir: Path, stages: tuple[str, ...], force: list[str]
     from ddpm.checkpoint import file_sha256, load_checkpoint
     from ddpm.config import to_dict
 
-    now = to_dict(cfg)
+    now, defaults = to_dict(cfg), to_dict(type(cfg)())
     for stage in stages:
         path = run_dir / f"{stage}.safetensors"
         if stage in force or not path.is_file():
             continue
         meta = load_checkpoint(path, expect_stage=stage)[1]
-        then = meta.get("config", {})
+        # a key the checkpoint's config lacks was added to the code later: that run had the key's default
+        then = {section: {**defaults[section], **meta.get("config", {}).get(section, {})}
+                for section in STAGE_SECTIONS[stage]}
         changed = [f"{section}.{key}: {then[section][key]!r} -> {value!r}" for section in STAGE_SECTIONS[stage]
-                   for key, value in now[section].items()
-                   if key not in BOOKKEEPING and key in then.get(section, {}) and then[section][key] != value]
+                   for key, value in now[section].items() if key not in BOOKKEEPING and then[section][key] != value]
         if changed:
             raise InputError(path, f"trained with another config ({'; '.join(changed[:3])}); "
                                    f"use --force {stage} to retrain it, or another --name")

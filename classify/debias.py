@@ -15,7 +15,7 @@ import yaml
 
 from classify.experiment import run_experiment
 from classify.plots import composition_plot, subgroup_bar_plot
-from classify.report import composition_section, experiment_section, reproduce_section, write_report
+from classify.report import composition_section, experiment_section, rare_section, reproduce_section, write_report
 from controlnet.batch import SampleRequest, checkpoint_record, plan_requests, run_requests
 from data.attributes import age_group
 from data.planner import load_plan, plan_rebalancing, planning_attributes, save_plan
@@ -46,6 +46,10 @@ def plan_and_generate(cfg, data: PreparedData, ckpts: dict, run_dir: Path, overw
     """Write plan.csv for the under-represented subgroups and generate its samples (arm c's extra patients);
     samples.json, written last, marks both done."""
     plan_path = run_dir / "plan.csv"
+    # Mask donors are the training slices only, after data.rare: a rare group's synthetic cases take the geometry
+    # of its remaining training subjects (reused masks jittered). Another group's masks would give the prompted
+    # condition the wrong anatomy (the label is in the geometry: a dilated LV, a thinned infarcted wall), and the
+    # dropped or test subjects are the ones the data is pretending not to have.
     save_plan(plan_rebalancing(planning_attributes(data.train), cfg.plan, seed=cfg.data.split_seed), plan_path)
     plan = load_plan(plan_path)
     if len(plan):
@@ -77,7 +81,9 @@ def mirror_of_test(cfg, data: PreparedData, ckpts: dict, run_dir: Path, overwrit
 def subgroup_grids(synthetic: SliceSet, path: Path, per_group: int = 4) -> Path:
     """One row per planned subgroup (health x sex x age group): mask ED, ES | generated ED, ES."""
     frame = synthetic.attributes.reset_index(drop=True)
-    frame = frame.assign(age_group=frame["age"].map(age_group))
+    # a missing sex or age (ACDC) is a group of its own, not one groupby drops
+    ages = [None if pd.isna(a) else age_group(float(a)) for a in frame["age"]]
+    frame = frame.assign(age_group=ages).fillna({"sex": "unknown", "age_group": "unknown"})
     keep = []
     for _, group in frame.groupby(["health", "sex", "age_group"], sort=True):
         keep += list(group.index[:per_group])
@@ -116,9 +122,9 @@ def run_downstream(cfg, data: PreparedData, ckpts: dict, run_dir: Path, args, co
 
 def write_main_report(cfg, data: PreparedData, plan: pd.DataFrame, synthetic, run_dir: Path, commands: list[str],
                       timings: dict) -> Path:
-    before = data.train.attributes
+    before, groups = data.train.attributes, cfg.experiment.groups
     after = pd.concat([before, synthetic.attributes]) if synthetic is not None else before
-    composition_plot(before, after, run_dir / "composition.png", cfg.experiment.positive)
+    composition_plot(before, after, run_dir / "composition.png", cfg.experiment.positive, groups)
     grids = "no synthetic samples were planned"
     if synthetic is not None:
         subgroup_grids(synthetic, run_dir / "samples_by_subgroup.png")
@@ -127,14 +133,15 @@ def write_main_report(cfg, data: PreparedData, plan: pd.DataFrame, synthetic, ru
                  "\n\n![samples](samples_by_subgroup.png)")
     experiment = json.loads((run_dir / "experiment" / "experiment.json").read_text())
     timing_rows = "\n".join(f"| {name} | {seconds:.0f} |" for name, seconds in timings.items())
-    sections = {
+    sections = {} if data.rare is None else {"Rare group (data.rare)": rare_section(data.rare, plan)}
+    sections |= {
         "Cohort composition before/after rebalancing":
-            composition_section(before, after, cfg.experiment.positive) + "\n\n![composition](composition.png)",
+            composition_section(before, after, cfg.experiment.positive, groups) + "\n\n![composition](composition.png)",
         "Synthetic patients per subgroup": grids,
         "Realism and control fidelity (generated from held-out test masks and prompts)":
             _demote((run_dir / "evaluation" / "metrics.md").read_text()) + "\n\n![evaluation](evaluation/metrics.png)",
         "Debiasing: per-subgroup balanced accuracy per arm":
-            experiment_section(experiment, "experiment/subgroup_balanced_accuracy.png"),
+            experiment_section(experiment, "experiment/subgroup_balanced_accuracy.png", data.rare),
         "Run time (seconds per stage, as measured when it ran; 2 CPU cores)":
             "| stage | seconds |\n|---|---|\n" + timing_rows if timings else "",
         "Reproduce": reproduce_section(commands, yaml.safe_dump(to_dict(cfg), sort_keys=False)),

@@ -10,6 +10,9 @@ is its own subject "syn-..."), so no arm looks at the test set before it is scor
 Intervals: 95% percentile bootstrap over TEST SUBJECTS of the seed-mean metric: each replicate scores every seed's
 predictions on the same resampled subjects and averages over seeds, so the interval brackets the reported mean
 (the seed spread is reported separately as std). All bootstraps share one seed, so arms are compared paired.
+Groups: experiment.groups names what per-group numbers, worst group and disparities are taken over, and what the
+reweighted arm balances: sex, age group and BMI group by default; [health] for a cohort without them (ACDC), where
+a group's balanced accuracy is its accuracy (TPR of a positive group, TNR of a negative one).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import io
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +29,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from classify.bootstrap import bootstrap_ci, mean_std_over_seeds
-from classify.fairness import SENSITIVE_COLUMNS, UNKNOWN, fairness_summary, sensitive_frame, subgroup_metrics
+from classify.fairness import (SENSITIVE_COLUMNS, UNKNOWN, check_columns, fairness_summary, sensitive_frame,
+                               subgroup_metrics)
 from classify.resnet import ClassifierConfig
 from classify.train import TrainConfig, predict_proba, train_classifier
 from data.json_ready import json_ready
@@ -54,6 +59,10 @@ class ExperimentConfig:
     positive: tuple = ("heart_failure",)  # health conditions labelled 1
     n_boot: int = 500
     val_fraction: float = 0.2  # of each arm's own training subjects, for best-epoch selection
+    groups: tuple = SENSITIVE_COLUMNS  # per-group metrics over these (sex, age_group, bmi_group, health)
+
+    def __post_init__(self) -> None:
+        check_experiment_config(self)
 
 
 def check_experiment_config(cfg: ExperimentConfig) -> None:
@@ -67,6 +76,7 @@ def check_experiment_config(cfg: ExperimentConfig) -> None:
     if int(cfg.n_boot) < 1 or not 0.0 <= float(cfg.val_fraction) < 1.0:
         raise InputError("experiment", f"expected n_boot >= 1 and val_fraction in [0, 1), got {cfg.n_boot}, "
                                        f"{cfg.val_fraction}")
+    check_columns(cfg.groups, "experiment.groups")
 
 
 def is_missing(value) -> bool:
@@ -92,17 +102,17 @@ def labels_of(slices: SliceSet, positive: tuple = ("heart_failure",)) -> np.ndar
 
 
 def _groups(slices: SliceSet, source: str) -> pd.DataFrame:
-    """One row per sample: subject_id, sex, age, bmi, source; synthetic subject ids get the 'syn-' prefix."""
+    """One row per sample: subject_id, sex, age, bmi, health, source; synthetic subject ids get the 'syn-' prefix."""
     attrs = _attributes(slices)
     ids = [s if source == "real" or s.startswith(SYNTHETIC_PREFIX) else SYNTHETIC_PREFIX + s
            for s in slices.subject_ids]
     return pd.DataFrame({"subject_id": ids, "sex": attrs["sex"], "age": attrs["age"], "bmi": attrs["bmi"],
-                         "source": source})
+                         "health": attrs["health"], "source": source})
 
 
 def arm_training_set(arm: str, real_train: SliceSet, synthetic: Optional[SliceSet],
                      positive: tuple = ("heart_failure",)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, bool]:
-    """-> (images (N, 2, S, S), labels (N,), groups_df (N rows: subject_id, sex, age, bmi, source),
+    """-> (images (N, 2, S, S), labels (N,), groups_df (N rows: subject_id, sex, age, bmi, health, source),
     balanced_sampling). Only "reweighted" samples metagroup-balanced."""
     if arm not in ARMS:
         raise InputError("arm", f"unknown arm {arm!r}; expected one of {', '.join(ARMS)}")
@@ -124,7 +134,7 @@ def arm_training_set(arm: str, real_train: SliceSet, synthetic: Optional[SliceSe
     return images, labels, groups, arm == "reweighted"
 
 
-# Bootstrap metrics: y_pred is (N, n_seeds) 0/1; groups is (N, 3) group names per SENSITIVE_COLUMNS.
+# Bootstrap metrics: y_pred is (N, n_seeds) 0/1; groups is (N, n_columns) group names per experiment.groups.
 def _ba_per_seed(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """(n_seeds,) balanced accuracy of each column: mean of the sensitivity/specificity of the classes present."""
     pos = y_true == 1
@@ -163,6 +173,16 @@ def _worst_gain(n_seeds: int):
     return metric
 
 
+def _group_gain(n_seeds: int, column: int, group: str):
+    """Paired, like _worst_gain: one group's balanced accuracy, debiased arm minus baseline."""
+    group_ba = _group_ba(column, group)
+
+    def metric(y_true, y_pred, y_score, groups) -> float:
+        return (group_ba(y_true, y_pred[:, :n_seeds], y_score, groups)
+                - group_ba(y_true, y_pred[:, n_seeds:], y_score, groups))
+    return metric
+
+
 def _interval(point_lo_hi: tuple) -> dict:
     return dict(zip(("point", "lo", "hi"), point_lo_hi))
 
@@ -172,11 +192,11 @@ def _mean_std(values: list) -> dict:
     return {"mean": mean, "std": std, "values": [float(v) for v in values]}
 
 
-def _aggregate(summaries: list[dict]) -> dict:
+def _aggregate(summaries: list[dict], columns: tuple) -> dict:
     """Mean/std over seeds of the overall and worst-group numbers and each attribute's disparities."""
     out = {k: _mean_std([s["overall"][k] for s in summaries]) for k in ("balanced_accuracy", "auroc")}
     out["worst_group_balanced_accuracy"] = _mean_std([s["worst_group_balanced_accuracy"] for s in summaries])
-    for column in SENSITIVE_COLUMNS:
+    for column in columns:
         out[column] = {k: _mean_std([s[column][k] for s in summaries]) for k in DISPARITY_KEYS}
     return out
 
@@ -186,13 +206,13 @@ def _group_order(column: str, present) -> list:
     return known + sorted(g for g in set(present) if g not in known and g != UNKNOWN)
 
 
-def _intervals(y_true, preds: np.ndarray, codes: np.ndarray, subject_ids, n_boot: int) -> dict:
-    """Bootstrap intervals of one arm; preds: (N, n_seeds)."""
+def _intervals(y_true, preds: np.ndarray, codes: np.ndarray, subject_ids, n_boot: int, columns: tuple) -> dict:
+    """Bootstrap intervals of one arm; preds: (N, n_seeds); codes: (N, len(columns)) group names."""
     def ci(metric):
         return bootstrap_ci(metric, y_true, preds, None, codes, subject_ids, n_boot=n_boot, seed=0)
 
     rows = []
-    for c, column in enumerate(SENSITIVE_COLUMNS):
+    for c, column in enumerate(columns):
         for group in _group_order(column, codes[:, c]):
             in_group = codes[:, c] == group
             per_seed = _ba_per_seed(y_true[in_group], preds[in_group])
@@ -212,19 +232,27 @@ def _verdict(lo: float, hi: float) -> str:
     return "helped" if lo > 0 else ("hurt" if hi < 0 else "no clear difference")
 
 
-def _comparison(aggregate: dict, preds: dict, y_true, codes, subject_ids, n_boot: int) -> dict:
-    """Arm real+synthetic against each baseline: worst-group gain (paired CI), BA and disparity changes."""
+def _comparison(aggregate: dict, preds: dict, y_true, codes, subject_ids, n_boot: int, columns: tuple) -> dict:
+    """Arm real+synthetic against each baseline: worst-group gain and per-group gains (paired CIs), BA and
+    disparity changes."""
     out = {}
     for base in [b for b in BASELINES if b in preds and DEBIASED in preds]:
         a, b = aggregate[DEBIASED], aggregate[base]
-        paired = np.hstack([preds[DEBIASED], preds[base]])
-        gain = bootstrap_ci(_worst_gain(preds[base].shape[1]), y_true, paired, None, codes, subject_ids,
-                            n_boot=n_boot, seed=0)
+        paired, n_seeds = np.hstack([preds[DEBIASED], preds[base]]), preds[base].shape[1]
+        ci = partial(bootstrap_ci, y_true=y_true, y_pred=paired, y_score=None, groups=codes, subject_ids=subject_ids,
+                     n_boot=n_boot, seed=0)
+        gain, group_gains = ci(_worst_gain(n_seeds)), []
+        for c, column in enumerate(columns):
+            for group in _group_order(column, codes[:, c]):
+                point, lo, hi = ci(_group_gain(n_seeds, c, group))
+                group_gains.append({"attribute": column, "group": group, **_interval((point, lo, hi)),
+                                    "verdict": _verdict(lo, hi)})
         out[f"{DEBIASED} vs {base}"] = {
             "baseline": base, "worst_group_gain": _interval(gain), "verdict": _verdict(gain[1], gain[2]),
+            "group_gains": group_gains,
             "balanced_accuracy_change": a["balanced_accuracy"]["mean"] - b["balanced_accuracy"]["mean"],
             "disparity_change": {c: {k: a[c][k]["mean"] - b[c][k]["mean"] for k in DISPARITY_KEYS[1:]}
-                                 for c in SENSITIVE_COLUMNS}}
+                                 for c in columns}}
     return out
 
 
@@ -278,6 +306,7 @@ def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Optiona
     train_cfg.seed, balanced_sampling and val_fraction are set per run (seed, arm, exp_cfg.val_fraction).
     """
     check_experiment_config(exp_cfg)
+    columns = tuple(exp_cfg.groups)
     if len(real_test) == 0:
         raise InputError("real_test", "expected at least one test slice")
     leaked = set(real_train.subject_ids) & set(real_test.subject_ids)
@@ -286,7 +315,7 @@ def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Optiona
                                       "the test set must hold unseen subjects")
     positive = tuple(exp_cfg.positive)
     y_test, groups_test = labels_of(real_test, positive), _groups(real_test, "real")
-    codes = sensitive_frame(groups_test)[list(SENSITIVE_COLUMNS)].to_numpy().astype(str)
+    codes = sensitive_frame(groups_test, columns).to_numpy().astype(str)
     result = ExperimentResult(
         config={"experiment": asdict(exp_cfg), "classifier": asdict(clf_cfg), "train": asdict(train_cfg),
                 "threshold": THRESHOLD, "intervals": "95% bootstrap over test subjects of the seed-mean metric"},
@@ -308,17 +337,19 @@ def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Optiona
         for seed in exp_cfg.seeds:
             bar.set_postfix(arm=arm, seed=seed)
             cfg = replace(train_cfg, seed=int(seed), balanced_sampling=balanced, val_fraction=exp_cfg.val_fraction)
-            model, history = train_classifier(images, labels, groups, cfg, progress=False, model_cfg=clf_cfg)
+            model, history = train_classifier(images, labels, groups, cfg, progress=False, model_cfg=clf_cfg,
+                                              metagroups=columns)
             scores = predict_proba(model, real_test.images)
             y_pred = (scores >= THRESHOLD).astype(int)
             result.runs.append({"arm": arm, "seed": int(seed), "n_train": len(labels), "history": history,
-                                "scores": scores, "summary": fairness_summary(y_test, y_pred, scores, groups_test),
-                                "subgroups": subgroup_metrics(y_test, y_pred, scores, groups_test)})
+                                "scores": scores,
+                                "summary": fairness_summary(y_test, y_pred, scores, groups_test, columns=columns),
+                                "subgroups": subgroup_metrics(y_test, y_pred, scores, groups_test, columns)})
             bar.update(1)
         runs = [r for r in result.runs if r["arm"] == arm]
         preds[arm] = np.stack([(r["scores"] >= THRESHOLD).astype(int) for r in runs], axis=1)
-        result.aggregate[arm] = _aggregate([r["summary"] for r in runs])
-        result.intervals[arm] = _intervals(y_test, preds[arm], codes, real_test.subject_ids, n_boot)
+        result.aggregate[arm] = _aggregate([r["summary"] for r in runs], columns)
+        result.intervals[arm] = _intervals(y_test, preds[arm], codes, real_test.subject_ids, n_boot, columns)
     bar.close()
-    result.comparison = _comparison(result.aggregate, preds, y_test, codes, real_test.subject_ids, n_boot)
+    result.comparison = _comparison(result.aggregate, preds, y_test, codes, real_test.subject_ids, n_boot, columns)
     return result

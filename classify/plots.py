@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from classify.experiment import ARM_LABELS
+from classify.fairness import SENSITIVE_COLUMNS
 from classify.report import ATTRIBUTE_NAMES, as_dict, merged_counts
 from ddpm.checkpoint import atomic_write_bytes
 
@@ -37,17 +38,23 @@ def _positions(keys: list[tuple[str, str]]) -> np.ndarray:
 
 
 def _label_axis(ax, keys: list[tuple[str, str]], x: np.ndarray) -> None:
-    """Group names as ticks; each attribute's name once, centred under its block."""
-    ax.set_xticks(x, [group for _, group in keys])
-    for attribute in dict.fromkeys(a for a, _ in keys):
+    """Group names as ticks (slanted when long, e.g. health groups); each attribute's name once, under its block."""
+    names = [group for _, group in keys]
+    slanted = max(len(n) for n in names) > 8
+    ax.set_xticks(x, names, rotation=25 if slanted else 0, ha="right" if slanted else "center")
+    attributes = list(dict.fromkeys(a for a, _ in keys))
+    if len(attributes) == 1:  # placed by matplotlib below the tick labels, however tall they are
+        ax.set_xlabel(ATTRIBUTE_NAMES.get(attributes[0], attributes[0]), fontweight="bold")
+        return
+    for attribute in attributes:
         centre = float(np.mean([xi for xi, (a, _) in zip(x, keys) if a == attribute]))
         ax.text(centre, -0.12, ATTRIBUTE_NAMES.get(attribute, attribute), transform=ax.get_xaxis_transform(),
                 ha="center", va="top", fontweight="bold")
 
 
 def subgroup_bar_plot(result, path: str | Path) -> Path:
-    """Grouped bars: balanced accuracy (seed mean) per test subgroup (sex, age group, BMI group) and arm, with 95%
-    bootstrap CIs as error bars. result: ExperimentResult or its experiment.json dict."""
+    """Grouped bars: balanced accuracy (seed mean) per test subgroup (experiment.groups: sex, age group, BMI group
+    or health) and arm, with 95% bootstrap CIs as error bars. result: ExperimentResult or its experiment.json dict."""
     data = as_dict(result)
     arms = data["arms"]
     tables = {a: pd.DataFrame(data["intervals"][a]["subgroups"]) for a in arms}
@@ -55,7 +62,7 @@ def subgroup_bar_plot(result, path: str | Path) -> Path:
     fig = Figure(figsize=(max(6.0, 0.9 * len(keys) + 2), 4.0))
     ax = fig.add_subplot()
     if not keys:
-        ax.text(0.5, 0.5, "no test subgroup with known sex / age / BMI", ha="center", va="center")
+        ax.text(0.5, 0.5, "no test subgroup with a known group attribute", ha="center", va="center")
         ax.set_axis_off()
         return _save_png(fig, path)
     x, width = _positions(keys), 0.8 / max(len(arms), 1)
@@ -76,20 +83,24 @@ def subgroup_bar_plot(result, path: str | Path) -> Path:
 
 
 def composition_plot(before: pd.DataFrame, after: pd.DataFrame, path: str | Path,
-                     positive: tuple = ("heart_failure",)) -> Path:
-    """Bars of positives per subgroup (sex, age group, BMI group) before and after rebalancing.
+                     positive: tuple = ("heart_failure",), columns: tuple = SENSITIVE_COLUMNS) -> Path:
+    """Bars of positives per subgroup (of `columns`: sex, age group, BMI group) before and after rebalancing;
+    samples per group when `columns` holds health (each health group is all positive or all negative).
 
     before / after: one row per sample (sex, age, bmi, health) or count tables, as report.composition_counts.
     """
-    counts = merged_counts(before, after, positive)
+    counts = merged_counts(before, after, positive, columns)
     keys = list(zip(counts["attribute"], counts["group"]))
     fig = Figure(figsize=(max(6.0, 0.8 * len(keys) + 2), 4.0))
     ax = fig.add_subplot()
     x = _positions(keys)
-    for offset, column, label in ((-0.2, "n_positive_before", "before"), (0.2, "n_positive_after", "after")):
-        ax.bar(x + offset, counts[column].to_numpy(dtype=float), 0.4, label=label)
+    # grouped by health, the label is a function of the group: how many samples each has is what changes
+    what = "samples" if "health" in columns else "positives"
+    prefix = "n" if what == "samples" else "n_positive"
+    for offset, when in ((-0.2, "before"), (0.2, "after")):
+        ax.bar(x + offset, counts[f"{prefix}_{when}"].to_numpy(dtype=float), 0.4, label=when)
     _label_axis(ax, keys, x)
-    ax.set_ylabel(f"positives ({' / '.join(positive)})")
+    ax.set_ylabel("samples" if what == "samples" else f"positives ({' / '.join(positive)})")
     ax.legend(fontsize="small")
-    ax.set_title("Positives per subgroup before and after rebalancing")
+    ax.set_title(f"{what.capitalize()} per subgroup before and after rebalancing")
     return _save_png(fig, path)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
-from classify.fairness import balanced_accuracy, sensitive_frame
+from classify.fairness import SENSITIVE_COLUMNS, balanced_accuracy, sensitive_frame
 from classify.resnet import ClassifierConfig, ResNetClassifier
 from data.split import subject_split
 from data.errors import InputError
@@ -30,24 +30,24 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-4
     weight_decay: float = 0.0
-    balanced_sampling: bool = False  # draw each (label, sex, age group, BMI group) metagroup equally often
+    balanced_sampling: bool = False  # draw each label x metagroup (sex, age group, BMI group by default) equally often
     augment: bool = True
     seed: int = 0
     val_fraction: float = 0.2  # held out by subject when no explicit validation set is given; 0 keeps the last epoch
     device: str = "cpu"
 
 
-def metagroup_keys(df: pd.DataFrame) -> pd.Series:
+def metagroup_keys(df: pd.DataFrame, columns: tuple = SENSITIVE_COLUMNS) -> pd.Series:
     """'label | sex | age_group | bmi_group' per row, e.g. '1 | female | <55 | 25-30'; missing -> 'unknown'.
 
-    df needs 'label' and sex, age (or age_group), bmi (or bmi_group) columns.
+    df needs 'label' and the group columns: sex, age (or age_group), bmi (or bmi_group) by default; other
+    `columns` (e.g. ("health",)) give other metagroups, e.g. '1 | myocardial_infarction'.
     """
     if "label" not in getattr(df, "columns", ()):
         raise InputError("groups", "missing column 'label' needed for metagroups (label x sex x age x BMI)")
-    sensitive = sensitive_frame(df)
+    sensitive = sensitive_frame(df, columns)
     labels = ["unknown" if pd.isna(v) else str(int(v)) for v in df["label"]]
-    columns = zip(labels, sensitive["sex"], sensitive["age_group"], sensitive["bmi_group"])
-    keys = [" | ".join(parts) for parts in columns]
+    keys = [" | ".join(parts) for parts in zip(labels, *(sensitive[c] for c in columns))]
     return pd.Series(keys, index=df.index, name="metagroup")
 
 
@@ -103,9 +103,11 @@ def _epoch_order(n: int, weights: Optional[np.ndarray], generator: torch.Generat
 
 
 def train_classifier(images, labels, groups_df: pd.DataFrame, cfg: TrainConfig, val=None, progress: bool = False,
-                     model_cfg: Optional[ClassifierConfig] = None) -> tuple[ResNetClassifier, dict]:
-    """Train on images (N, C, S, S) float32 and labels (N,) 0/1; groups_df (N rows) has sex, age(_group),
-    bmi(_group) and optionally subject_id (for the internal split). val = (images, labels) or None.
+                     model_cfg: Optional[ClassifierConfig] = None,
+                     metagroups: tuple = SENSITIVE_COLUMNS) -> tuple[ResNetClassifier, dict]:
+    """Train on images (N, C, S, S) float32 and labels (N,) 0/1; groups_df (N rows) has the `metagroups` columns
+    (sex, age(_group), bmi(_group) by default; balanced sampling draws each label x metagroup equally often) and
+    optionally subject_id (for the internal split). val = (images, labels) or None.
 
     Returns the model of the epoch with the best validation balanced accuracy (ties: lowest validation loss), in
     eval mode, and a history dict: per-epoch lists epoch, train_loss, val_balanced_accuracy, val_loss, plus
@@ -126,7 +128,8 @@ def train_classifier(images, labels, groups_df: pd.DataFrame, cfg: TrainConfig, 
         x, y, groups_df = x[train_idx], y[train_idx], groups_df.iloc[train_idx].reset_index(drop=True)
     else:
         val_x = val_y = None
-    weights = sample_weights(metagroup_keys(groups_df.assign(label=y.numpy()))) if cfg.balanced_sampling else None
+    weights = sample_weights(metagroup_keys(groups_df.assign(label=y.numpy()), metagroups)) \
+        if cfg.balanced_sampling else None
     device = torch.device(cfg.device)
     model_cfg = model_cfg or ClassifierConfig(in_channels=x.shape[1])
     history = {"epoch": [], "train_loss": [], "val_balanced_accuracy": [], "val_loss": [], "best_epoch": None,

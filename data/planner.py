@@ -2,6 +2,8 @@
 
 Cells are health x sex x age group x BMI group (data.attributes bins). "equalise": within each health condition,
 every cell is filled up to that condition's largest cell, so the condition no longer depends on sex, age or BMI.
+With health as the only key the cells are the conditions themselves, so "equalise" fills every condition up to
+the largest one (ACDC's groups, or a group made rare by data.rare); a min_count > 0 is then a floor on every cell.
 "min_count": every cell of each condition is filled up to min_count. Geometry comes from a real mask of the same
 health and sex (same health only when no real subject of that sex has the condition), drawn without replacement
 while the pool lasts, then with replacement and jitter=1 (batch sampling perturbs a reused mask geometrically).
@@ -40,7 +42,7 @@ MAX_SEED = 2**31 - 1
 class PlanTarget:
     keys: tuple = ("health", "sex", "age_group", "bmi_group")
     mode: str = "equalise"  # equalise | min_count
-    min_count: int = 0
+    min_count: int = 0  # mode min_count: every cell's target; mode equalise: a floor (0 = none)
     conditions: Optional[tuple] = None  # health conditions to synthesise; None = every condition in the data
     max_total: Optional[int] = None  # cap: deficits are then shared out proportionally
 
@@ -50,8 +52,10 @@ class PlanTarget:
             raise InputError("target.keys", f"got {self.keys}; expected distinct keys from {', '.join(KEY_VALUES)}, including health")
         if self.mode not in MODES:
             raise InputError("target.mode", f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
-        if self.mode == "min_count" and self.min_count < 1:
-            raise InputError("target.min_count", f"expected a positive count for mode min_count, got {self.min_count}")
+        lowest = 1 if self.mode == "min_count" else 0
+        if self.min_count < lowest:
+            raise InputError("target.min_count", f"expected a count >= {lowest} for mode {self.mode}, "
+                                                 f"got {self.min_count}")
         bad = [c for c in (self.conditions or ()) if c not in HEALTH_CONDITIONS]
         if bad:
             raise InputError("target.conditions", f"unknown condition(s) {bad}; expected from {', '.join(HEALTH_CONDITIONS)}")
@@ -102,10 +106,14 @@ def cell_deficits(attributes: pd.DataFrame, target: PlanTarget, seed: int = 0) -
     grouped = counted.groupby(list(target.keys)).size().to_dict()
     counts = {(k if isinstance(k, tuple) else (k,)): v for k, v in grouped.items()}
     combos = [dict(zip(others, values)) for values in product(*(KEY_VALUES[k] for k in others))]  # empty cells too
+    largest = max(counts.values())  # health alone: the conditions are the cells to equalise
     rows = []
     for health in conditions:
         real = [int(counts.get(tuple({"health": health, **c}[k] for k in target.keys), 0)) for c in combos]
-        goal = max(real) if target.mode == "equalise" else target.min_count
+        if target.mode == "min_count":
+            goal = target.min_count
+        else:  # equalise: up to the condition's largest cell (health alone: the largest condition), min_count a floor
+            goal = max(max(real) if others else largest, target.min_count)
         rows += [{"health": health, **c, "real": r, "deficit": max(goal - r, 0)} for c, r in zip(combos, real)]
     table = pd.DataFrame(rows, columns=[*target.keys, "real", "deficit"])
     if target.max_total is not None and table["deficit"].sum() > target.max_total:

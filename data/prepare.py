@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
+from data.rare import describe, make_rare, members
 from data.reader import attributes_table, read_cohort
 from data.slices import SliceSet, build_slice_set
 from data.split import subject_split
@@ -21,6 +23,7 @@ class PreparedData:
     cohort_root: Path
     layout: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    rare: Optional[dict] = None  # data.rare's summary (kept and dropped training subjects), None when off
 
 
 def synthetic_cohort(out_dir: Path, n: int, seed: int, prevalence: str = "biased", first_eid: int = 1000001) -> Path:
@@ -41,14 +44,26 @@ def prepare_data(cfg, run_dir: Path, progress: bool = True) -> PreparedData:
     root = Path(cfg.root)
     # Read and preprocess before writing anything: a bad cohort leaves no half-made run folder.
     cohort = read_cohort(root, cfg.layout, cfg.metadata, cfg.skip_bad)
+    if cfg.rare is not None:  # a group the cohort lacks fails here, before anything is written
+        members(attributes_table(cohort), cfg.rare, "cohort's subjects")
+    # The slice cache holds the whole cohort: the split and data.rare select from it, so neither changes its key.
     slices = build_slice_set(cohort.subjects, cfg.preprocess, run_dir / "cache", progress=progress)
-    save_composition(subgroup_table(attributes_table(cohort)), run_dir / "composition.csv")
     strata = slices.attributes["health"].fillna("unknown").astype(str)
     train_idx, test_idx = subject_split(slices.subject_ids, strata, cfg.test_fraction, cfg.split_seed)
-    prepared = PreparedData(slices.select(np.asarray(train_idx)), slices.select(np.asarray(test_idx)),
-                            root, cohort.layout, cohort.skipped)
+    # data.rare drops training subjects only, after the split: the test set is the one a run without it holds.
+    train, rare = _make_rare(slices.select(np.asarray(train_idx)), cfg)
+    save_composition(subgroup_table(attributes_table(cohort)), run_dir / "composition.csv")
+    prepared = PreparedData(train, slices.select(np.asarray(test_idx)), root, cohort.layout, cohort.skipped, rare)
     _save_split(prepared, run_dir)
     return prepared
+
+
+def _make_rare(train: SliceSet, cfg) -> tuple[SliceSet, Optional[dict]]:
+    if cfg.rare is None:
+        return train, None
+    train, summary = make_rare(train, cfg.rare, cfg.split_seed)
+    print(f"[data] rare group: {describe(summary)}")
+    return train, summary
 
 
 def _prepare_synthetic(cfg, run_dir: Path, progress: bool) -> PreparedData:
@@ -62,11 +77,14 @@ def _prepare_synthetic(cfg, run_dir: Path, progress: bool) -> PreparedData:
     save_composition(subgroup_table(attributes_table(test_cohort)), run_dir / "composition-test.csv")
     train = build_slice_set(train_cohort.subjects, cfg.preprocess, run_dir / "cache", progress=progress)
     test = build_slice_set(test_cohort.subjects, cfg.preprocess, run_dir / "cache", progress=progress)
-    prepared = PreparedData(train, test, train_root, "ukbb (synthetic)")
+    train, rare = _make_rare(train, cfg)  # the whole first cohort is the training set here
+    prepared = PreparedData(train, test, train_root, "ukbb (synthetic)", rare=rare)
     _save_split(prepared, run_dir)
     return prepared
 
 
 def _save_split(prepared: PreparedData, run_dir: Path) -> None:
     split = {"train": sorted(set(prepared.train.subject_ids)), "test": sorted(set(prepared.test.subject_ids))}
+    if prepared.rare is not None:
+        split["rare"] = prepared.rare  # the dropped subjects are in neither list
     atomic_write_bytes(run_dir / "split.json", json.dumps(split, indent=1).encode())

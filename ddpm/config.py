@@ -32,6 +32,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error, which names the exact key (e.g. a typo in a section)
+            return _coerce(value, options[0], where)
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:

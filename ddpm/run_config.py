@@ -14,6 +14,7 @@ from controlnet.model import ControlNetConfig
 from data.errors import InputError
 from data.planner import PlanTarget
 from data.preprocess import PreprocessConfig
+from data.rare import RareGroup
 from ddpm.config import load_config
 from ddpm.text_encoder import TextEncoderConfig
 from ddpm.trainer import TrainConfig
@@ -35,6 +36,9 @@ class DataConfig:
     synthetic_test_n: int = 200
     test_fraction: float = 0.25  # real cohort: held-out subjects (never seen by any generative stage)
     split_seed: int = 0
+    # Make one group rare among the TRAINING subjects (test subjects untouched), e.g. {key: health, value:
+    # myocardial_infarction, keep: 0.25}: the setting of the real-data debiasing arm (data/rare.py). None = off.
+    rare: Optional[RareGroup] = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:

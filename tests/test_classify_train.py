@@ -25,6 +25,9 @@ def test_metagroup_keys_combine_label_sex_age_bmi_with_unknowns():
     assert list(metagroup_keys(df)) == ["1 | female | <55 | >30", "0 | unknown | unknown | unknown"]
     with pytest.raises(InputError, match="label"):
         metagroup_keys(df.drop(columns="label"))
+    # a cohort grouped by health (ACDC): reweighting then draws every health group equally often
+    acdc = pd.DataFrame({"label": [1, 0], "health": ["myocardial_infarction", None], "sex": [None, None]})
+    assert list(metagroup_keys(acdc, ("health",))) == ["1 | myocardial_infarction", "0 | unknown"]
 
 
 def test_sample_weights_equalise_expected_metagroup_counts():

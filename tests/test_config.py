@@ -20,6 +20,7 @@ class Outer:
     steps: int = 10
     flag: bool = False
     inner: Inner = field(default_factory=Inner)
+    optional: Optional[Inner] = None
 
 
 def test_defaults_file_and_overrides(tmp_path):
@@ -38,6 +39,15 @@ def test_defaults_file_and_overrides(tmp_path):
 def test_bad_keys_and_types_name_the_field(override, field_name):
     with pytest.raises(InputError, match=field_name):
         load_config(Outer, None, [override])
+
+
+def test_optional_section_is_none_or_checked_like_a_section():
+    assert load_config(Outer, None, []).optional is None
+    assert load_config(Outer, None, ["optional={lr: 0.5}"]).optional == Inner(lr=0.5)
+    with pytest.raises(InputError, match=r"config.optional.lrr: unknown key"):
+        load_config(Outer, None, ["optional={lrr: 0.5}"])
+    with pytest.raises(InputError, match=r"config.optional.lr: expected a number"):
+        load_config(Outer, None, ["optional.lr=abc"])
 
 
 def test_yaml_is_parsed_safely(tmp_path):

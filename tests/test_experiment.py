@@ -84,9 +84,9 @@ class Spy:
     def __init__(self, y_test, vary: bool = False):
         self.train_calls, self.predict_calls, self.y_test, self.vary = [], [], y_test, vary
 
-    def train(self, images, labels, groups_df, cfg, val=None, progress=False, model_cfg=None):
+    def train(self, images, labels, groups_df, cfg, val=None, progress=False, model_cfg=None, metagroups=None):
         self.train_calls.append({"images": images, "labels": labels, "groups": groups_df, "cfg": cfg, "val": val,
-                                 "model_cfg": model_cfg})
+                                 "model_cfg": model_cfg, "metagroups": metagroups})
         return ResNetClassifier(model_cfg), {"best_epoch": 0, "seed": cfg.seed}
 
     def predict(self, model, images, batch_size=256):
@@ -99,10 +99,10 @@ def memoised(metric):
     """fairlearn's MetricFrame costs ~0.5 s a call; identical predictions need it only once."""
     cache = {}
 
-    def wrapper(y_true, y_pred, y_score, groups):
-        key = (np.asarray(y_pred).tobytes(), np.asarray(y_score).tobytes())
+    def wrapper(y_true, y_pred, y_score, groups, *args, **kwargs):
+        key = (np.asarray(y_pred).tobytes(), np.asarray(y_score).tobytes(), repr(args), repr(kwargs))
         if key not in cache:
-            cache[key] = metric(y_true, y_pred, y_score, groups)
+            cache[key] = metric(y_true, y_pred, y_score, groups, *args, **kwargs)
         return copy.deepcopy(cache[key])
     return wrapper
 
@@ -127,7 +127,7 @@ def test_arms_differ_only_in_their_training_set(monkeypatch):
         images, labels, groups, balanced = arm_training_set(arm, real, syn)
         assert np.array_equal(call["images"], images) and np.array_equal(call["labels"], labels)
         assert call["groups"].equals(groups) and call["val"] is None  # validation comes from the arm's own subjects
-        assert call["model_cfg"] is TINY
+        assert call["model_cfg"] is TINY and call["metagroups"] == cfg.groups
         expected = TrainConfig(**{**TRAIN.__dict__, "seed": cfg.seeds[i % 2], "balanced_sampling": arm == "reweighted",
                                   "val_fraction": 0.25})
         assert call["cfg"] == expected
@@ -152,9 +152,11 @@ def test_test_subjects_seen_in_training_and_bad_configs_are_refused(monkeypatch)
     real, test, syn = toy_problem()
     with pytest.raises(InputError, match="unseen"):
         spied_run(monkeypatch, real, real.select(np.arange(4)), syn, ExperimentConfig())
-    for bad in (ExperimentConfig(arms=("real", "smote")), ExperimentConfig(seeds=()), ExperimentConfig(n_boot=0)):
-        with pytest.raises(InputError, match="experiment"):
-            spied_run(monkeypatch, real, test, syn, bad)
+    for bad in ({"arms": ("real", "smote")}, {"seeds": ()}, {"n_boot": 0}, {"groups": ("ethnicity",)},
+                {"groups": ()}):
+        with pytest.raises(InputError, match="experiment") as err:  # refused when the config is read
+            ExperimentConfig(**bad)
+        assert "\n" not in str(err.value)
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +225,52 @@ def test_save_writes_plain_json_and_the_subgroup_csv(toy_result, tmp_path):
     assert len(table) == sum(len(r["subgroups"]) for r in result.runs)
     assert set(table["arm"]) == set(ARMS) and set(table["seed"]) == {0, 1}
     assert not list(out.glob(".*tmp"))
+
+
+ACDC_POSITIVE = ("dilated_cardiomyopathy", "myocardial_infarction")
+ACDC_GROUPS = ("dilated_cardiomyopathy", "healthy", "myocardial_infarction", "hypertrophic_cardiomyopathy")
+
+
+def health_slices(n_subjects: int, seed: int, prefix: str, per_subject: int = 2) -> SliceSet:
+    """Like toy_slices, but grouped by health only (no sex, age or BMI, as ACDC): subject k has ACDC_GROUPS[k % 4]."""
+    health = [ACDC_GROUPS[k % len(ACDC_GROUPS)] for k in range(n_subjects)]
+    slices = toy_slices(n_subjects, 0.5, seed, prefix, per_subject, labels=[int(h in ACDC_POSITIVE) for h in health])
+    attributes = slices.attributes.assign(health=np.repeat(health, per_subject), sex=None, age=np.nan, bmi=np.nan)
+    return SliceSet(slices.images, slices.masks, slices.subject_ids, slices.slice_index, attributes)
+
+
+def test_health_groups_give_per_group_accuracy_worst_group_and_gains(monkeypatch):
+    real, test, syn = health_slices(16, 0, "train-"), health_slices(16, 1, "test-"), health_slices(8, 2, "")
+    cfg = ExperimentConfig(seeds=(0, 1), n_boot=20, positive=ACDC_POSITIVE, groups=("health",))
+    spy = Spy(labels_of(test, ACDC_POSITIVE), vary=True)  # every run scores differently: the arms differ
+    monkeypatch.setattr(experiment, "train_classifier", spy.train)
+    monkeypatch.setattr(experiment, "predict_proba", spy.predict)
+    result = run_experiment(real, test, syn, cfg, TINY, TRAIN, progress=False)
+    assert all(call["metagroups"] == ("health",) for call in spy.train_calls)  # arm (b) balances health groups
+    y, health = labels_of(test, ACDC_POSITIVE), test.attributes["health"].to_numpy()
+    for arm in ARMS:
+        preds = [(r["scores"] >= 0.5).astype(int) for r in result.runs if r["arm"] == arm]
+        table = result.intervals[arm]["subgroups"]
+        assert list(table["attribute"]) == ["health"] * 4 and set(table["group"]) == set(ACDC_GROUPS)
+        accuracy = {}
+        for row in table.itertuples():
+            rows = health == row.group
+            accuracy[row.group] = np.mean([np.mean(p[rows] == y[rows]) for p in preds])  # TPR or TNR, by hand
+            assert row.point == pytest.approx(accuracy[row.group]) and row.lo <= row.point <= row.hi
+        worst = np.mean([min(np.mean(p[health == g] == y[health == g]) for g in ACDC_GROUPS) for p in preds])
+        assert result.aggregate[arm]["worst_group_balanced_accuracy"]["mean"] == pytest.approx(worst)
+        gap = result.aggregate[arm]["health"]["balanced_accuracy_gap"]["mean"]
+        assert gap == pytest.approx(np.mean([max(np.mean(p[health == g] == y[health == g]) for g in ACDC_GROUPS)
+                                             - min(np.mean(p[health == g] == y[health == g]) for g in ACDC_GROUPS)
+                                             for p in preds]))
+        if arm == "real+synthetic":
+            debiased = accuracy
+    for comparison in result.comparison.values():
+        baseline = result.intervals[comparison["baseline"]]["subgroups"].set_index("group")["point"]
+        gains = {g["group"]: g for g in comparison["group_gains"]}
+        assert set(gains) == set(ACDC_GROUPS) and all(g["attribute"] == "health" for g in gains.values())
+        for group, gain in gains.items():
+            assert gain["point"] == pytest.approx(debiased[group] - baseline[group])
+            assert gain["lo"] <= gain["point"] <= gain["hi"]
+        assert set(comparison["disparity_change"]) == {"health"}
+    assert json.loads(result.to_json())["config"]["experiment"]["groups"] == ["health"]

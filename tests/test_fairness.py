@@ -109,3 +109,27 @@ def test_bad_inputs_raise_input_error():
         subgroup_metrics(Y_TRUE, Y_PRED, Y_SCORE, GROUPS.drop(columns="age"))
     with pytest.raises(InputError, match="sex"):
         subgroup_metrics(Y_TRUE, Y_PRED, Y_SCORE, GROUPS.assign(sex="X"))
+
+
+def test_health_groups_report_accuracy_as_tpr_or_tnr():
+    # DCM (positive): y_pred 1 1 0 -> TPR 2/3; NOR (negative): 0 0 0 1 -> TNR 3/4; MINF (positive): 0 0 -> TPR 0
+    health = ["dilated_cardiomyopathy"] * 3 + ["healthy"] * 4 + ["myocardial_infarction"] * 2
+    y_true = np.array([1, 1, 1, 0, 0, 0, 0, 1, 1])
+    y_pred = np.array([1, 1, 0, 0, 0, 0, 1, 0, 0])
+    groups = pd.DataFrame({"health": health, "sex": [None] * 9})  # no sensitive attributes, as in ACDC
+    table = subgroup_metrics(y_true, y_pred, y_pred.astype(float), groups, columns=("health",))
+    assert set(table["grouping"]) == {"overall", "health"}
+    for group, expected in (("dilated_cardiomyopathy", 2 / 3), ("healthy", 3 / 4), ("myocardial_infarction", 0.0)):
+        row = _row(table, "health", group)
+        assert row["balanced_accuracy"] == pytest.approx(expected) and row["accuracy"] == pytest.approx(expected)
+    assert _row(table, "health", "healthy")["fpr"] == pytest.approx(1 / 4)
+    s = fairness_summary(y_true, y_pred, y_pred.astype(float), groups, columns=("health",))
+    assert s["health"]["worst_group"] == "myocardial_infarction" and s["worst_group_balanced_accuracy"] == 0.0
+    assert s["health"]["balanced_accuracy_gap"] == pytest.approx(3 / 4) and s["health"]["balanced_accuracy_ratio"] == 0
+    # the label is a function of the group: equalized odds and demographic parity are n/a, not misleading numbers
+    assert np.isnan(s["health"]["equalized_odds_difference"]) and np.isnan(s["health"]["demographic_parity_difference"])
+    assert worst_group_balanced_accuracy(y_true, y_pred, None, groups, column="health") == 0.0
+    with pytest.raises(InputError, match="expected distinct names from sex, age_group, bmi_group, health"):
+        fairness_summary(y_true, y_pred, None, groups, columns=("ethnicity",))
+    with pytest.raises(InputError, match="missing column 'health'"):
+        subgroup_metrics(y_true, y_pred, None, groups.drop(columns="health"), columns=("health",))

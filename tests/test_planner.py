@@ -149,6 +149,24 @@ def test_keys_the_cohort_lacks():
     assert plan["sex"].isna().all() and plan["age"].isna().all()  # copied from donors: unknown stays unknown
 
 
+def test_health_alone_fills_every_condition_to_the_largest_from_its_own_masks():
+    # like ACDC with data.rare: no sex/age/BMI, one condition made rare among the training rows
+    health = ["healthy"] * 10 + ["dilated_cardiomyopathy"] * 9 + ["myocardial_infarction"] * 3
+    real = pd.DataFrame({"subject_id": [f"s{i // 2:02d}" for i in range(len(health))], "slice_row": range(len(health)),
+                         "sex": None, "age": np.nan, "bmi": np.nan, "health": health})
+    plan = plan_rebalancing(real, PlanTarget(keys=("health",)), seed=0)
+    after = pd.concat([real, plan])["health"].value_counts()
+    assert (after == 10).all() and len(after) == 3 and len(plan) == 1 + 7
+    donors = real.set_index("slice_row").loc[plan["mask_row"], "health"]
+    assert (donors.to_numpy() == plan["health"].to_numpy()).all()  # a condition's geometry from its own subjects
+    infarcts = plan[plan["health"] == "myocardial_infarction"]
+    assert (infarcts["jitter"] == 0).sum() == 3 and (infarcts["jitter"] == 1).sum() == 4  # 3 masks, then reused
+    floored = plan_rebalancing(real, PlanTarget(keys=("health",), min_count=12), seed=0)  # a floor above the largest
+    assert (pd.concat([real, floored])["health"].value_counts() == 12).all()
+    with pytest.raises(InputError, match="min_count"):
+        PlanTarget(min_count=-1)
+
+
 def test_target_validation():
     with pytest.raises(InputError, match="mode"):
         PlanTarget(mode="balance")

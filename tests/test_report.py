@@ -138,3 +138,36 @@ def test_plots_write_valid_pngs(toy, tmp_path):
     _assert_png(subgroup_bar_plot(data, tmp_path / "empty.png"))
     after = pd.concat([real.attributes, syn.attributes], ignore_index=True)
     _assert_png(composition_plot(real.attributes, after, tmp_path / "composition.png"))
+
+
+def test_rare_group_setting_and_health_groups_are_reported(tmp_path):
+    from data.planner import PlanTarget, plan_rebalancing, planning_attributes
+    from data.rare import RareGroup, make_rare
+    from classify.report import rare_section
+    from tests.test_experiment import ACDC_POSITIVE, health_slices
+
+    real, summary = make_rare(health_slices(16, 0, "train-"), RareGroup(value="myocardial_infarction", keep=0.5), 0)
+    test, syn = health_slices(16, 1, "test-"), health_slices(8, 2, "")
+    spy = Spy(labels_of(test, ACDC_POSITIVE), vary=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiment, "train_classifier", spy.train)
+        patch.setattr(experiment, "predict_proba", spy.predict)
+        cfg = ExperimentConfig(seeds=(0, 1), n_boot=20, positive=ACDC_POSITIVE, groups=("health",))
+        data = json.loads(run_experiment(real, test, syn, cfg, TINY, TRAIN, progress=False).to_json())
+    text = experiment_section(data, rare=summary)
+    for comparison in data["comparison"].values():
+        gain = next(g for g in comparison["group_gains"] if g["group"] == "myocardial_infarction")
+        assert (f"the rare group's (health group myocardial_infarction) balanced accuracy changed by "
+                f"{fmt(gain['point'], True)}" in text.split("###")[0])  # the headline says what happened to it
+        assert fmt_interval(gain, signed=True) in text
+    assert "| health group | myocardial_infarction (rare) | 4 | 8 | 8 | TPR |" in text
+    assert "| health group | healthy | 4 | 8 | 0 | TNR |" in text and "gap health group" in text
+    assert "Per-group change of (c) real+synthetic" in text and "its accuracy as balanced accuracy" in text
+    assert "sex" not in text.split("### Summary")[1].split("Method:")[0]  # nothing about attributes ACDC lacks
+    plan = plan_rebalancing(planning_attributes(real), PlanTarget(keys=("health",)), seed=0)
+    words = rare_section(summary, plan)
+    assert "kept 2 of 4" in words and summary["dropped"][0] in words
+    assert f"adds {(plan['health'] == 'myocardial_infarction').sum()} synthetic health = myocardial_infarction" in words
+    counts = composition_section(real.attributes, pd.concat([real.attributes, syn.attributes]), ACDC_POSITIVE,
+                                 ("health",))
+    assert "| health group | myocardial_infarction | 4 | 4 | 1.000 | 8 | 8 | 1.000 |" in counts

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import train
@@ -77,3 +78,35 @@ def test_stage_all_writes_every_report_section(smoke_run, capsys):
     assert len(plan) - 1 == len(list((smoke_run / "samples").glob("*.json")))
     experiment = json.loads((smoke_run / "experiment" / "experiment.json").read_text())
     assert {"real", "reweighted", "real+synthetic"} <= set(experiment["arms"])
+
+
+def test_acdc_rare_group_runs_every_arm_and_reports_the_health_groups(tmp_path, capsys):
+    """The real-data debiasing arm on a fixture ACDC cohort (4 patients per group): MINF made rare in training."""
+    from tests.fixtures import write_acdc_fixture
+
+    root = write_acdc_fixture(tmp_path, n=20)
+    overrides = ["data.layout=acdc", "data.rare={key: health, value: myocardial_infarction, keep: 0.34}",
+                 "plan={mode: equalise, keys: [health], min_count: 4}", "experiment.groups=[health]",
+                 "experiment.positive=[dilated_cardiomyopathy, myocardial_infarction]"]
+    runs = tmp_path / "runs"
+    assert train.main(["--config", SMOKE, "--runs", str(runs), "--data", str(root), "--name", "rare", *overrides]) == 0
+    run = runs / "rare"
+    assert "[data] rare group: health = myocardial_infarction" in capsys.readouterr().out
+    split = json.loads((run / "split.json").read_text())
+    rare = split["rare"]
+    assert len(rare["kept"]) == 1 and len(rare["dropped"]) == 2  # of the 3 training MINF patients
+    assert not set(rare["dropped"]) & set(split["train"] + split["test"])
+    info = {p.name: (p / "Info.cfg").read_text() for p in root.iterdir()}
+    assert sum("Group: MINF" in info[s] for s in split["test"]) == 1  # the held-out MINF patient stays
+    plan = pd.read_csv(run / "plan.csv")
+    infarcts = plan[plan["health"] == "myocardial_infarction"]
+    assert len(infarcts) == 3 and set(infarcts["mask_subject_id"]) == set(rare["kept"])  # 1 real + 3 = 4
+    experiment = json.loads((run / "experiment" / "experiment.json").read_text())
+    assert experiment["arms"] == ["real", "reweighted", "real+synthetic", "synthetic"]
+    assert {r["group"] for r in experiment["intervals"]["real"]["subgroups"]} == {
+        "healthy", "myocardial_infarction", "dilated_cardiomyopathy", "hypertrophic_cardiomyopathy",
+        "abnormal_right_ventricle"}
+    report = (run / "report.md").read_text()
+    assert "## Rare group (data.rare)" in report and "kept 1 of 3" in report
+    assert "| health group | myocardial_infarction (rare) |" in report and "the rare group's" in report
+    assert "Per-group change of (c) real+synthetic" in report
