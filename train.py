@@ -125,12 +125,13 @@ def run(args: argparse.Namespace) -> Path:
     data = prepare_data(cfg.data, run_dir) if main else None
     barrier()
     if data is None:
-        data = prepare_data(cfg.data, run_dir)
+        data = prepare_data(cfg.data, run_dir, progress=False)
     if main:
         atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
         print(f"[data] {len(data.train)} train / {len(data.test)} test slices from {data.cohort_root} ({data.layout})"
               + (f"; skipped {len(data.skipped)} subjects" if data.skipped else ""))
-        print(format_composition(subgroup_table(data.train.attributes)))  # the imbalance the main job addresses
+        subjects = data.train.attributes.drop_duplicates("subject_id")  # a real cohort has several slices a subject
+        print(format_composition(subgroup_table(subjects)))  # the imbalance the main job addresses
     # Stages a later stage needs run first (or are skipped when their output exists).
     vae = stage("vae", run_dir / "vae.safetensors", lambda: train_vae(cfg, data.train, data.test, run_dir, args.resume))
     if "ldm" not in wanted and "controlnet" not in wanted:

@@ -195,7 +195,7 @@ def train_loop(
         if not dp.is_main:
             return path
         save_checkpoint(path, {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict()},
-                        {**meta, "stage": stage, "step": step})
+                        {**meta, "stage": stage, "step": step, **({"resumed_from": start} if start else {})})
         for old in checkpoint_paths(run_dir, stage)[:-cfg.keep_last]:
             old.unlink(missing_ok=True)  # the newest (just written) is never among these
         return path

@@ -38,13 +38,13 @@ def test_global_batch_must_split_evenly():
         Ranks(0, 3).rows(8)
 
 
-def _train(runs: Path, nproc: int) -> Path:
+def _train(runs: Path, nproc: int, stage: str = "controlnet", steps: int = 4, extra: tuple = ()) -> Path:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
     # Global batch 4 in every stage (2 rows per process with two processes).
-    cmd = launcher + ["train.py", "--stage", "controlnet", "--config", "configs/smoke.yaml", "--runs", str(runs),
-                      "data.synthetic_n=12", "data.synthetic_test_n=4", "vae_train.steps=4", "ldm_train.steps=4",
-                      "controlnet_train.steps=4"]
+    cmd = launcher + ["train.py", "--stage", stage, "--config", "configs/smoke.yaml", "--runs", str(runs), *extra,
+                      "data.synthetic_n=12", "data.synthetic_test_n=4", f"vae_train.steps={steps}",
+                      f"ldm_train.steps={steps}", f"controlnet_train.steps={steps}"]
     # No warm-up and a large lr: each step moves weights by ~1e-3 (Adam), so unsynced gradients would show.
     cmd += [f"{stage}_train.{key}" for stage in ("vae", "ldm", "controlnet") for key in ("lr=1e-3", "warmup_steps=1")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -76,3 +76,15 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
         sorted(p.name for p in (one / "vae").glob("*.safetensors"))
     for name in ("vae.safetensors", "ldm.safetensors", "controlnet.safetensors", "controlnet_samples.png"):
         assert (two / name).is_file(), name
+
+
+def test_torchrun_resume_continues_like_an_uninterrupted_run(tmp_path):
+    """Two processes stopped after 2 steps, resumed to 4 (--resume): the weights of one process trained 4 steps."""
+    whole = _train(tmp_path / "one", 1, stage="vae")
+    two = _train(tmp_path / "two", 2, stage="vae", steps=2)
+    two = _train(tmp_path / "two", 2, stage="vae", steps=4, extra=("--resume", "--force", "vae"))
+    final = "vae/vae-train-final.safetensors"
+    meta = load_checkpoint(two / final)[1]
+    assert meta["step"] == 4 and meta["resumed_from"] == 2  # it did continue, not start over
+    a, b = _weights(whole / final), _weights(two / final)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 2e-5
