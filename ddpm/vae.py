@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data.errors import InputError
-from ddpm.blocks import Downsample, ResBlock, SpatialSelfAttention, Upsample, group_norm
+from ddpm.blocks import Downsample, ResBlock, SpatialSelfAttention, Upsample, cpu_channels_last, group_norm
 
 
 @dataclass
@@ -59,14 +59,6 @@ class DiagonalGaussian:
     def kl(self) -> Tensor:
         """KL(q || N(0, I)) summed over latent elements -> (B,), >= 0."""
         return 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar).sum(dim=(1, 2, 3))
-
-
-def cpu_channels_last(x: Tensor) -> Tensor:
-    """NHWC on CPU: oneDNN's convolutions skip per-layer reorders there (VAE encode/decode 11-25 % faster, BENCHMARKS.md).
-
-    CUDA keeps NCHW until channels_last + GroupNorm is measured on a GPU.
-    """
-    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
 
 
 class Encoder(nn.Module):

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data.errors import InputError
+from ddpm.blocks import cpu_channels_last
 
 FEATURE_DIM = 2048
 NUM_CLASSES = 1008
@@ -169,7 +170,7 @@ class FIDInception(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(to_three_channels(x), size=(299, 299), mode="bilinear", align_corners=False)
-        x = 2 * x - 1
+        x = cpu_channels_last(2 * x - 1)
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
