@@ -229,7 +229,8 @@ def train_loop(
             ema.update(model, step)
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                parts = mean_over_ranks(torch.tensor([float(v) for v in logs.values()])).tolist()  # every rank joins
+                values = torch.tensor([float(v) for v in logs.values()], device=global_loss.device)  # NCCL: on device
+                parts = mean_over_ranks(values).tolist()  # every rank joins this collective
                 if log is not None:
                     record = {**dict(zip(logs, parts)), "step": done, "loss": global_loss.item(),
                               "grad_norm": grad_norm.item(), "lr": lr_at(step, cfg),
