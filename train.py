@@ -7,6 +7,8 @@ the global batch); rank 0 alone writes, and runs the plan, evaluation and experi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import time
@@ -125,7 +127,8 @@ def run(args: argparse.Namespace) -> Path:
     data = prepare_data(cfg.data, run_dir) if main else None
     barrier()
     if data is None:
-        data = prepare_data(cfg.data, run_dir, progress=False)
+        with contextlib.redirect_stdout(io.StringIO()):  # rank 0 has said it all
+            data = prepare_data(cfg.data, run_dir, progress=False)
     if main:
         atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
         print(f"[data] {len(data.train)} train / {len(data.test)} test slices from {data.cohort_root} ({data.layout})"

@@ -51,19 +51,18 @@ def prepare_data(cfg, run_dir: Path, progress: bool = True) -> PreparedData:
     strata = slices.attributes["health"].fillna("unknown").astype(str)
     train_idx, test_idx = subject_split(slices.subject_ids, strata, cfg.test_fraction, cfg.split_seed)
     # data.rare drops training subjects only, after the split: the test set is the one a run without it holds.
-    train, rare = _make_rare(slices.select(np.asarray(train_idx)), cfg, progress)
+    train, rare = _make_rare(slices.select(np.asarray(train_idx)), cfg)
     save_composition(subgroup_table(attributes_table(cohort)), run_dir / "composition.csv")
     prepared = PreparedData(train, slices.select(np.asarray(test_idx)), root, cohort.layout, cohort.skipped, rare)
     _save_split(prepared, run_dir)
     return prepared
 
 
-def _make_rare(train: SliceSet, cfg, progress: bool = True) -> tuple[SliceSet, Optional[dict]]:
+def _make_rare(train: SliceSet, cfg) -> tuple[SliceSet, Optional[dict]]:
     if cfg.rare is None:
         return train, None
     train, summary = make_rare(train, cfg.rare, cfg.split_seed)
-    if progress:  # off for torchrun's other ranks, which read what rank 0 prepared
-        print(f"[data] rare group: {describe(summary)}")
+    print(f"[data] rare group: {describe(summary)}")
     return train, summary
 
 
@@ -78,7 +77,7 @@ def _prepare_synthetic(cfg, run_dir: Path, progress: bool) -> PreparedData:
     save_composition(subgroup_table(attributes_table(test_cohort)), run_dir / "composition-test.csv")
     train = build_slice_set(train_cohort.subjects, cfg.preprocess, run_dir / "cache", progress=progress)
     test = build_slice_set(test_cohort.subjects, cfg.preprocess, run_dir / "cache", progress=progress)
-    train, rare = _make_rare(train, cfg, progress)  # the whole first cohort is the training set here
+    train, rare = _make_rare(train, cfg)  # the whole first cohort is the training set here
     prepared = PreparedData(train, test, train_root, "ukbb (synthetic)", rare=rare)
     _save_split(prepared, run_dir)
     return prepared
