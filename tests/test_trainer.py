@@ -43,7 +43,7 @@ def test_resume_reaches_the_same_weights(tmp_path):
     for key, value in model.state_dict().items():
         assert torch.allclose(value, reference[key], atol=1e-6), key
     states, meta = load_checkpoint(final, expect_stage="toy")
-    assert meta["step"] == 20
+    assert meta["step"] == 20 and meta["resumed_from"] == 10
     assert len(checkpoint_paths(tmp_path / "b", "toy")) == 2, "keep-last-N"
 
 
