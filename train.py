@@ -99,7 +99,10 @@ def run(args: argparse.Namespace) -> Path:
         ([f"text.open_clip_weights={args.clip_weights}"] if args.clip_weights else []) + \
         ([f"text.open_clip_model={args.clip_model}"] if args.clip_model else [])
     cfg = load_run_config(args.config, overrides)
-    main = init_from_env(cfg.device).is_main
+    dp = init_from_env(cfg.device)
+    for section in ("vae_train", "ldm_train", "controlnet_train"):  # before anything is written
+        dp.rows(getattr(cfg, section).batch_size, where=f"{section}.batch_size")
+    main = dp.is_main
     run_dir = Path(args.runs) / cfg.name
     wanted = STAGES[1:] if args.stage == "all" else (args.stage,)
     last = tuple(STAGE_SECTIONS).index("controlnet" if args.stage == "all" else args.stage)

@@ -26,10 +26,10 @@ class Ranks:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def rows(self, global_batch: int) -> slice:
+    def rows(self, global_batch: int, where: str = "batch_size") -> slice:
         """This rank's contiguous share of a global batch (every rank gets the same number of rows)."""
         if global_batch % self.world:
-            raise InputError("batch_size", f"the global batch {global_batch} must be divisible by the number of "
+            raise InputError(where, f"the global batch {global_batch} must be divisible by the number of "
                                            f"processes ({self.world}); change batch_size or --nproc_per_node")
         share = global_batch // self.world
         return slice(self.rank * share, (self.rank + 1) * share)

@@ -88,3 +88,14 @@ def test_torchrun_resume_continues_like_an_uninterrupted_run(tmp_path):
     assert meta["step"] == 4 and meta["resumed_from"] == 2  # it did continue, not start over
     a, b = _weights(whole / final), _weights(two / final)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 2e-5
+
+
+def test_torchrun_refuses_a_batch_it_cannot_split_before_writing(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+           "--stage", "vae", "--config", "configs/smoke.yaml", "--runs", str(tmp_path), "ldm_train.batch_size=3"]
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert "error: ldm_train.batch_size: the global batch 3 must be divisible by the number of processes (2)" \
+        in done.stderr
+    assert not any(tmp_path.iterdir())  # no run folder
