@@ -47,8 +47,9 @@ def init_from_env(device: str) -> Ranks:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return ranks()
     if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError("device", f"{device!r} requested but CUDA is not available here; use device=cpu")
+        from ddpm.run_config import resolve_device  # here: run_config imports the trainer, which imports this
+
+        resolve_device(device)  # one clear error when CUDA is asked for and absent
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" now means this process's GPU
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return ranks()

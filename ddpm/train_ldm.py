@@ -44,8 +44,8 @@ def cached_latents(vae_path: Path, images: np.ndarray, cache_dir: Path,
 
 def shared_latents(vae_path: Path, images: np.ndarray, cache_dir: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """cached_latents for every process: rank 0 fills the cache, the others then read it (no racing writes)."""
-    on_main_then_sync(lambda: cached_latents(vae_path, images, cache_dir, device))
-    return cached_latents(vae_path, images, cache_dir, device)
+    latents = on_main_then_sync(lambda: cached_latents(vae_path, images, cache_dir, device))
+    return latents if latents is not None else cached_latents(vae_path, images, cache_dir, device)
 
 
 def diffusion_loss(unet_fn, x0: torch.Tensor, context: torch.Tensor, sched: NoiseSchedule, prediction: str,
