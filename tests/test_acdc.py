@@ -74,17 +74,18 @@ def _shared_acdc() -> Path:
     return Path(os.environ.get("CARDIAC_LDM_ACDC", Path(__file__).resolve().parents[2] / "shared/data/acdc"))
 
 
-def test_shared_acdc_copy_loads_all_80_patients():
+def test_shared_acdc_copy_loads_all_100_patients_with_bmi_and_spacing():
     root = _shared_acdc()
     if not root.is_dir():
         pytest.skip(f"shared ACDC copy not found at {root} (set CARDIAC_LDM_ACDC to its folder)")
     cohort = read_cohort(root, layout="acdc")
-    assert len(cohort.subjects) == 80 and cohort.skipped == []
-    assert Counter(s.attributes.health for s in cohort.subjects) == {h: 16 for h in GROUP_TO_HEALTH.values()}
+    assert len(cohort.subjects) == 100 and cohort.skipped == []
+    assert Counter(s.attributes.health for s in cohort.subjects) == {h: 20 for h in GROUP_TO_HEALTH.values()}
     table = attributes_table(cohort)
-    assert table[["sex", "age", "bmi"]].isna().all().all()
+    assert table[["sex", "age"]].isna().all().all()  # ACDC has neither: absent, not invented
+    assert table["bmi"].between(15.0, 37.0).all()  # README of the shared copy: BMI 15.4-36.8
     for subject in cohort.subjects:
-        assert subject.spacing is None
+        assert subject.spacing is not None and 0.5 <= subject.spacing[0] <= 2.0 and 4.0 <= subject.spacing[2] <= 10.5
         assert subject.image_ed.shape == subject.mask_ed.shape == subject.mask_es.shape and subject.image_ed.ndim == 3
         for mask in (subject.mask_ed, subject.mask_es):
             assert set(np.unique(mask)) <= {0, 1, 2, 3} and (mask == LV).any() and (mask == MYO).any()

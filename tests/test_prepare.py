@@ -57,10 +57,9 @@ def test_shared_acdc_keeps_a_quarter_of_the_training_infarcts(tmp_path):
         pytest.skip(f"shared ACDC copy not found at {root} (set CARDIAC_LDM_ACDC to its folder)")
     cfg = DataConfig(root=str(root), layout="acdc", preprocess=PreprocessConfig(size=32, unknown_spacing_mm=1.5),
                      rare=RareGroup(value=MINF, keep=0.25))
-    with pytest.warns(UserWarning, match="no spacing"):
-        data = prepare_data(cfg, tmp_path, progress=False)
+    data = prepare_data(cfg, tmp_path, progress=False)  # the published copy has true spacing: no fallback warning
     train = Counter(h for s, h in {(s, h) for s, h in zip(data.train.subject_ids, data.train.attributes["health"])})
     test = Counter(h for s, h in {(s, h) for s, h in zip(data.test.subject_ids, data.test.attributes["health"])})
-    assert train[MINF] == 3 and all(n == 12 for h, n in train.items() if h != MINF)  # 12 training patients per group
-    assert set(test.values()) == {4} and len(test) == 5  # the held-out patients are all there
-    assert len(data.rare["dropped"]) == 9
+    assert train[MINF] == 4 and all(n == 15 for h, n in train.items() if h != MINF)  # 15 training patients per group
+    assert set(test.values()) == {5} and len(test) == 5  # the held-out patients are all there
+    assert len(data.rare["dropped"]) == 11
