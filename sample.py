@@ -117,11 +117,11 @@ def _device(name: str):
 def make_plan(args) -> int:
     import json
 
-    from controlnet.batch import find_slice_set
+    from run.samples import find_slice_set
     from data.attributes import normalise_health
     from data.planner import PlanTarget, composition_after, plan_rebalancing, planning_attributes, save_plan
     from data.slices import SliceSet
-    from ddpm.run_config import load_run_config
+    from run.config import load_run_config
 
     if args.run is None:
         raise InputError("--make-plan", "needs --run (the run's training split and slice set)")
@@ -143,11 +143,11 @@ def make_plan(args) -> int:
 
 
 def run(args) -> int:
-    from controlnet.batch import SampleRequest, SampleSettings, checkpoint_record, find_slice_set, plan_requests, run_requests
+    from run.samples import SampleRequest, SampleSettings, checkpoint_record, find_slice_set, plan_requests, run_requests
     from data.mask_input import load_control_masks
     from data.planner import load_plan
     from data.slices import SliceSet
-    from ddpm.pipeline import load_pipeline
+    from run.pipeline import load_pipeline
 
     if args.make_plan is not None:
         return make_plan(args)

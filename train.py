@@ -84,14 +84,14 @@ def check_reusable(cfg, run_dir: Path, stages: tuple[str, ...], force: list[str]
 
 
 def run(args: argparse.Namespace) -> Path:
-    from controlnet.train import train_controlnet
-    from data.prepare import prepare_data
+    from run.train_controlnet import train_controlnet
+    from run.prepare_data import prepare_data
     from data.subgroups import format_composition, subgroup_table
     from ddpm.config import to_dict
-    from ddpm.run_config import load_run_config
-    from ddpm.train_ldm import train_ldm
-    from ddpm.train_vae import train_vae
-    from ddpm.checkpoint import atomic_write_bytes
+    from run.config import load_run_config
+    from run.train_ldm import train_ldm
+    from run.train_vae import train_vae
+    from data.atomic import atomic_write_bytes
     from ddpm.distributed import barrier, init_from_env
 
     overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else []) + \
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> Path:
     controlnet = stage("controlnet", run_dir / "controlnet.safetensors",
                        lambda: train_controlnet(cfg, data.train, data.test, vae, ldm, run_dir, args.resume))
     if args.stage == "all" and main:
-        from classify.debias import run_downstream
+        from run.downstream import run_downstream
 
         ckpts = {"vae": vae, "ldm": ldm, "controlnet": controlnet}
         report = run_downstream(cfg, data, ckpts, run_dir, args, commands, timings, stage)

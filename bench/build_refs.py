@@ -14,7 +14,7 @@ from torch import nn
 
 from controlnet.model import ControlNet, ControlNetConfig
 from ddpm.blocks import ResBlock, SpatialSelfAttention, group_norm
-from ddpm.run_config import load_run_config
+from run.config import load_run_config
 from ddpm.unet import UNet, UNetConfig
 from ddpm.vae import AutoencoderKL, VAEConfig
 from geometry.encodings import control_channels

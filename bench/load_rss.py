@@ -47,7 +47,7 @@ def train_smoke_run(work: Path) -> Path:
 
 def plan_requests_for(run: Path, n: int, work: Path, seed: int = 0):
     """A rebalancing plan of n samples from the run's training split -> (requests, cfg, plan path)."""
-    from controlnet.batch import find_slice_set, plan_requests
+    from run.samples import find_slice_set, plan_requests
     from data.planner import (
         PlanTarget,
         load_plan,
@@ -55,7 +55,7 @@ def plan_requests_for(run: Path, n: int, work: Path, seed: int = 0):
         planning_attributes,
         save_plan,
     )
-    from ddpm.run_config import load_run_config
+    from run.config import load_run_config
 
     cfg = load_run_config(str(run / "config.yaml"))
     train_ids = set(json.loads((run / "split.json").read_text())["train"])
@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from controlnet.batch import SampleSettings, checkpoint_record, run_requests
-    from ddpm.pipeline import load_pipeline
+    from ddpm.sampling import SampleSettings
+    from run.samples import checkpoint_record, run_requests
+    from run.pipeline import load_pipeline
     from evaluation.__main__ import main as evaluate
 
     marks = {"start": rss_bytes() / MIB}
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     sample_seconds = time.perf_counter() - tic
     marks["after_sampling"] = rss_bytes() / MIB
 
-    from controlnet.batch import find_slice_set
+    from run.samples import find_slice_set
     split = json.loads((run / "split.json").read_text())
     real_test = find_slice_set(run, cfg, set(split["test"]))[0]
     real_train = find_slice_set(run, cfg, set(split["train"]))[0]

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from bench.build_refs import config_path
 from bench.run import atomic_write_json
 from controlnet.model import ControlNet
-from ddpm.pipeline import LatentDiffusion
-from ddpm.run_config import load_run_config
+from run.pipeline import LatentDiffusion
+from run.config import load_run_config
 from ddpm.tokenizer import Tokenizer
 from ddpm.trainer import autocast_context
 from geometry.encodings import control_channels
@@ -33,7 +33,7 @@ MIB = 2 ** 20
 
 
 def build(config: str, batch: int, checkpointing: bool):
-    """(frozen ldm, trainable controlnet, loss_fn) for one step of the controlnet stage, as controlnet/train.py."""
+    """(frozen ldm, trainable controlnet, loss_fn) for one step of the controlnet stage, as run/train_controlnet.py."""
     cfg = load_run_config(config_path(config))
     cfg.unet = replace(cfg.unet, gradient_checkpointing=checkpointing)
     torch.manual_seed(0)

@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import torch
 from bench import cases
 from bench.build_refs import BenchSetup, load_setup, param_table, widths
 from bench.timing import machine, matmul_gflops, median, time_interleaved
+from data.atomic import atomic_write_bytes
 
 DEFAULT_BATCHES = {"tiny": (1, 16), "paper": (1, 4)}
 ROWS = ("vae", "unet_train", "controlnet_train", "ddim_sample")
@@ -57,12 +56,7 @@ def summarise(case: cases.Case, samples: dict[str, list[float]], steps: int) -> 
 
 
 def atomic_write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 is not what a results file should be
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(data, indent=1).encode())
 
 
 def markdown(result: dict) -> str:

@@ -1,6 +1,6 @@
 """The debiasing experiment: one classifier per arm x seed, all scored on the same real test set.
 
-Arms differ ONLY in their training set (same test set, seeds, ClassifierConfig and TrainConfig otherwise):
+Arms differ ONLY in their training set (same test set, seeds, ClassifierConfig and ClassifierTrainConfig otherwise):
   real            the real training slices
   reweighted      the same, drawn with metagroup-balanced sampling (label x sex x age x BMI; the classic baseline)
   real+synthetic  real plus the synthetic samples of the rebalancing plan (under-represented subgroups)
@@ -29,17 +29,17 @@ import pandas as pd
 from tqdm import tqdm
 
 from classify.bootstrap import bootstrap_ci, mean_std_over_seeds
-from classify.fairness import (SENSITIVE_COLUMNS, UNKNOWN, check_columns, fairness_summary, sensitive_frame,
-                               subgroup_metrics)
+from classify.fairness import (SENSITIVE_COLUMNS, UNKNOWN, balanced_accuracy, check_columns, fairness_summary,
+                               sensitive_frame, subgroup_metrics)
 from classify.resnet import ClassifierConfig
-from classify.train import TrainConfig, predict_proba, train_classifier
+from classify.train import ClassifierTrainConfig, predict_proba, train_classifier
 from data.json_ready import json_ready
 from data.attributes import is_positive
 from data.errors import InputError
 from data.planner import KEY_VALUES
 from data.prompts import prompt_to_attributes
 from data.slices import SliceSet
-from ddpm.checkpoint import atomic_write_bytes
+from data.atomic import atomic_write_bytes
 
 ARMS = ("real", "reweighted", "real+synthetic", "synthetic")
 ARM_LABELS = {"real": "(a) real", "reweighted": "(b) reweighted", "real+synthetic": "(c) real+synthetic",
@@ -135,27 +135,20 @@ def arm_training_set(arm: str, real_train: SliceSet, synthetic: Optional[SliceSe
 
 
 # Bootstrap metrics: y_pred is (N, n_seeds) 0/1; groups is (N, n_columns) group names per experiment.groups.
-def _ba_per_seed(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """(n_seeds,) balanced accuracy of each column: mean of the sensitivity/specificity of the classes present."""
-    pos = y_true == 1
-    rates = ([y_pred[pos].mean(0)] if pos.any() else []) + ([1.0 - y_pred[~pos].mean(0)] if (~pos).any() else [])
-    return np.mean(rates, axis=0) if rates else np.full(y_pred.shape[1], np.nan)
-
-
 def _overall_ba(y_true, y_pred, y_score, groups) -> float:
-    return float(np.mean(_ba_per_seed(y_true, y_pred)))
+    return float(np.mean(balanced_accuracy(y_true, y_pred)))
 
 
 def _group_ba(column: int, group: str):
     def metric(y_true, y_pred, y_score, groups) -> float:
         rows = groups[:, column] == group
-        return float(np.mean(_ba_per_seed(y_true[rows], y_pred[rows]))) if rows.any() else float("nan")
+        return float(np.mean(balanced_accuracy(y_true[rows], y_pred[rows]))) if rows.any() else float("nan")
     return metric
 
 
 def _worst_per_seed(y_true, y_pred, groups) -> np.ndarray:
     """(n_seeds,) lowest balanced accuracy over the known single-attribute groups (as fairness_summary)."""
-    rows = [_ba_per_seed(y_true[groups[:, c] == g], y_pred[groups[:, c] == g])
+    rows = [balanced_accuracy(y_true[groups[:, c] == g], y_pred[groups[:, c] == g])
             for c in range(groups.shape[1]) for g in np.unique(groups[:, c]) if g != UNKNOWN]
     rows = np.array([r for r in rows if not np.isnan(r).all()])
     return np.nanmin(rows, axis=0) if len(rows) else np.full(y_pred.shape[1], np.nan)
@@ -215,7 +208,7 @@ def _intervals(y_true, preds: np.ndarray, codes: np.ndarray, subject_ids, n_boot
     for c, column in enumerate(columns):
         for group in _group_order(column, codes[:, c]):
             in_group = codes[:, c] == group
-            per_seed = _ba_per_seed(y_true[in_group], preds[in_group])
+            per_seed = balanced_accuracy(y_true[in_group], preds[in_group])
             rows.append({"attribute": column, "group": group, "count": int(in_group.sum()),
                          "n_subjects": len(set(np.asarray(subject_ids)[in_group])),
                          "n_positive": int(y_true[in_group].sum()), **_interval(ci(_group_ba(c, group))),
@@ -300,7 +293,7 @@ class ExperimentResult:
 
 
 def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Optional[SliceSet], exp_cfg: ExperimentConfig,
-                   clf_cfg: ClassifierConfig, train_cfg: TrainConfig, progress: bool = True) -> ExperimentResult:
+                   clf_cfg: ClassifierConfig, train_cfg: ClassifierTrainConfig, progress: bool = True) -> ExperimentResult:
     """Train every runnable arm once per seed and score it on real_test (see the module docstring).
 
     train_cfg.seed, balanced_sampling and val_fraction are set per run (seed, arm, exp_cfg.val_fraction).

@@ -95,11 +95,16 @@ def false_positive_rate(y_true, y_pred) -> float:
     return float(np.mean(np.asarray(y_pred)[neg] == 1)) if neg.any() else float("nan")
 
 
-def balanced_accuracy(y_true, y_pred) -> float:
-    """Mean of sensitivity and specificity over the classes present (= sklearn's balanced_accuracy_score)."""
-    rates = [true_positive_rate(y_true, y_pred), 1.0 - false_positive_rate(y_true, y_pred)]
-    rates = [r for r in rates if not np.isnan(r)]
-    return float(np.mean(rates)) if rates else float("nan")
+def balanced_accuracy(y_true, y_pred):
+    """Mean of sensitivity and specificity over the classes present (= sklearn's balanced_accuracy_score).
+
+    y_pred: (N,) 0/1 -> a float; (N, k), e.g. one column per seed -> (k,) array, one value per column.
+    """
+    y_true, hit = np.asarray(y_true), np.asarray(y_pred) == 1
+    pos, neg = y_true == 1, y_true == 0
+    rates = ([hit[pos].mean(0)] if pos.any() else []) + ([1.0 - hit[neg].mean(0)] if neg.any() else [])
+    out = np.mean(rates, axis=0) if rates else np.full(hit.shape[1:], np.nan)
+    return float(out) if out.ndim == 0 else out
 
 
 def accuracy(y_true, y_pred) -> float:

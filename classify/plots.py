@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from classify.experiment import ARM_LABELS
 from classify.fairness import SENSITIVE_COLUMNS
 from classify.report import ATTRIBUTE_NAMES, as_dict, merged_counts
-from ddpm.checkpoint import atomic_write_bytes
+from data.atomic import atomic_write_bytes
 
 
 def _save_png(fig: Figure, path: str | Path) -> Path:

@@ -18,7 +18,7 @@ from data.attributes import age_group, bmi_group, is_positive
 from data.errors import InputError
 from data.planner import KEY_VALUES, cell_keys
 from data.rare import describe
-from ddpm.checkpoint import atomic_write_bytes
+from data.atomic import atomic_write_bytes
 
 NA = "n/a"
 ATTRIBUTE_NAMES = {"sex": "sex", "age_group": "age group", "bmi_group": "BMI group", "age_decade": "age decade",
@@ -272,44 +272,6 @@ def rare_section(rare: dict, plan: pd.DataFrame) -> str:
             f"{n_synthetic} synthetic {rare['key']} = {rare['value']} cases, whose masks come from the group's "
             f"{len(rare['kept'])} remaining training subject(s) (reused masks are jittered): the dropped "
             "subjects stay unseen, as they would be in a cohort that truly lacked them.")
-
-
-REALISM_ROWS = (("extractor", "feature extractor"), ("fid", "FID"), ("fid_real_vs_real", "FID real-vs-real bound"),
-                ("kid", "KID"))
-
-
-def _value(metrics: dict, key: str) -> str:
-    """A scalar, a (mean, std) pair, or {"mean", "std"}; a sibling key "<key>_std" adds the std."""
-    value = metrics.get(key)
-    if isinstance(value, dict) and "mean" in value:
-        return fmt_mean_std(value)
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return fmt_mean_std({"mean": value[0], "std": value[1]})
-    if f"{key}_std" in metrics and not is_missing(value):
-        return fmt_mean_std({"mean": value, "std": metrics[f"{key}_std"]})
-    return fmt(value)
-
-
-def realism_section(metrics: dict) -> str:
-    """Realism and control fidelity: the known rows (n/a when absent), then every other key as given."""
-    rows = [[label, _value(metrics, key)] for key, label in REALISM_ROWS]
-    known = {k for k, _ in REALISM_ROWS} | {f"{k}_std" for k, _ in REALISM_ROWS}
-    tables = []
-    for key, value in metrics.items():
-        if key in known:
-            continue
-        if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()) and value:
-            columns = list(dict.fromkeys(c for v in value.values() for c in v))
-            rows_of_key = [[k, *[fmt(v.get(c)) for c in columns]] for k, v in value.items()]
-            tables.append(f"{key}:\n\n" + markdown_table(["", *columns], rows_of_key))
-        elif isinstance(value, dict) and not ({"mean"} <= set(value)):
-            tables.append(f"{key}:\n\n" + markdown_table(list(value), [[fmt(v) for v in value.values()]]))
-        else:
-            rows.append([key, _value(metrics, key)])
-    for key in ("dice", "descriptor_errors"):
-        if key not in metrics:
-            tables.append(f"{key}: {NA}")
-    return "\n\n".join([markdown_table(["metric", "value"], rows), *tables])
 
 
 def reproduce_section(commands: list[str], config_yaml: str) -> str:

@@ -93,8 +93,3 @@ class ResNetClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> logits (B, num_classes)"""
         return self.head(self.dropout(self.features(x)))
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters (BatchNorm running statistics are buffers, so not counted)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

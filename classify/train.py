@@ -1,7 +1,7 @@
 """Train the heart-failure classifier: metagroup-balanced sampling, light augmentation, Adam, best-val selection.
 
 Images are (N, 2, S, S) float32 in [-1, 1] (ED and ES slices as channels); labels are 0/1 (1 = heart failure).
-All randomness (init, sampling, augmentation, dropout) flows from TrainConfig.seed, so a CPU run is reproducible.
+All randomness (init, sampling, augmentation, dropout) flows from ClassifierTrainConfig.seed, so a CPU run is reproducible.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from data.errors import InputError
 
 
 @dataclass
-class TrainConfig:
+class ClassifierTrainConfig:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-4
@@ -102,7 +102,7 @@ def _epoch_order(n: int, weights: Optional[np.ndarray], generator: torch.Generat
     return torch.tensor(list(WeightedRandomSampler(weights, n, replacement=True, generator=generator)))
 
 
-def train_classifier(images, labels, groups_df: pd.DataFrame, cfg: TrainConfig, val=None, progress: bool = False,
+def train_classifier(images, labels, groups_df: pd.DataFrame, cfg: ClassifierTrainConfig, val=None, progress: bool = False,
                      model_cfg: Optional[ClassifierConfig] = None,
                      metagroups: tuple = SENSITIVE_COLUMNS) -> tuple[ResNetClassifier, dict]:
     """Train on images (N, C, S, S) float32 and labels (N,) 0/1; groups_df (N rows) has the `metagroups` columns
@@ -117,7 +117,7 @@ def train_classifier(images, labels, groups_df: pd.DataFrame, cfg: TrainConfig, 
     if len(groups_df) != len(x):
         raise InputError("groups_df", f"expected {len(x)} rows (one per image), got {len(groups_df)}")
     if cfg.epochs < 1 or cfg.batch_size < 2:
-        raise InputError("TrainConfig", f"expected epochs >= 1 and batch_size >= 2, got {cfg.epochs}, {cfg.batch_size}")
+        raise InputError("ClassifierTrainConfig", f"expected epochs >= 1 and batch_size >= 2, got {cfg.epochs}, {cfg.batch_size}")
     groups_df = groups_df.reset_index(drop=True)
     if val is not None:
         val_x, val_y = _as_data(*val, "val")

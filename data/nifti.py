@@ -4,14 +4,13 @@ Every failure to read a user's file becomes an InputError naming the file, never
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import nibabel as nib
 import numpy as np
 
+from data.atomic import atomic_write
 from data.attributes import Attributes
 from data.cohort import Subject
 from data.errors import InputError
@@ -109,14 +108,7 @@ def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray, spatial_
     image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
     image.header.set_xyzt_units(xyz=spatial_unit, t="sec")
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix  # nibabel compresses by suffix
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: nib.save(image, tmp), suffix=suffix)
 
 
 def apply_label_map(mask: np.ndarray, label_map: dict[int, int], where: str | Path) -> np.ndarray:

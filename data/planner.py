@@ -25,7 +25,7 @@ from scipy import ndimage
 from data.attributes import HEALTH_CONDITIONS, SEXES, age_group, bmi_group, make_attributes
 from data.errors import InputError
 from data.prompts import prompt_from_fields, prompt_to_attributes
-from ddpm.checkpoint import atomic_write_bytes
+from data.atomic import atomic_write_bytes
 
 KEY_VALUES = {"health": HEALTH_CONDITIONS, "sex": SEXES, "age_group": ("<55", "55-64", "65+"),
               "bmi_group": ("<25", "25-30", ">30")}

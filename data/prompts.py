@@ -45,11 +45,6 @@ def attributes_to_prompt(attrs: Attributes) -> str:
     return _compose(attrs.sex, age_decade(attrs.age), bmi_category(attrs.bmi), attrs.health)
 
 
-def parsed_to_prompt(parsed: ParsedPrompt) -> str:
-    """ParsedPrompt -> its canonical prompt (inverse of prompt_to_attributes on canonical prompts)."""
-    return _compose(parsed.sex, parsed.age_decade, parsed.bmi_category, parsed.health)
-
-
 def prompt_from_fields(sex=None, age=None, bmi=None, health=None) -> str:
     """Raw fields (e.g. from a CLI) -> prompt; fields are validated by make_attributes."""
     return attributes_to_prompt(make_attributes(sex=sex, age=age, bmi=bmi, health=health, where="prompt fields"))

@@ -1,12 +1,10 @@
 """The preprocessed 2D training set: SliceSet (arrays + attributes, saved as a pickle-free .npz), a cached
-builder from Subjects, and CardiacSlices, the torch Dataset over it.
+builder from Subjects.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -15,10 +13,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from data.atomic import atomic_write
 from data.json_ready import json_ready
 from data.cohort import Subject
 from data.errors import InputError
@@ -89,19 +86,10 @@ class SliceSet:
 
     def save(self, path: str | Path) -> Path:
         """Write an .npz (no pickled objects; attributes as a JSON string), atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, format=np.array(FORMAT), images=self.images, masks=self.masks,
-                         subject_ids=np.array(self.subject_ids, dtype=str), slice_index=self.slice_index,
-                         attributes_json=np.array(json.dumps(_records(self.attributes))))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda tmp: np.savez(
+            tmp, format=np.array(FORMAT), images=self.images, masks=self.masks,
+            subject_ids=np.array(self.subject_ids, dtype=str), slice_index=self.slice_index,
+            attributes_json=np.array(json.dumps(_records(self.attributes)))), suffix=".npz")
 
     @classmethod
     def load(cls, path: str | Path) -> "SliceSet":
@@ -178,22 +166,3 @@ def build_slice_set(subjects: Sequence[Subject], cfg: PreprocessConfig, cache_di
     if cache is not None:
         slice_set.save(cache)
     return slice_set
-
-
-class CardiacSlices(Dataset):
-    """Torch view of a SliceSet: item -> dict(image (2, S, S) float32, mask (2, S, S) int64, prompt, index)."""
-
-    def __init__(self, slices: SliceSet) -> None:
-        self.slices = slices
-
-    def __len__(self) -> int:
-        return len(self.slices)
-
-    def __getitem__(self, index: int) -> dict:
-        index = int(index)
-        if not 0 <= index < len(self.slices):
-            raise IndexError(f"index {index} out of range for {len(self.slices)} slices")
-        return {"image": torch.from_numpy(self.slices.images[index].copy()),
-                "mask": torch.from_numpy(self.slices.masks[index].astype(np.int64)),
-                "prompt": str(self.slices.attributes["prompt"].iat[index]),
-                "index": index}

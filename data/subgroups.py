@@ -4,12 +4,11 @@ Missing attributes are kept as the value "unknown" so the table always accounts 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from data.atomic import atomic_write_bytes
 from data.attributes import BMI_CATEGORIES, HEALTH_CONDITIONS, SEXES, age_decade, bmi_category, make_attributes
 from data.errors import InputError
 
@@ -107,13 +106,5 @@ def format_composition(table: pd.DataFrame) -> str:
 def save_composition(table: pd.DataFrame, path: str | Path) -> Path:
     """Write the subgroup table as CSV, atomically (temp file in the same folder, then os.replace)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            table.to_csv(handle, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, table.to_csv(index=False).encode())
     return path

@@ -11,9 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -21,6 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from data.atomic import atomic_write_bytes
 from data.attributes import Attributes
 from data.errors import InputError, OneLineArgumentParser
 from data.phantom import cohort_affine, render_subject
@@ -112,18 +111,6 @@ def nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     return gzip.compress(image.to_bytes(), compresslevel=1, mtime=0)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder (keeping the full suffix, e.g. .nii.gz), then os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_shape(shape) -> tuple[int, int, int]:
     try:
         dims = tuple(int(s) for s in shape)
@@ -167,7 +154,7 @@ def generate_cohort(out_dir: Path, n: int, seed: int = 0, *, shape: tuple[int, i
     out_dir.mkdir(parents=True, exist_ok=True)
     provenance = {"generator": "data.synthetic", "n": int(n), "seed": int(seed), "shape": list(dims),
                   "prevalence": prevalence, "first_eid": int(first_eid)}
-    _write_atomic(out_dir / MARKER, (json.dumps(provenance, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(out_dir / MARKER, (json.dumps(provenance, sort_keys=True) + "\n").encode())
     (out_dir / "metadata.csv").unlink(missing_ok=True)  # an earlier run's table must not describe a half-new folder
     metadata = sample_metadata(n, seed, prevalence, first_eid)
     affine = cohort_affine(dims)
@@ -178,11 +165,11 @@ def generate_cohort(out_dir: Path, n: int, seed: int = 0, *, shape: tuple[int, i
         folder = out_dir / str(row.eid)
         folder.mkdir(exist_ok=True)
         for name in SUBJECT_FILES:
-            _write_atomic(folder / name, nifti_gz_bytes(volumes[name.removesuffix(".nii.gz")], affine))
+            atomic_write_bytes(folder / name, nifti_gz_bytes(volumes[name.removesuffix(".nii.gz")], affine))
     _remove_stale_subjects(out_dir, {str(e) for e in metadata["eid"]})
     # metadata.csv last: a folder with it is a complete cohort.
     csv = metadata.to_csv(index=False, float_format="%.1f", lineterminator="\n")
-    _write_atomic(out_dir / "metadata.csv", csv.encode())
+    atomic_write_bytes(out_dir / "metadata.csv", csv.encode())
     return out_dir
 
 

@@ -70,11 +70,3 @@ class Attention(nn.Module):
         q, k, v = (t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in (q, k, v))
         out = attention(q, k, v, self.backend, self.chunk_size)
         return self.to_out(out.transpose(1, 2).flatten(2))
-
-
-def set_attention_backend(model: nn.Module, backend: str, chunk_size: int = 1024) -> None:
-    """Switch every Attention inside model to backend / chunk_size (e.g. "sliced" to save memory at sampling)."""
-    check_backend(backend, chunk_size)
-    for module in model.modules():
-        if isinstance(module, Attention):
-            module.backend, module.chunk_size = backend, chunk_size

@@ -42,13 +42,25 @@ def ranks() -> Ranks:
     return Ranks()
 
 
+def resolve_device(name: str, where: str = "device") -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when present) -> torch.device; one clear error for an unknown name
+    or for CUDA asked for on a machine without it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(where, f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(where, f"{name!r} requested but CUDA is not available here; use {where}=cpu")
+    return device
+
+
 def init_from_env(device: str) -> Ranks:
     """Join torchrun's process group (env:// rendezvous; multi-node works the same); NCCL for CUDA, else gloo."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return ranks()
     if device.startswith("cuda"):
-        from ddpm.run_config import resolve_device  # here: run_config imports the trainer, which imports this
-
         resolve_device(device)  # one clear error when CUDA is asked for and absent
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" now means this process's GPU
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ddpm.checkpoint import atomic_write_bytes
+from data.atomic import atomic_write_bytes
 
 # Overlay colours for LV, MYO, RV (internal labels 1, 2, 3).
 LABEL_COLOURS = np.array([[0, 0, 0], [220, 50, 50], [50, 200, 80], [60, 120, 230]], dtype=np.float32)

@@ -6,6 +6,7 @@ half unconditional — so a closure that adds per-sample inputs (e.g. control im
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -17,6 +18,27 @@ from ddpm.schedulers import Generators, NoiseSchedule, ddim_step, ddim_timesteps
 
 ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 SAMPLERS = ("ddim", "ddpm")
+
+
+@dataclass
+class SampleSettings:
+    """The `sample` config section: how images are drawn (sampler, steps, guidance, ControlNet scale, batch)."""
+
+    sampler: str = "ddim"
+    steps: int = 20
+    eta: float = 0.0
+    guidance: float = 4.0
+    control_scale: float = 1.0
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise InputError("sampler", f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        for name, lo in (("steps", 1), ("batch_size", 1)):
+            if int(getattr(self, name)) < lo:
+                raise InputError(name, f"expected an integer >= {lo}, got {getattr(self, name)}")
+        if not self.eta >= 0:
+            raise InputError("eta", f"expected eta >= 0, got {self.eta}")
 
 
 def guided_output(model_fn: ModelFn, x: Tensor, t: Tensor, cond: Tensor, uncond: Optional[Tensor],

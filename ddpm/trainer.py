@@ -19,7 +19,8 @@ from torch import nn
 from tqdm import tqdm
 
 from data.errors import InputError
-from ddpm.checkpoint import atomic_write_bytes, load_checkpoint, model_state, optimizer_state, save_checkpoint
+from data.atomic import atomic_write_bytes
+from ddpm.checkpoint import load_checkpoint, model_state, optimizer_state, save_checkpoint
 from ddpm.distributed import barrier, mean_over_ranks, ranks, wrap_for_ranks
 from ddpm.ema import EMA
 

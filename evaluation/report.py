@@ -21,7 +21,7 @@ import torch
 
 from data.json_ready import json_ready
 from data.errors import InputError
-from ddpm.checkpoint import atomic_write_bytes
+from data.atomic import atomic_write_bytes
 from evaluation.attributes import DEFAULT_ATTRIBUTES, attribute_accuracy, attribute_labels, train_attribute_classifiers
 from evaluation.diversity import mean_pairwise_ms_ssim, nearest_real_distance
 from evaluation.features import make_extractor

@@ -5,8 +5,7 @@ Each ED and ES frame is a separate 1-channel image; pairs (N, 2, S, S) are split
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import numpy as np
@@ -144,24 +143,3 @@ def features(model: Segmenter, images: np.ndarray, batch_size: int = 64) -> np.n
     out = [model.encode(frames[i:i + batch_size].to(device))[-1].mean(dim=(2, 3)).cpu()
            for i in range(0, len(frames), batch_size)]
     return torch.cat(out).reshape(len(x), -1).double().numpy()
-
-
-def save_segmenter(model: Segmenter, path: Union[str, Path]) -> None:
-    """Atomic save of config + state dict."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"config": asdict(model.cfg), "state_dict": model.state_dict()}, tmp)
-    tmp.replace(path)
-
-
-def load_segmenter(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Segmenter:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(str(path), "segmenter checkpoint not found")
-    try:
-        blob = torch.load(path, map_location=device, weights_only=True)
-        model = Segmenter(SegmenterConfig(**blob["config"])).to(device)
-        model.load_state_dict(blob["state_dict"])
-    except Exception as err:  # wrong file or wrong architecture
-        raise InputError(str(path), f"not a segmenter checkpoint: {err}") from None
-    return model.eval()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from data.errors import InputError
-from ddpm.attention import Attention, attention, set_attention_backend
+from ddpm.attention import Attention, attention
 
 
 def _qkv(lq: int, lk: int, d: int = 8, dv: int = 8, seed: int = 0):
@@ -61,7 +61,7 @@ def test_module_self_and_cross_attention_backends_agree(context_len):
     context = None if context_len is None else torch.randn(2, context_len, 5)
     expected = layer(x, context)
     assert expected.shape == x.shape
-    set_attention_backend(layer, "sliced", chunk_size=6)
+    layer.backend, layer.chunk_size = "sliced", 6
     assert (layer.backend, layer.chunk_size) == ("sliced", 6)
     torch.testing.assert_close(layer(x, context), expected, atol=1e-5, rtol=0)
 
@@ -81,8 +81,6 @@ def test_unknown_backend_and_bad_chunk_raise_input_error():
         attention(q, k, v, backend="sliced", chunk_size=0)
     with pytest.raises(InputError, match="backend"):
         Attention(8, backend="xformers")
-    with pytest.raises(InputError, match="backend"):
-        set_attention_backend(Attention(8), "nope")
     with pytest.raises(InputError, match="num_heads"):
         Attention(10, num_heads=3)
     with pytest.raises(InputError, match="shapes"):

@@ -7,7 +7,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from classify.fairness import balanced_accuracy
 from classify.resnet import ClassifierConfig
-from classify.train import (TrainConfig, augment_batch, metagroup_keys, predict_proba, sample_weights,
+from classify.train import (ClassifierTrainConfig, augment_batch, metagroup_keys, predict_proba, sample_weights,
                             train_classifier)
 from data.errors import InputError
 
@@ -55,12 +55,12 @@ def _random_data(n=24, size=16, seed=0):
 
 def test_training_is_deterministic_for_a_seed_and_leaves_global_rng_alone():
     images, labels = _random_data()
-    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, balanced_sampling=True, seed=3)
+    cfg = ClassifierTrainConfig(epochs=2, batch_size=8, lr=1e-3, balanced_sampling=True, seed=3)
     state = torch.get_rng_state()
     first, hist = train_classifier(images, labels, _groups(24), cfg, model_cfg=TINY)
     assert torch.equal(torch.get_rng_state(), state)
     second, _ = train_classifier(images, labels, _groups(24), cfg, model_cfg=TINY)
-    other, _ = train_classifier(images, labels, _groups(24), TrainConfig(**{**cfg.__dict__, "seed": 4}), model_cfg=TINY)
+    other, _ = train_classifier(images, labels, _groups(24), ClassifierTrainConfig(**{**cfg.__dict__, "seed": 4}), model_cfg=TINY)
     for (name, a), b, c in zip(first.state_dict().items(), second.state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b), name
     assert any(not torch.equal(a, c) for a, c in zip(first.state_dict().values(), other.state_dict().values()))
@@ -73,7 +73,7 @@ def test_tiny_classifier_learns_bright_vs_dark():
     labels = np.arange(n) % 2
     brightness = np.where(labels == 1, 0.4, -0.4)[:, None, None, None]
     images = (brightness + 0.2 * rng.standard_normal((n, 2, size, size))).astype(np.float32)
-    cfg = TrainConfig(epochs=6, batch_size=16, lr=3e-3, seed=0, val_fraction=0.25)
+    cfg = ClassifierTrainConfig(epochs=6, batch_size=16, lr=3e-3, seed=0, val_fraction=0.25)
     model, hist = train_classifier(images, labels, _groups(n), cfg, model_cfg=TINY)
     test_labels = np.arange(64) % 2
     test = (np.where(test_labels == 1, 0.4, -0.4)[:, None, None, None]
@@ -86,7 +86,7 @@ def test_tiny_classifier_learns_bright_vs_dark():
 
 def test_predict_proba_uses_eval_mode_and_restores_it():
     images, _ = _random_data(6)
-    model, _ = train_classifier(*_random_data(), _groups(24), TrainConfig(epochs=1, batch_size=8, val_fraction=0),
+    model, _ = train_classifier(*_random_data(), _groups(24), ClassifierTrainConfig(epochs=1, batch_size=8, val_fraction=0),
                                 model_cfg=TINY)
     model.train()
     whole = predict_proba(model, images, batch_size=6)
@@ -98,12 +98,12 @@ def test_predict_proba_uses_eval_mode_and_restores_it():
 def test_explicit_validation_set_and_bad_inputs():
     images, labels = _random_data()
     val = _random_data(8, seed=1)
-    cfg = TrainConfig(epochs=1, batch_size=8)
+    cfg = ClassifierTrainConfig(epochs=1, batch_size=8)
     _, hist = train_classifier(images, labels, _groups(24), cfg, val=val, model_cfg=TINY)
     assert len(hist["val_balanced_accuracy"]) == 1
     with pytest.raises(InputError, match="labels"):
-        train_classifier(images, labels[:-1], _groups(24), TrainConfig(epochs=1), model_cfg=TINY)
+        train_classifier(images, labels[:-1], _groups(24), ClassifierTrainConfig(epochs=1), model_cfg=TINY)
     with pytest.raises(InputError, match="groups_df"):
-        train_classifier(images, labels, _groups(23), TrainConfig(epochs=1), model_cfg=TINY)
+        train_classifier(images, labels, _groups(23), ClassifierTrainConfig(epochs=1), model_cfg=TINY)
     with pytest.raises(InputError, match="NaN"):
-        train_classifier(np.full_like(images, np.nan), labels, _groups(24), TrainConfig(epochs=1), model_cfg=TINY)
+        train_classifier(np.full_like(images, np.nan), labels, _groups(24), ClassifierTrainConfig(epochs=1), model_cfg=TINY)

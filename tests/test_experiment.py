@@ -11,12 +11,12 @@ import torch
 import classify.experiment as experiment
 from classify.experiment import (ARMS, ExperimentConfig, arm_training_set, labels_of, run_experiment)
 from classify.resnet import ClassifierConfig, ResNetClassifier
-from classify.train import TrainConfig
+from classify.train import ClassifierTrainConfig
 from data.errors import InputError
 from data.slices import SliceSet
 
 TINY = ClassifierConfig(widths=(4, 8), blocks_per_stage=(1, 1))
-TRAIN = TrainConfig(epochs=2, batch_size=16, lr=3e-3, augment=False)
+TRAIN = ClassifierTrainConfig(epochs=2, batch_size=16, lr=3e-3, augment=False)
 
 
 def toy_slices(n_subjects: int, p_male_if_positive: float, seed: int, prefix: str, per_subject: int = 2,
@@ -128,7 +128,7 @@ def test_arms_differ_only_in_their_training_set(monkeypatch):
         assert np.array_equal(call["images"], images) and np.array_equal(call["labels"], labels)
         assert call["groups"].equals(groups) and call["val"] is None  # validation comes from the arm's own subjects
         assert call["model_cfg"] is TINY and call["metagroups"] == cfg.groups
-        expected = TrainConfig(**{**TRAIN.__dict__, "seed": cfg.seeds[i % 2], "balanced_sampling": arm == "reweighted",
+        expected = ClassifierTrainConfig(**{**TRAIN.__dict__, "seed": cfg.seeds[i % 2], "balanced_sampling": arm == "reweighted",
                                   "val_fraction": 0.25})
         assert call["cfg"] == expected
 

@@ -1,14 +1,14 @@
-"""Tests for data/prepare.py with data.rare: only training subjects of the group go, the test set stays."""
+"""Tests for run/prepare_data.py with data.rare: only training subjects of the group go, the test set stays."""
 import json
 from collections import Counter
 
 import pytest
 
 from data.errors import InputError
-from data.prepare import prepare_data
+from run.prepare_data import prepare_data
 from data.preprocess import PreprocessConfig
 from data.rare import RareGroup
-from ddpm.run_config import DataConfig
+from run.config import DataConfig
 from tests.fixtures import write_acdc_fixture
 from tests.test_acdc import _shared_acdc
 

@@ -7,8 +7,16 @@ from hypothesis import strategies as st
 from data.attributes import (AGE_RANGE, BMI_CATEGORIES, BMI_RANGE, HEALTH_CONDITIONS, SEXES, Attributes, age_decade,
                              bmi_category)
 from data.errors import InputError
-from data.prompts import (ParsedPrompt, attributes_to_prompt, parsed_to_prompt, prompt_from_fields,
-                          prompt_to_attributes)
+from data.prompts import ParsedPrompt, attributes_to_prompt, prompt_from_fields, prompt_to_attributes
+
+# one BMI value inside each category, so a ParsedPrompt can be written back through attributes_to_prompt
+BMI_IN = {category: next(b / 2 for b in range(20, 120) if bmi_category(b / 2) == category) for category in BMI_CATEGORIES}
+
+
+def parsed_to_prompt(parsed: ParsedPrompt) -> str:
+    age = None if parsed.age_decade is None else parsed.age_decade + 5.0
+    bmi = None if parsed.bmi_category is None else BMI_IN[parsed.bmi_category]
+    return attributes_to_prompt(Attributes(sex=parsed.sex, age=age, bmi=bmi, health=parsed.health))
 
 
 def test_method_example():

@@ -6,7 +6,7 @@ import pytest
 from data.errors import InputError
 from data.rare import RareGroup, describe, make_rare, members
 from data.slices import SliceSet
-from ddpm.run_config import load_run_config
+from run.config import load_run_config
 
 HEALTH = ("healthy", "myocardial_infarction", "dilated_cardiomyopathy")
 

@@ -11,7 +11,7 @@ import classify.experiment as experiment
 from classify.experiment import ARM_LABELS, ExperimentConfig, labels_of, run_experiment
 from classify.plots import composition_plot, subgroup_bar_plot
 from classify.report import (composition_counts, composition_section, experiment_section, fmt, fmt_interval,
-                             fmt_mean_std, markdown_table, realism_section, render_report, reproduce_section,
+                             fmt_mean_std, markdown_table, render_report, reproduce_section,
                              write_report)
 from tests.test_experiment import TINY, TRAIN, Spy, toy_problem
 
@@ -44,7 +44,6 @@ def test_render_report_keeps_every_section_in_order(toy, tmp_path):
     result, real, syn = toy
     after = pd.concat([real.attributes, syn.attributes])
     sections = {"Cohort composition": composition_section(real.attributes, after),
-                "Realism and control fidelity": realism_section({"fid": 3.0}),
                 "Debiasing experiment": experiment_section(result, "figures/subgroups.png"),
                 "Reproduce": reproduce_section(["python train.py --config configs/tiny.yaml"], "name: tiny\n"),
                 "Empty": ""}
@@ -87,18 +86,6 @@ def test_headline_says_plainly_whether_synthetic_data_helped(toy):
     text = experiment_section(without_c)
     assert "cannot say whether synthetic data helps" in text and "no synthetic samples" in text
     assert ARM_LABELS["real+synthetic"] not in text.split("Skipped arms")[0].split("\n\n", 1)[1]
-
-
-def test_realism_section_renders_present_keys_and_n_a_for_missing():
-    text = realism_section({"fid": (12.3456, 0.5), "kid": 0.01234, "extractor": "segmenter",
-                            "dice": {"LV": 0.9, "MYO": 0.8, "RV": float("nan")}, "ms_ssim": 0.3333,
-                            "descriptor_errors": {"lv_volume_mae": 1.5, "n_valid_lv_volume": 10}})
-    assert "| FID | 12.346 ± 0.500 |" in text and "| KID | 0.012 |" in text
-    assert "| feature extractor | segmenter |" in text
-    assert "| FID real-vs-real bound | n/a |" in text and "| ms_ssim | 0.333 |" in text
-    assert "| 0.900 | 0.800 | n/a |" in text and "| 1.500 | 10 |" in text
-    assert "dice: n/a" in realism_section({}) and "| FID | n/a |" in realism_section({})
-    assert "| FID | 3.000 ± 0.100 |" in realism_section({"fid": 3.0, "fid_std": 0.1})
 
 
 def test_composition_counts_positives_per_subgroup(toy):

@@ -211,7 +211,7 @@ def test_train_refuses_unsafe_or_malformed_config_files(tmp_path, capsys, monkey
 
 def test_float_overrides_in_exponent_form_are_numbers(tmp_path):
     # YAML 1.1 reads 1e-4 as a string; a user means a number (this override used to be refused)
-    from ddpm.run_config import load_run_config
+    from run.config import load_run_config
     cfg = load_run_config(SMOKE, ["ldm_train.lr=1e-4", "vae_train.lr=2E3"])
     assert cfg.ldm_train.lr == 1e-4 and cfg.vae_train.lr == 2000.0
     for bad in ("1e999", "nan", "1e-4x"):
@@ -361,7 +361,8 @@ def test_sample_refuses_a_bad_plan_and_writes_nothing(run, tmp_path, capsys, fau
 
 def test_batch_api_refuses_ids_that_leave_the_output_folder(run, tmp_path):
     # defence in depth: run_requests itself refuses what load_plan refuses
-    from controlnet.batch import SampleRequest, SampleSettings, run_requests
+    from ddpm.sampling import SampleSettings
+    from run.samples import SampleRequest, run_requests
     from data.errors import InputError
     for bad in ("../x", "/tmp/x", ".hidden", "a/b"):
         with pytest.raises(InputError, match="not plain names"):

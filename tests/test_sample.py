@@ -54,7 +54,7 @@ def test_writes_every_output(tiny_run, subject_masks, tmp_path, capsys):
     assert image.shape == (SIZE, SIZE, 2) and np.all(np.abs(image) <= 1.0)
     assert np.allclose(affine, np.diag([CROP / SIZE, CROP / SIZE, 1.0, 1.0]))
     mask = load_nifti(out / "sample-000_mask.nii.gz", is_mask=True)[0]
-    from ddpm.run_config import load_run_config
+    from run.config import load_run_config
     cfg = load_run_config(str(tiny_run / "config.yaml"))
     assert np.array_equal(np.moveaxis(mask, -1, 0), load_control_masks(ed, es, cfg.data.preprocess))
     assert Image.open(out / "sample-001.png").size == (2 * SIZE, SIZE)  # ED | ES
@@ -136,7 +136,7 @@ def test_plan_rows_with_mask_files_and_jitter(tiny_run, subject_masks, tmp_path,
     assert code == 0, err
     plain, moved = (np.moveaxis(load_nifti(tmp_path / "out" / f"{sid}_mask.nii.gz", is_mask=True)[0], -1, 0)
                     for sid in ("plain", "moved"))
-    from ddpm.run_config import load_run_config
+    from run.config import load_run_config
     cfg = load_run_config(str(tiny_run / "config.yaml"))
     assert np.array_equal(plain, load_control_masks(ed, es, cfg.data.preprocess))  # resolved from the plan's folder
     assert not np.array_equal(plain, moved) and set(np.unique(moved)) <= {0, 1, 2, 3}  # jitter=1 moved the geometry

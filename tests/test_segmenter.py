@@ -4,7 +4,7 @@ import torch
 
 from data.errors import InputError
 from evaluation.fidelity import dice_per_structure
-from evaluation.segmenter import (SegmenterConfig, features, load_segmenter, save_segmenter, segment,
+from evaluation.segmenter import (SegmenterConfig, features, segment,
                                   train_segmenter)
 
 S = 32
@@ -61,16 +61,6 @@ def test_features_are_pooled_bottleneck_of_both_frames(trained):
     assert f.shape == (3, 2 * 8 * 2 ** 2)
     swapped = features(trained, images[:, ::-1].copy())  # ES, ED order swaps the two halves
     np.testing.assert_allclose(swapped[:, :32], f[:, 32:], atol=1e-5)
-
-
-def test_save_load_round_trip(trained, tmp_path):
-    images, _ = synthetic_pairs(2, seed=3)
-    save_segmenter(trained, tmp_path / "seg.pt")
-    loaded = load_segmenter(tmp_path / "seg.pt")
-    assert loaded.cfg == trained.cfg
-    np.testing.assert_array_equal(segment(loaded, images), segment(trained, images))
-    with pytest.raises(InputError):
-        load_segmenter(tmp_path / "absent.pt")
 
 
 def test_bad_inputs_raise_input_error():

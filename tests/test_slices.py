@@ -8,7 +8,7 @@ from data.attributes import Attributes
 from data.cohort import LV, MYO, Subject
 from data.errors import InputError
 from data.preprocess import PreprocessConfig, config_hash
-from data.slices import CardiacSlices, SliceSet, build_slice_set, cohort_key
+from data.slices import SliceSet, build_slice_set, cohort_key
 
 
 def small_subject(subject_id: str, seed: int, attributes: Attributes = Attributes(), spacing=(1.5, 1.5, 8.0)):
@@ -119,20 +119,3 @@ def test_cohort_errors_and_unknown_spacing_warning():
         build_slice_set(cohort(), PreprocessConfig(size=16, slice_offsets=(7,)), progress=False)
     with pytest.warns(UserWarning, match="1 subject"):
         build_slice_set([small_subject("x", 0, spacing=None), small_subject("y", 1)], CFG, progress=False)
-
-
-def test_torch_dataset_items():
-    built = build_slice_set(cohort(), CFG, progress=False)
-    dataset = CardiacSlices(built)
-    assert len(dataset) == 9
-    item = dataset[3]
-    assert item["image"].dtype == torch.float32 and item["image"].shape == (2, 16, 16)
-    assert item["mask"].dtype == torch.int64 and item["mask"].shape == (2, 16, 16)
-    assert item["prompt"] == built.prompts[3] and item["index"] == 3
-    assert torch.equal(item["image"], torch.from_numpy(built.images[3]))
-    item["image"].add_(5.0)  # items are copies: training-time edits never touch the set
-    assert built.images.max() <= 1.0
-    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=4)))
-    assert batch["image"].shape == (4, 2, 16, 16) and len(batch["prompt"]) == 4
-    with pytest.raises(IndexError):
-        dataset[9]

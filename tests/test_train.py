@@ -10,7 +10,7 @@ import pytest
 
 import train
 from ddpm.checkpoint import load_checkpoint
-from ddpm.pipeline import load_pipeline
+from run.pipeline import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

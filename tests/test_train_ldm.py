@@ -7,8 +7,8 @@ import torch
 
 import train
 from ddpm.checkpoint import load_checkpoint, model_state
-from ddpm.pipeline import load_pipeline
-from ddpm.train_ldm import PromptContexts
+from run.pipeline import load_pipeline
+from run.train_ldm import PromptContexts
 from ddpm.trainer import StepDraws
 from ddpm.text_encoder import TextEncoder, TextEncoderConfig
 from tests.test_text_encoder import FakeClip

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from data.errors import InputError
-from ddpm.attention import set_attention_backend
+from ddpm.attention import Attention
 from ddpm.unet import UNet, UNetConfig
 
 
@@ -94,7 +94,9 @@ def test_sliced_attention_and_channels_last_match(trained):
         model_cl = model.to(memory_format=torch.channels_last)
         torch.testing.assert_close(model_cl(x.to(memory_format=torch.channels_last), t, context), expected,
                                    atol=1e-5, rtol=1e-4)
-        set_attention_backend(model, "sliced", chunk_size=5)
+        for layer in model.modules():
+            if isinstance(layer, Attention):
+                layer.backend, layer.chunk_size = "sliced", 5
         torch.testing.assert_close(model(x, t, context), expected, atol=1e-5, rtol=1e-4)
 
 

@@ -17,35 +17,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data.json_ready import json_ready
+from data.atomic import atomic_write_bytes
 from data.errors import InputError
+from data.json_ready import json_ready
 from data.nifti import load_nifti, save_nifti
 from data.planner import SAMPLE_ID
-from ddpm.checkpoint import atomic_write_bytes, file_sha256
+from ddpm.checkpoint import file_sha256
 from ddpm.images import save_grid, to_uint8
-from ddpm.pipeline import Pipeline
-from ddpm.sampling import SAMPLERS
+from ddpm.sampling import SampleSettings
+from run.pipeline import Pipeline
 
 GRID_LIMIT = 64  # grid.png shows at most this many samples of a call
-
-
-@dataclass
-class SampleSettings:
-    sampler: str = "ddim"
-    steps: int = 20
-    eta: float = 0.0
-    guidance: float = 4.0
-    control_scale: float = 1.0
-    batch_size: int = 32
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise InputError("sampler", f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
-        for name, lo in (("steps", 1), ("batch_size", 1)):
-            if int(getattr(self, name)) < lo:
-                raise InputError(name, f"expected an integer >= {lo}, got {getattr(self, name)}")
-        if not self.eta >= 0:
-            raise InputError("eta", f"expected eta >= 0, got {self.eta}")
 
 
 @dataclass

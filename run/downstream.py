@@ -16,18 +16,19 @@ import yaml
 from classify.experiment import run_experiment
 from classify.plots import composition_plot, subgroup_bar_plot
 from classify.report import composition_section, experiment_section, rare_section, reproduce_section, write_report
-from controlnet.batch import SampleRequest, checkpoint_record, plan_requests, run_requests
+from data.atomic import atomic_write_bytes
 from data.attributes import age_group
 from data.planner import load_plan, plan_rebalancing, planning_attributes, save_plan
-from data.prepare import PreparedData
 from data.slices import SliceSet
-from ddpm.checkpoint import atomic_write_bytes, file_sha256
+from ddpm.checkpoint import file_sha256
 from ddpm.config import to_dict
+from ddpm.distributed import resolve_device
 from ddpm.images import save_grid
-from ddpm.pipeline import load_pipeline
-from ddpm.run_config import resolve_device
 from evaluation.image_sets import load_sample_folder
 from evaluation.report import evaluate, write_outputs
+from run.pipeline import load_pipeline
+from run.prepare_data import PreparedData
+from run.samples import SampleRequest, checkpoint_record, plan_requests, run_requests
 
 def _generate(cfg, ckpts: dict, requests: list[SampleRequest], out_dir: Path, overwrite: bool = False) -> None:
     pipe = load_pipeline(ckpts["vae"], ckpts["ldm"], ckpts.get("controlnet"), device=resolve_device(cfg.device))

@@ -10,17 +10,17 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from data.atomic import atomic_write
 from data.slices import SliceSet
 from ddpm.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from ddpm.config import to_dict
+from ddpm.distributed import resolve_device, on_main_then_sync
 from ddpm.images import save_grid
-from ddpm.pipeline import LatentDiffusion, Pipeline, make_schedule_from
-from ddpm.run_config import resolve_device
 from ddpm.schedulers import NoiseSchedule, add_noise, prediction_target
 from ddpm.text_encoder import PromptEmbeddingCache, is_frozen
-from ddpm.train_vae import encode_latents, load_vae
-from ddpm.distributed import on_main_then_sync
 from ddpm.trainer import StepDraws, train_loop
+from run.pipeline import LatentDiffusion, Pipeline, make_schedule_from
+from run.train_vae import encode_latents, load_vae
 
 
 def cached_latents(vae_path: Path, images: np.ndarray, cache_dir: Path,
@@ -35,10 +35,7 @@ def cached_latents(vae_path: Path, images: np.ndarray, cache_dir: Path,
             warnings.warn(f"rebuilding the latent cache {cache}: {err}")
     vae, _, _ = load_vae(vae_path, device)
     mean, std = encode_latents(vae, images)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(tmp))
-    tmp.replace(cache)
+    atomic_write(cache, lambda tmp: save_file({"mean": mean.contiguous(), "std": std.contiguous()}, tmp))
     return mean.to(device), std.to(device)
 
 

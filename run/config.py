@@ -4,18 +4,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
-
 from classify.experiment import ExperimentConfig
 from classify.resnet import ClassifierConfig
-from classify.train import TrainConfig as ClassifierTrainConfig
-from controlnet.batch import SampleSettings
+from classify.train import ClassifierTrainConfig
 from controlnet.model import ControlNetConfig
 from data.errors import InputError
 from data.planner import PlanTarget
 from data.preprocess import PreprocessConfig
 from data.rare import RareGroup
 from ddpm.config import load_config
+from ddpm.sampling import SampleSettings
 from ddpm.text_encoder import TextEncoderConfig
 from ddpm.trainer import TrainConfig
 from ddpm.unet import UNetConfig
@@ -93,13 +91,6 @@ class RunConfig:
         if self.name != "".join(c for c in self.name if c.isalnum() or c in "-_.") or self.name.strip(".") == "":
             raise InputError("name", f"run name {self.name!r} may only contain letters, digits, '-', '_' and '.' "
                                      "(and not only dots)")
-
-
-def resolve_device(name: str) -> torch.device:
-    """The config's device, with a clear error when CUDA is asked for on a machine without it."""
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("device", f"{name!r} requested but CUDA is not available here; use device=cpu")
-    return torch.device(name)
 
 
 def load_run_config(path: Optional[str] = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from data.atomic import atomic_write_bytes
 from data.slices import SliceSet
-from ddpm.checkpoint import atomic_write_bytes, load_checkpoint, model_state, save_checkpoint
+from ddpm.checkpoint import load_checkpoint, model_state, save_checkpoint
 from ddpm.config import to_dict
+from ddpm.distributed import resolve_device, on_main_then_sync
 from ddpm.images import save_grid
-from ddpm.run_config import resolve_device
-from ddpm.distributed import on_main_then_sync
 from ddpm.trainer import StepDraws, train_loop
 from ddpm.vae import (AutoencoderKL, PatchDiscriminator, adaptive_disc_weight, compute_scale_factor, disc_active,
                       generator_adv_loss, hinge_d_loss, vae_loss)

@@ -8,12 +8,12 @@ from typing import Optional
 
 import numpy as np
 
+from data.atomic import atomic_write_bytes
 from data.rare import describe, make_rare, members
 from data.reader import attributes_table, read_cohort
 from data.slices import SliceSet, build_slice_set
 from data.split import subject_split
 from data.subgroups import save_composition, subgroup_table
-from ddpm.checkpoint import atomic_write_bytes
 
 
 @dataclass
@@ -38,7 +38,7 @@ def synthetic_cohort(out_dir: Path, n: int, seed: int, prevalence: str = "biased
 
 
 def prepare_data(cfg, run_dir: Path, progress: bool = True) -> PreparedData:
-    """cfg: ddpm.run_config.DataConfig. Writes composition.csv and split.json into run_dir."""
+    """cfg: run.config.DataConfig. Writes composition.csv and split.json into run_dir."""
     if cfg.root is None:
         return _prepare_synthetic(cfg, run_dir, progress)
     root = Path(cfg.root)

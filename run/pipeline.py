@@ -19,6 +19,8 @@ from ddpm.text_encoder import build_text_encoder
 from ddpm.unet import UNet
 from ddpm.vae import AutoencoderKL
 from geometry.encodings import encode_control
+from run.config import RunConfig
+from run.train_vae import load_vae
 
 
 class LatentDiffusion(nn.Module):
@@ -78,8 +80,6 @@ class Pipeline:
 
 
 def _config_of(meta: dict, where: str):
-    from ddpm.run_config import RunConfig
-
     return from_dict(RunConfig, meta["config"], f"{where}: config")
 
 
@@ -113,8 +113,6 @@ def load_controlnet(path: Path, unet: UNet, use_ema: bool = True,
 
 def load_pipeline(vae_path: Path, ldm_path: Path, controlnet_path: Optional[Path] = None, use_ema: bool = True,
                   device: torch.device = torch.device("cpu")) -> Pipeline:
-    from ddpm.train_vae import load_vae
-
     vae, scale, _ = load_vae(vae_path, device)
     ldm, meta = load_ldm(ldm_path, use_ema, device)
     check_parent(meta, ldm_path, "vae", vae_path)
