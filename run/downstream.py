@@ -1,13 +1,10 @@
-"""The main job after training: rebalancing plan -> synthetic patients -> realism -> debiasing arms -> report.
-
-Each step writes its output under the run folder and is skipped when that output exists (unless forced), so an
-interrupted `train.py --stage all` resumes where it stopped.
+"""Stage drivers of the main job after training: rebalancing plan -> synthetic patients -> realism -> debiasing
+arms -> report. Each takes the RunState (run/state.py) and returns its output, which marks the stage done.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -28,6 +25,7 @@ from evaluation.image_sets import load_sample_folder
 from evaluation.report import evaluate, write_outputs
 from run.pipeline import load_pipeline
 from run.prepare_data import PreparedData
+from run.state import RunState
 from run.samples import SampleRequest, checkpoint_record, plan_requests, run_requests
 
 def _generate(cfg, ckpts: dict, requests: list[SampleRequest], out_dir: Path, overwrite: bool = False) -> None:
@@ -92,37 +90,37 @@ def subgroup_grids(synthetic: SliceSet, path: Path, per_group: int = 4) -> Path:
                      ncols=per_group)
 
 
-def run_downstream(cfg, data: PreparedData, ckpts: dict, run_dir: Path, args, commands: list[str],
-                   timings: dict, stage: Callable) -> Path:
-    """plan -> samples -> evaluation -> experiment -> report.md; `stage(name, output, fn)` skips finished steps
-    and adds every later step to args.force when one reruns (read args.force late: it grows)."""
-    stage("plan", run_dir / "samples.json", lambda: plan_and_generate(cfg, data, ckpts, run_dir, "plan" in args.force))
-    plan, synthetic = load_planned(run_dir)
+def plan_stage(run: RunState) -> Path:
+    return plan_and_generate(run.cfg, run.data, run.checkpoints, run.dir, "plan" in run.force)
+
+
+def evaluation_stage(run: RunState) -> Path:
+    """Realism and control fidelity of the mirror samples; they resume inside run_requests."""
+    cfg, data, run_dir = run.cfg, run.data, run.dir
     metrics_path = run_dir / "evaluation" / "metrics.json"
-
-    def evaluation() -> Path:
-        mirror = mirror_of_test(cfg, data, ckpts, run_dir, "evaluation" in args.force)
-        pixel_mm = cfg.data.preprocess.crop_mm / cfg.data.preprocess.size
-        metrics = evaluate(data.train, data.test, mirror, cfg.evaluation, spacing_mm=pixel_mm,
-                           device=resolve_device(cfg.device))
-        write_outputs(metrics, metrics_path, run_dir / "evaluation" / "metrics.md", run_dir / "evaluation" / "metrics.png")
-        return metrics_path
-
-    stage("evaluation", metrics_path, evaluation)  # mirror samples resume inside run_requests
-    experiment_path = run_dir / "experiment" / "experiment.json"
-
-    def experiment() -> Path:
-        result = run_experiment(data.train, data.test, synthetic, cfg.experiment, cfg.classifier, cfg.classifier_train)
-        result.save(run_dir / "experiment")
-        subgroup_bar_plot(result, run_dir / "experiment" / "subgroup_balanced_accuracy.png")
-        return experiment_path
-
-    stage("experiment", experiment_path, experiment)
-    return write_main_report(cfg, data, plan, synthetic, run_dir, commands, timings)
+    mirror = mirror_of_test(cfg, data, run.checkpoints, run_dir, "evaluation" in run.force)
+    pixel_mm = cfg.data.preprocess.crop_mm / cfg.data.preprocess.size
+    metrics = evaluate(data.train, data.test, mirror, cfg.evaluation, spacing_mm=pixel_mm,
+                       device=resolve_device(cfg.device))
+    write_outputs(metrics, metrics_path, run_dir / "evaluation" / "metrics.md", run_dir / "evaluation" / "metrics.png")
+    return metrics_path
 
 
-def write_main_report(cfg, data: PreparedData, plan: pd.DataFrame, synthetic, run_dir: Path, commands: list[str],
-                      timings: dict) -> Path:
+def experiment_stage(run: RunState) -> Path:
+    """The debiasing arms, trained on real (+ the plan's synthetic) slices, scored on the held-out test set."""
+    cfg, run_dir = run.cfg, run.dir
+    synthetic = load_planned(run_dir)[1]
+    result = run_experiment(run.data.train, run.data.test, synthetic, cfg.experiment, cfg.classifier,
+                            cfg.classifier_train)
+    result.save(run_dir / "experiment")
+    subgroup_bar_plot(result, run_dir / "experiment" / "subgroup_balanced_accuracy.png")
+    return run_dir / "experiment" / "experiment.json"
+
+
+def write_main_report(run: RunState) -> Path:
+    """report.md: composition before/after, samples per subgroup, realism, debiasing arms, timings, how to rerun."""
+    cfg, data, run_dir, commands, timings = run.cfg, run.data, run.dir, run.commands, run.timings
+    plan, synthetic = load_planned(run_dir)
     before, groups = data.train.attributes, cfg.experiment.groups
     after = pd.concat([before, synthetic.attributes]) if synthetic is not None else before
     composition_plot(before, after, run_dir / "composition.png", cfg.experiment.positive, groups)

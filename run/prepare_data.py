@@ -14,6 +14,7 @@ from data.reader import attributes_table, read_cohort
 from data.slices import SliceSet, build_slice_set
 from data.split import subject_split
 from data.subgroups import save_composition, subgroup_table
+from data.synthetic import generate_cohort
 
 
 @dataclass
@@ -28,8 +29,6 @@ class PreparedData:
 
 def synthetic_cohort(out_dir: Path, n: int, seed: int, prevalence: str = "biased", first_eid: int = 1000001) -> Path:
     """Generate the embedded cohort once; a marker file makes a half-written or different cohort regenerate."""
-    from data.synthetic import generate_cohort
-
     marker, key = out_dir / ".complete", f"{n} {seed} {prevalence} {first_eid}"
     if not marker.is_file() or marker.read_text() != key:
         generate_cohort(out_dir, n, seed, prevalence=prevalence, first_eid=first_eid, progress=True)
