@@ -2,19 +2,33 @@
 
     python sample.py --run runs/tiny --prompt "Female, age in 40s, normal BMI, heart failure" --mask ED.nii.gz
     python sample.py --run runs/tiny --sex F --age 47 --bmi 22 --health heart_failure --n 4      # LDM alone
-    python sample.py --run runs/tiny --make-plan plan.csv --mode equalise                       # rebalancing plan
-    python sample.py --run runs/tiny --plan plan.csv --out synthetic/                           # batch, resumable
+    python sample.py --run runs/tiny --make-plan plan.csv plan.mode=min_count plan.min_count=5  # rebalancing plan
+    python sample.py --run runs/tiny --plan plan.csv --out synthetic/ sample.steps=50 device=cuda  # batch, resumable
+
+Settings come from the run's config (<run>/config.yaml, else the LDM checkpoint's) with the same `section.key=value`
+overrides as train.py, for the keys this command reads: sample.*, plan.* and device.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
 
 from data.errors import InputError, OneLineArgumentParser
+from data.mask_input import load_control_masks
+from data.planner import composition_after, load_plan, plan_rebalancing, planning_attributes, save_plan
+from data.prompts import prompt_from_fields, prompt_to_attributes
+from data.slices import SliceSet
+from ddpm.checkpoint import read_meta
+from ddpm.distributed import resolve_device
+from run.config import RunConfig, load_run_config
+from run.pipeline import load_pipeline
+from run.samples import SampleRequest, checkpoint_record, find_slice_set, plan_requests, run_requests
 
 LAYOUT_LABELS = ("ukbb", "acdc")
+READS = ("sample", "plan", "device")  # the config keys this command takes overrides of
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--vae", type=Path, metavar="FILE", help="VAE checkpoint (default: <run>/vae.safetensors)")
     src.add_argument("--ldm", type=Path, metavar="FILE", help="LDM checkpoint (default: <run>/ldm.safetensors)")
     src.add_argument("--controlnet", type=Path, metavar="FILE", help="ControlNet checkpoint (default: <run>/controlnet.safetensors)")
-    src.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: cuda when available)")
     what = p.add_argument_group("what to generate (a prompt, or fields, or --plan)")
     what.add_argument("--prompt", help='e.g. "Female, age in 40s, normal BMI, heart failure"')
     what.add_argument("--sex", help="female/male (F/M)")
@@ -47,25 +60,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument("--n", type=int, default=1, help="number of samples (seeds --seed, --seed+1, ...); default 1")
     what.add_argument("--plan", type=Path, metavar="CSV", help="plan CSV (data/planner.py): batch mode, resumable")
     what.add_argument("--slices", type=Path, metavar="NPZ", help="slice set the plan's mask_row refers to (default: the run's cache)")
-    how = p.add_argument_group("sampling (defaults: the run config's `sample` section)")
-    how.add_argument("--sampler", choices=("ddim", "ddpm"))
-    how.add_argument("--steps", type=int)
-    how.add_argument("--eta", type=float)
-    how.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    how.add_argument("--control-scale", type=float, help="ControlNet residual scale")
-    how.add_argument("--batch-size", type=int)
+    how = p.add_argument_group("sampling")
     how.add_argument("--seed", type=int, default=0, help="base seed: sample i uses seed + i; also the plan's seed (default 0)")
     how.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: <run>/samples)")
     how.add_argument("--overwrite", action="store_true", help="regenerate samples that exist already")
-    plan = p.add_argument_group("rebalancing plan (--make-plan)")
-    plan.add_argument("--make-plan", type=Path, metavar="CSV", help="write a plan from the run's training split and exit")
-    plan.add_argument("--mode", default="equalise", choices=("equalise", "min_count"))
-    plan.add_argument("--min-count", type=int, default=0, metavar="N",
-                      help="mode min_count: samples per cell; mode equalise: a floor per cell")
-    plan.add_argument("--conditions", metavar="LIST", help="comma-separated health conditions to synthesise (default: all present)")
-    plan.add_argument("--keys", default="health,sex,age_group,bmi_group", metavar="LIST",
-                      help="cell keys (default health,sex,age_group,bmi_group; e.g. health,bmi_group for ACDC)")
-    plan.add_argument("--max-total", type=int, metavar="N", help="cap on the number of planned samples")
+    how.add_argument("--make-plan", type=Path, metavar="CSV",
+                     help="write a rebalancing plan (the config's plan section) from the run's training split and exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides of sample.*, plan.* or device, e.g. sample.steps=50 sample.guidance=3 "
+                        "plan.mode=min_count plan.min_count=5 device=cuda")
     return p.parse_args(argv)
 
 
@@ -88,9 +91,17 @@ def _checkpoints(args) -> dict:
             "controlnet": pick(args.controlnet, "controlnet") if wants_control else None}
 
 
-def _prompt(args) -> str:
-    from data.prompts import prompt_from_fields, prompt_to_attributes
+def _config(args, ldm: Path | None) -> RunConfig:
+    """The run's config.yaml (else the LDM checkpoint's config) with the command line's overrides."""
+    path = None if args.run is None else args.run / "config.yaml"
+    if path is not None and path.is_file():
+        return load_run_config(path, args.overrides, reads=READS)
+    if ldm is None:
+        raise InputError(path or "--run", "no run config: train the run first (python train.py)")
+    return load_run_config(None, args.overrides, base=read_meta(ldm, "ldm")["config"], reads=READS)
 
+
+def _prompt(args) -> str:
     fields = {k: getattr(args, k) for k in ("sex", "age", "bmi", "health") if getattr(args, k) is not None}
     if args.prompt is not None and fields:
         raise InputError("--prompt", f"give a prompt or fields ({', '.join('--' + k for k in fields)}), not both")
@@ -100,42 +111,17 @@ def _prompt(args) -> str:
     return prompt_from_fields(**fields)
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError("--device", f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device", "CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 def make_plan(args) -> int:
-    import json
-
-    from run.samples import find_slice_set
-    from data.attributes import normalise_health
-    from data.planner import PlanTarget, composition_after, plan_rebalancing, planning_attributes, save_plan
-    from data.slices import SliceSet
-    from run.config import load_run_config
-
     if args.run is None:
         raise InputError("--make-plan", "needs --run (the run's training split and slice set)")
-    cfg = load_run_config(str(args.run / "config.yaml"))
+    cfg = _config(args, None)
     split = args.run / "split.json"
     if not split.is_file():
         raise InputError(split, "no split file; train the run first (python train.py)")
     train_ids = set(json.loads(split.read_text())["train"])
     slices = SliceSet.load(args.slices) if args.slices else find_slice_set(args.run, cfg, train_ids)[1]
-    conditions = None if args.conditions is None else \
-        tuple(normalise_health(c, "--conditions") for c in args.conditions.split(","))
-    target = PlanTarget(keys=tuple(k.strip() for k in args.keys.split(",")), mode=args.mode, min_count=args.min_count, conditions=conditions, max_total=args.max_total)
     attributes = planning_attributes(slices, train_ids)
-    plan = plan_rebalancing(attributes, target, args.seed)
+    plan = plan_rebalancing(attributes, cfg.plan, args.seed)
     save_plan(plan, args.make_plan)
     print(composition_after(attributes, plan).to_string(index=False))
     print(f"plan: {len(plan)} samples ({int(plan['jitter'].sum())} reuse a mask with jitter) -> {args.make_plan}")
@@ -143,12 +129,6 @@ def make_plan(args) -> int:
 
 
 def run(args) -> int:
-    from run.samples import SampleRequest, SampleSettings, checkpoint_record, find_slice_set, plan_requests, run_requests
-    from data.mask_input import load_control_masks
-    from data.planner import load_plan
-    from data.slices import SliceSet
-    from run.pipeline import load_pipeline
-
     if args.make_plan is not None:
         return make_plan(args)
     if args.plan is not None and (args.prompt or args.mask or any(getattr(args, k) for k in ("sex", "age", "bmi", "health"))):
@@ -163,14 +143,12 @@ def run(args) -> int:
         raise InputError("--out", "no output folder: pass --out (or --run)")
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder; --out names the output folder")
+    cfg = _config(args, paths["ldm"])
     try:
-        pipe = load_pipeline(paths["vae"], paths["ldm"], paths["controlnet"], device=_device(args.device))
+        pipe = load_pipeline(paths["vae"], paths["ldm"], paths["controlnet"], device=resolve_device(cfg.device))
     except RuntimeError as err:  # e.g. a ControlNet trained on another LDM: weights do not fit
         raise InputError(", ".join(str(p) for p in paths.values() if p), f"checkpoints do not fit together: "
                          f"{str(err).splitlines()[0]}") from None
-    names = ("sampler", "steps", "eta", "guidance", "control_scale", "batch_size")
-    settings = SampleSettings(**{k: getattr(pipe.cfg.sample, k) if getattr(args, k) is None else getattr(args, k)
-                                 for k in names})  # unset options: the run config's defaults
     if plan is not None:
         slices_path, slices = args.slices, None
         needed = set(plan["mask_subject_id"][plan["mask_row"].notna()])
@@ -186,7 +164,7 @@ def run(args) -> int:
             source = {"kind": "file", "ed": str(args.mask), "es": None if args.mask_es is None else str(args.mask_es),
                       "labels": args.labels, "slice": args.slice}
         requests = [SampleRequest(f"sample-{i:03d}", prompt, args.seed + i, mask, source) for i in range(args.n)]
-    done, skipped = run_requests(pipe, requests, out, settings, checkpoint_record(paths), args.overwrite)
+    done, skipped = run_requests(pipe, requests, out, cfg.sample, checkpoint_record(paths), args.overwrite)
     print(f"{len(done)} generated, {len(skipped)} already complete -> {out}")
     return 0
 

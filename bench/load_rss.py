@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     real_train = find_slice_set(run, cfg, set(split["train"]))[0]
     tic = time.perf_counter()
     code = evaluate(["--real", str(real_test), "--real-train", str(real_train), "--fake", str(out), "--quiet",
-                     "--out", str(args.work / "eval" / "metrics.json"), "--fid-n", "200", "--fid-repeats", "2",
-                     "--kid-subsets", "10", "--kid-subset-size", "50", "--segmenter-steps", "20",
-                     "--attribute-epochs", "1"])
+                     "--out", str(args.work / "eval" / "metrics.json"), "evaluation.fid_n=200", "evaluation.fid_repeats=2",
+                     "evaluation.kid_subsets=10", "evaluation.kid_subset_size=50", "evaluation.segmenter_steps=20",
+                     "evaluation.attribute_epochs=1"])
     evaluate_seconds = time.perf_counter() - tic
     marks["after_evaluation"] = rss_bytes() / MIB
     files = [p for p in out.iterdir() if not p.name.startswith(".")]

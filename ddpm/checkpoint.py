@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from data.atomic import atomic_write
@@ -50,20 +50,17 @@ def save_checkpoint(path: str | Path, states: dict[str, dict], meta: dict[str, A
 
 
 def _read_header(path: Path) -> dict:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         return handle.metadata() or {}
 
 
-def load_checkpoint(path: str | Path, expect_stage: str | None = None) -> tuple[dict[str, dict], dict]:
-    """Inverse of save_checkpoint -> (states, meta). Refuses anything that is not our safetensors format."""
-    path = Path(path)
+def _read(path: Path, expect_stage: str | None, tensors: bool) -> tuple[dict, dict, dict]:
+    """-> (header, meta, flat tensors or {}); refuses anything that is not our safetensors format."""
     if not path.is_file():
         raise InputError(path, "checkpoint not found")
     try:
         header = _read_header(path)
-        flat = load_file(str(path))
+        flat = load_file(str(path)) if tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise InputError(path, f"not a cardiac-ldm safetensors checkpoint (refusing to unpickle anything): {err}") from None
     if header.get("format") != FORMAT:
@@ -71,6 +68,17 @@ def load_checkpoint(path: str | Path, expect_stage: str | None = None) -> tuple[
     meta = json.loads(header["meta"])
     if expect_stage is not None and meta.get("stage") != expect_stage:
         raise InputError(path, f"checkpoint of stage {meta.get('stage')!r}; expected a {expect_stage!r} checkpoint")
+    return header, meta, flat
+
+
+def read_meta(path: str | Path, expect_stage: str | None = None) -> dict:
+    """A checkpoint's metadata (config, stage, parents' sha256) without reading its tensors."""
+    return _read(Path(path), expect_stage, tensors=False)[1]
+
+
+def load_checkpoint(path: str | Path, expect_stage: str | None = None) -> tuple[dict[str, dict], dict]:
+    """Inverse of save_checkpoint -> (states, meta). Refuses anything that is not our safetensors format."""
+    header, meta, flat = _read(Path(path), expect_stage, tensors=True)
     extras = json.loads(header.get("extras", "{}"))
     states: dict[str, dict] = {}
     for name, tensor in flat.items():

@@ -142,9 +142,11 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Defaults of `cls`, updated by the file at `path` (if any), then by CLI overrides."""
-    data = read_config_file(path) if path else {}
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict | None = None) -> T:
+    """Defaults of `cls`, updated by the file at `path` (or by `base`, e.g. a checkpoint's config), then by CLI
+    overrides."""
+    data = read_config_file(path) if path else json.loads(json.dumps(base or {}))
     for override in overrides:
         apply_override(data, override)
     return from_dict(cls, data, where=str(path) if path else "config")

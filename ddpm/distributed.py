@@ -60,10 +60,10 @@ def init_from_env(device: str) -> Ranks:
     """Join torchrun's process group (env:// rendezvous; multi-node works the same); NCCL for CUDA, else gloo."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return ranks()
-    if device.startswith("cuda"):
-        resolve_device(device)  # one clear error when CUDA is asked for and absent
+    cuda = resolve_device(device).type == "cuda"  # one clear error when CUDA is asked for and absent
+    if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" now means this process's GPU
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
     return ranks()
 
 

@@ -3,7 +3,10 @@ control fidelity (Dice, shape descriptors), attribute fidelity, diversity and me
 
     python -m evaluation --real runs/tiny/cache/slices-....npz --fake runs/tiny/samples --out eval/metrics.json
     python -m evaluation --real test.npz --real-train train.npz --fake samples/ --inception-weights pt_inception.pth \\
-        --out eval/metrics.json
+        --out eval/metrics.json evaluation.fid_n=200 device=cuda
+
+Settings: the `evaluation` section and `device` of the run config (defaults, or --config FILE, e.g. a run's
+config.yaml), with the same `section.key=value` overrides as train.py.
 """
 from __future__ import annotations
 
@@ -12,6 +15,12 @@ import sys
 from pathlib import Path
 
 from data.errors import InputError, OneLineArgumentParser
+from ddpm.distributed import resolve_device
+from evaluation.image_sets import load_image_set, split_by_subject
+from evaluation.report import evaluate, write_outputs
+from run.config import load_run_config
+
+READS = ("evaluation", "device")  # the config keys this command takes overrides of
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,24 +42,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     how = p.add_argument_group("metrics")
     how.add_argument("--inception-weights", type=Path, help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth; "
                                                             "gives standard FID features")
-    how.add_argument("--fid-n", type=int, default=500, help="images per side for FID (clipped to what is available)")
-    how.add_argument("--fid-repeats", type=int, default=4, help="FID repeats (mean ± std); default 4")
-    how.add_argument("--kid-subsets", type=int, default=50)
-    how.add_argument("--kid-subset-size", type=int, default=100)
-    how.add_argument("--segmenter-steps", type=int, default=600, help="training steps of the domain segmenter")
-    how.add_argument("--attribute-epochs", type=int, default=5, help="epochs of each attribute classifier")
-    how.add_argument("--seed", type=int, default=0)
-    how.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, required=True, help="metrics JSON path; .md and .png are written beside it")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--config", type=Path, metavar="FILE", help="run config to take the evaluation section from")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides of evaluation.* or device, e.g. evaluation.fid_n=200 "
+                        "evaluation.segmenter_steps=100 device=cuda")
     return p.parse_args(argv)
 
 
 def _check_args(args) -> None:
-    for name in ("fid_n", "fid_repeats", "kid_subsets", "kid_subset_size", "segmenter_steps", "attribute_epochs"):
-        if getattr(args, name) < 1:
-            raise InputError("--" + name.replace("_", "-"), f"expected a positive integer, got {getattr(args, name)}")
     if args.spacing_mm is not None and not args.spacing_mm > 0:
         raise InputError("--spacing-mm", f"expected a positive pixel size in mm, got {args.spacing_mm}")
     if args.out.is_dir():
@@ -58,24 +60,15 @@ def _check_args(args) -> None:
 
 
 def run(args) -> int:
-    import torch
-
-    from evaluation.image_sets import load_image_set, split_by_subject
-    from evaluation.report import EvalConfig, evaluate, write_outputs
-
     _check_args(args)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise InputError("--device", f"unknown device {args.device!r}; expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device", "CUDA is not available on this machine; use --device cpu")
+    run_cfg = load_run_config(args.config, args.overrides, reads=READS)
+    cfg, device = run_cfg.evaluation, resolve_device(run_cfg.device)
     progress = not args.quiet
     real = load_image_set(args.real, progress)
     fake = load_image_set(args.fake, progress)
     notes = []
     if args.real_train is None:
-        real_train, real_test = split_by_subject(real, 0.5, args.seed)
+        real_train, real_test = split_by_subject(real, 0.5, cfg.seed)
         notes.append(f"no --real-train: {args.real} was split by subject into {len(set(real_train.subject_ids))} "
                      f"training and {len(set(real_test.subject_ids))} test subjects; the memorisation check then "
                      "compares with those training subjects, not the generator's")
@@ -85,9 +78,6 @@ def run(args) -> int:
         if shared:
             notes.append(f"{len(shared)} subject(s) are in both --real-train and --real (e.g. {sorted(shared)[0]}): "
                          "the segmenter has seen test images and the memorisation ratio is biased low")
-    cfg = EvalConfig(fid_n=args.fid_n, fid_repeats=args.fid_repeats, kid_subsets=args.kid_subsets,
-                     kid_subset_size=args.kid_subset_size, segmenter_steps=args.segmenter_steps,
-                     attribute_epochs=args.attribute_epochs, seed=args.seed)
     metrics = evaluate(real_train, real_test, fake, cfg, args.inception_weights, progress, args.spacing_mm,
                        device=device)
     metrics["notes"] = notes + metrics["notes"]

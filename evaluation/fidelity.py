@@ -11,6 +11,7 @@ import numpy as np
 
 from data.cohort import LABEL_NAMES
 from data.errors import InputError
+from geometry.descriptors import describe_ed_es
 
 # keys of geometry.descriptors.describe_ed_es: per-frame descriptors get an ed_/es_ prefix
 DESCRIPTOR_KEYS = ("ed_lv_area_mm2", "es_lv_area_mm2", "ed_wall_thickness_mm", "es_wall_thickness_mm", "ef_proxy")
@@ -42,12 +43,6 @@ def dice_per_structure(pred: np.ndarray, target: np.ndarray) -> dict[str, float]
             for label, name in LABEL_NAMES.items()}
 
 
-def _default_describe() -> Callable:
-    try:
-        from geometry.descriptors import describe_ed_es
-    except ImportError as err:
-        raise ImportError(f"descriptor_errors needs geometry.descriptors.describe_ed_es ({err})") from None
-    return describe_ed_es
 
 
 def descriptor_errors(pred_masks: np.ndarray, target_masks: np.ndarray, spacing_mm: Union[float, Sequence[float]],
@@ -64,7 +59,7 @@ def descriptor_errors(pred_masks: np.ndarray, target_masks: np.ndarray, spacing_
     p, t = _check_pair(pred_masks, target_masks)
     if p.ndim != 4 or p.shape[1] != 2:
         raise InputError("pred_masks", f"expected (N, 2, S, S) ED/ES mask pairs, got shape {p.shape}")
-    describe = describe or _default_describe()
+    describe = describe or describe_ed_es
     pred_d = [describe(p[i, 0], p[i, 1], spacing_mm) for i in range(len(p))]
     true_d = [describe(t[i, 0], t[i, 1], spacing_mm) for i in range(len(t))]
     out: dict[str, float] = {}

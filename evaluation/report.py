@@ -49,6 +49,11 @@ class EvalConfig:
     segmenter_base: int = 16  # width of the domain segmenter
     segmenter_batch_size: int = 16
 
+    def __post_init__(self) -> None:
+        for name in ("fid_n", "fid_repeats", "kid_subsets", "kid_subset_size", "segmenter_steps", "attribute_epochs"):
+            if getattr(self, name) < 1:
+                raise InputError(f"evaluation.{name}", f"expected a positive integer, got {getattr(self, name)}")
+
 
 def _mean_std(pair: tuple[float, float]) -> dict:
     return {"mean": pair[0], "std": pair[1]}

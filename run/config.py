@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from classify.experiment import ExperimentConfig
@@ -85,13 +86,20 @@ class RunConfig:
         if self.data.preprocess.size % self.vae.downsample_factor or latent % self.unet.downsample_factor:
             raise InputError("data.preprocess.size", f"{self.data.preprocess.size} must be divisible by the VAE factor "
                              f"({self.vae.downsample_factor}) times the UNet factor ({self.unet.downsample_factor})")
-        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
-            raise InputError("device", f"expected 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+            raise InputError("device", f"expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
         # runs/<name> must be a new folder inside runs/: no separators, and not '', '.' or '..'.
         if self.name != "".join(c for c in self.name if c.isalnum() or c in "-_.") or self.name.strip(".") == "":
             raise InputError("name", f"run name {self.name!r} may only contain letters, digits, '-', '_' and '.' "
                                      "(and not only dots)")
 
 
-def load_run_config(path: Optional[str] = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    return load_config(RunConfig, path, overrides)
+def load_run_config(path: Optional[str | Path] = None, overrides: list[str] | tuple[str, ...] = (),
+                    base: Optional[dict] = None, reads: Optional[tuple[str, ...]] = None) -> RunConfig:
+    """The run config: defaults, then the file at `path` (or `base`, e.g. a checkpoint's config), then the
+    `section.key=value` overrides. reads: the top-level keys a command uses (sample.py: sample, plan, device);
+    an override of any other key is an error rather than silently ignored."""
+    for override in overrides if reads is not None else ():
+        if override.split("=", 1)[0].split(".")[0].strip() not in reads:
+            raise InputError(f"override {override!r}", f"this command reads only {', '.join(reads)} from the config")
+    return load_config(RunConfig, path, overrides, base)

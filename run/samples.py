@@ -20,8 +20,11 @@ from tqdm import tqdm
 from data.atomic import atomic_write_bytes
 from data.errors import InputError
 from data.json_ready import json_ready
+from data.mask_input import load_control_masks
 from data.nifti import load_nifti, save_nifti
-from data.planner import SAMPLE_ID
+from data.planner import apply_jitter, SAMPLE_ID
+from data.preprocess import config_hash
+from data.slices import SliceSet
 from ddpm.checkpoint import file_sha256
 from ddpm.images import save_grid, to_uint8
 from ddpm.sampling import SampleSettings
@@ -165,9 +168,6 @@ def write_call_grid(out_dir: Path, requests: Sequence[SampleRequest]) -> Path:
 def find_slice_set(run_dir: Path, cfg, subject_ids: set[str]):
     """The run's cached SliceSet (<run>/cache/slices-<config hash>-*.npz) holding all subject_ids -> (path,
     SliceSet); the newest when several do (a train and a test cohort share the cache folder)."""
-    from data.preprocess import config_hash
-    from data.slices import SliceSet
-
     found = sorted((Path(run_dir) / "cache").glob(f"slices-{config_hash(cfg.data.preprocess)}-*.npz"),
                    key=lambda p: p.stat().st_mtime, reverse=True)
     for path in found:
@@ -183,9 +183,6 @@ def plan_requests(plan, cfg, slices=None, slices_path: Optional[Path] = None, pl
     """Rows of a validated plan (data.planner.load_plan) -> requests. Masks from the SliceSet row `mask_row`
     (whose subject must be mask_subject_id), or from the file in `mask_path` (relative to the plan's folder,
     optional `mask_es_path`). jitter=1 perturbs the mask with a generator seeded by the sample's seed."""
-    from data.mask_input import load_control_masks
-    from data.planner import apply_jitter
-
     requests = []
     for i, row in enumerate(plan.to_dict("records")):
         where = f"plan line {i + 2} (sample {row['sample_id']})"

@@ -12,10 +12,11 @@ from torch.func import functional_call
 from data.atomic import atomic_write_bytes
 from data.slices import SliceSet
 from ddpm.checkpoint import load_checkpoint, model_state, save_checkpoint
-from ddpm.config import to_dict
+from ddpm.config import from_dict, to_dict
 from ddpm.distributed import resolve_device, on_main_then_sync
 from ddpm.images import save_grid
 from ddpm.trainer import StepDraws, train_loop
+from ddpm.vae import VAEConfig
 from ddpm.vae import (AutoencoderKL, PatchDiscriminator, adaptive_disc_weight, compute_scale_factor, disc_active,
                       generator_adv_loss, hinge_d_loss, vae_loss)
 from evaluation.diversity import ms_ssim_batch
@@ -77,9 +78,6 @@ def reconstruction_metrics(vae: AutoencoderKL, images: np.ndarray, batch_size: i
 
 def load_vae(path: Path, device: torch.device = torch.device("cpu")) -> tuple[AutoencoderKL, float, dict]:
     """-> (vae in eval mode, latent scale factor, checkpoint meta)."""
-    from ddpm.vae import VAEConfig
-    from ddpm.config import from_dict
-
     states, meta = load_checkpoint(path, expect_stage="vae")
     vae = AutoencoderKL(from_dict(VAEConfig, meta["config"]["vae"], f"{path}: vae"))
     state = model_state(states, "ema")

@@ -101,8 +101,8 @@ def test_cli_writes_metrics_markdown_and_figure(toy, tmp_path, capsys):
     fake_dir = write_samples(tmp_path / "fake", fake)
     out = tmp_path / "eval" / "metrics.json"
     code = main(["--real", str(real_path), "--real-train", str(train_path), "--fake", str(fake_dir),
-                 "--out", str(out), "--fid-n", "40", "--fid-repeats", "2", "--kid-subsets", "5",
-                 "--segmenter-steps", "60", "--attribute-epochs", "1", "--quiet"])
+                 "--out", str(out), "evaluation.fid_n=40", "evaluation.fid_repeats=2",
+                 "evaluation.kid_subsets=5", "evaluation.segmenter_steps=60", "evaluation.attribute_epochs=1", "--quiet"])
     assert code == 0, capsys.readouterr().err
     metrics = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert metrics["extractor"]["name"] == f"domain segmenter encoder (trained here on {len(train)} real images)"
@@ -170,7 +170,7 @@ def test_help_describes_the_inputs(capsys):
         parse_args(["--help"])
     assert stop.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--real", "--fake", "--real-train", "--inception-weights", "--spacing-mm", "--fid-n", "--out"):
+    for flag in ("--real", "--fake", "--real-train", "--inception-weights", "--spacing-mm", "--out", "evaluation.fid_n"):
         assert flag in text
 
 

@@ -144,12 +144,12 @@ def test_training_killed_twice_resumes_to_the_uninterrupted_weights(reference, t
 
 def test_batch_sampling_killed_mid_write_reruns_without_duplicates_or_losses(reference, tmp_path, capsys):
     plan_path = tmp_path / "plan.csv"
-    assert sample.main(["--run", str(reference), "--make-plan", str(plan_path), "--mode", "min_count",
-                        "--min-count", "1", "--max-total", "6", "--seed", "1"]) == 0
+    assert sample.main(["--run", str(reference), "--make-plan", str(plan_path), "plan.mode=min_count",
+                        "plan.min_count=1", "plan.max_total=6", "--seed", "1"]) == 0
     plan = load_plan(plan_path)
     ids = list(plan["sample_id"])
     assert len(ids) == 6
-    common = ["--run", reference, "--plan", plan_path, "--batch-size", 2]
+    common = ["--run", reference, "--plan", plan_path, "sample.batch_size=2"]
     assert sample.main([str(a) for a in [*common, "--out", tmp_path / "uninterrupted"]]) == 0
     out = tmp_path / "out"
 

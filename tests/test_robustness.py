@@ -179,7 +179,7 @@ CONFIG_FAULTS = {  # name -> (extra argv, fragments)
     "override without '='": (["vae_train.steps"], ["vae_train.steps", "expected KEY=VALUE"]),
     "impossible fraction": (["data.test_fraction=1.5"], ["data.test_fraction", "expected a fraction in (0, 1)"]),
     "unknown precision": (["vae_train.precision=fp16"], ["precision", "expected 'fp32' or 'bf16'", "fp16"]),
-    "unknown device": (["device=tpu"], ["device", "expected 'cpu', 'cuda' or 'cuda:N'", "tpu"]),
+    "unknown device": (["device=tpu"], ["device", "expected 'cpu', 'cuda', 'cuda:N' or 'auto'", "tpu"]),
     "sizes that do not fit": (["unet.in_channels=3"], ["unet.in_channels", "must equal vae.latent_channels (4)"]),
     "name with a slash": (["--name", "../escape"], ["name", "may only contain"]),
     "name '..'": (["name=.."], ["name", "'..'", "not only dots"]),
@@ -308,8 +308,9 @@ SAMPLE_FAULTS = {  # name -> (argv from the run fixture, fragments); every case 
                         ["colour.png", "expected a greyscale label image"]),
     "unknown mask format": (lambda r: ["--run", r.dir, "--prompt", PROMPT, "--mask", r.masks / "mask.txt"],
                             ["mask.txt", "unknown mask format"]),
-    "unknown device": (lambda r: ["--run", r.dir, "--prompt", PROMPT, "--device", "tpu"], ["--device", "tpu"]),
-    "--steps 0": (lambda r: ["--run", r.dir, "--prompt", PROMPT, "--steps", "0"], ["steps", "expected an integer >= 1"]),
+    "unknown device": (lambda r: ["--run", r.dir, "--prompt", PROMPT, "device=tpu"], ["device", "tpu"]),
+    "sample.steps=0": (lambda r: ["--run", r.dir, "--prompt", PROMPT, "sample.steps=0"],
+                       ["steps", "expected an integer >= 1"]),
 }
 
 
@@ -444,7 +445,8 @@ def test_evaluation_refuses_pickled_inception_weights(tmp_path, capsys):
     fake = write_samples(tmp_path / "fake", toy_slices(2, 1, seed=2, prefix="f"))
     evil = plant_pickle(tmp_path / "evil" / "pt_inception.pth")
     code, _, err = call(capsys, evaluate_main, ["--real", real, "--fake", fake, "--out", tmp_path / "m.json", "--quiet",
-                                                "--inception-weights", evil, "--segmenter-steps", 1, "--fid-n", 2])
+                                                "--inception-weights", evil, "evaluation.segmenter_steps=1",
+                                                "evaluation.fid_n=2"])
     assert_refused(code, err, ["pt_inception.pth", "could not read a state dict"])
     assert not (evil.parent / "PWNED").exists() and not (tmp_path / "m.json").exists()
 

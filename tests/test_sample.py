@@ -74,7 +74,7 @@ def test_seeds_are_per_sample_and_deterministic(tiny_run, subject_masks, tmp_pat
     common = ["--run", tiny_run, "--prompt", "Male, age in 60s, obese BMI, healthy", "--mask", ed]
     code, _, err = run_cli(capsys, *common, "--n", 2, "--seed", 3, "--out", tmp_path / "a")
     assert code == 0 and "warning: no ES mask given" in err  # one line, not a Python warning dump
-    assert run_cli(capsys, *common, "--n", 2, "--seed", 3, "--batch-size", 1, "--out", tmp_path / "b")[0] == 0
+    assert run_cli(capsys, *common, "--n", 2, "--seed", 3, "sample.batch_size=1", "--out", tmp_path / "b")[0] == 0
     assert run_cli(capsys, *common, "--seed", 4, "--out", tmp_path / "c")[0] == 0
     a0, a1 = image_of(tmp_path / "a", "sample-000"), image_of(tmp_path / "a", "sample-001")
     assert np.allclose(a0, image_of(tmp_path / "b", "sample-000"), atol=1e-5)  # same seed, other batching
@@ -92,19 +92,19 @@ def test_ldm_alone_without_mask(tiny_run, tmp_path, capsys):
 
 def test_plan_batch_resumes_without_duplicates_or_losses(tiny_run, tmp_path, capsys):
     plan_path, out = tmp_path / "plan.csv", tmp_path / "out"
-    code, stdout, err = run_cli(capsys, "--run", tiny_run, "--make-plan", plan_path, "--mode", "min_count",
-                                "--min-count", 1, "--max-total", 5, "--seed", 1)
+    code, stdout, err = run_cli(capsys, "--run", tiny_run, "--make-plan", plan_path, "plan.mode=min_count",
+                                "plan.min_count=1", "plan.max_total=5", "--seed", 1)
     assert code == 0, err
     plan = load_plan(plan_path)
     assert len(plan) == 5 and "plan: 5 samples" in stdout
     train_ids = set(json.loads((tiny_run / "split.json").read_text())["train"])
     assert set(plan["mask_subject_id"]) <= train_ids  # geometry only from the training split
-    code, stdout, err = run_cli(capsys, "--run", tiny_run, "--plan", plan_path, "--out", out, "--batch-size", 2)
+    code, stdout, err = run_cli(capsys, "--run", tiny_run, "--plan", plan_path, "--out", out, "sample.batch_size=2")
     assert code == 0, err
     first = {sid: image_of(out, sid) for sid in plan["sample_id"]}
     (out / f"{plan['sample_id'][0]}.json").unlink()  # interrupted before the sidecar
     (out / f"{plan['sample_id'][3]}.nii.gz").unlink()  # output lost after completion
-    code, stdout, err = run_cli(capsys, "--run", tiny_run, "--plan", plan_path, "--out", out, "--batch-size", 2)
+    code, stdout, err = run_cli(capsys, "--run", tiny_run, "--plan", plan_path, "--out", out, "sample.batch_size=2")
     assert code == 0, err
     assert "2 generated, 3 already complete" in stdout
     names = sorted(p.name for p in out.iterdir())
@@ -116,7 +116,7 @@ def test_plan_batch_resumes_without_duplicates_or_losses(tiny_run, tmp_path, cap
     for row in plan.itertuples():
         sidecar = json.loads((out / f"{row.sample_id}.json").read_text())
         assert sidecar["mask_source"]["subject_id"] == row.mask_subject_id and sidecar["seed"] == row.seed
-    code, _, err = run_cli(capsys, "--run", tiny_run, "--plan", plan_path, "--out", out, "--steps", 3)
+    code, _, err = run_cli(capsys, "--run", tiny_run, "--plan", plan_path, "--out", out, "sample.steps=3")
     assert code == 2 and "different settings" in err  # never silently mixes outputs of other settings
 
 
@@ -168,12 +168,14 @@ def test_bad_inputs_exit_2_with_one_line(tiny_run, subject_masks, tmp_path, caps
     save_nifti(tmp_path / "half.nii.gz", mask[:40], affine)
     _assert_one_line_error(*run_cli(capsys, *base, "--prompt", "Female", "--mask", ed,
                                     "--mask-es", tmp_path / "half.nii.gz")[::2], "half.nii.gz", "shape mismatch")
-    _assert_one_line_error(*run_cli(capsys, *base, "--prompt", "Female", "--steps", "many")[::2], "--steps")
+    _assert_one_line_error(*run_cli(capsys, *base, "--prompt", "Female", "sample.steps=many")[::2], "sample.steps")
+    _assert_one_line_error(*run_cli(capsys, *base, "--prompt", "Female", "unet.base_channels=8")[::2],
+                           "unet.base_channels", "reads only sample, plan, device")
     assert not (tmp_path / "out").exists()  # nothing written on bad input
 
 
 def test_help(capsys):
     assert sample.main(["--help"]) == 0
     text = capsys.readouterr().out
-    for option in ("--plan", "--mask-es", "--labels", "--control-scale", "--make-plan"):
+    for option in ("--plan", "--mask-es", "--labels", "sample.steps", "--make-plan"):
         assert option in text
