@@ -13,13 +13,13 @@ from data.errors import InputError
 from data.planner import PlanTarget
 from data.preprocess import PreprocessConfig
 from data.rare import RareGroup
-from ddpm.config import load_config
 from ddpm.sampling import SampleSettings
 from ddpm.text_encoder import TextEncoderConfig
 from ddpm.trainer import TrainConfig
 from ddpm.unet import UNetConfig
 from ddpm.vae import VAEConfig
 from evaluation.report import EvalConfig
+from run.loader import load_config
 
 
 @dataclass

@@ -18,15 +18,15 @@ from data.attributes import age_group
 from data.planner import load_plan, plan_rebalancing, planning_attributes, save_plan
 from data.slices import SliceSet
 from ddpm.checkpoint import file_sha256
-from ddpm.config import to_dict
 from ddpm.distributed import resolve_device
 from ddpm.images import save_grid
 from evaluation.image_sets import load_sample_folder
 from evaluation.report import evaluate, write_outputs
+from run.loader import to_dict
 from run.pipeline import load_pipeline
 from run.prepare_data import PreparedData
-from run.state import RunState
 from run.samples import SampleRequest, checkpoint_record, plan_requests, run_requests
+from run.state import RunState
 
 def _generate(cfg, ckpts: dict, requests: list[SampleRequest], out_dir: Path, overwrite: bool = False) -> None:
     pipe = load_pipeline(ckpts["vae"], ckpts["ldm"], ckpts.get("controlnet"), device=resolve_device(cfg.device))

@@ -12,7 +12,6 @@ from torch import nn
 from controlnet.model import ControlNet, controlled_model_fn
 from data.errors import InputError
 from ddpm.checkpoint import file_sha256, load_checkpoint, model_state
-from ddpm.config import from_dict
 from ddpm.sampling import sample
 from ddpm.schedulers import NoiseSchedule, make_schedule
 from ddpm.text_encoder import build_text_encoder
@@ -20,6 +19,7 @@ from ddpm.unet import UNet
 from ddpm.vae import AutoencoderKL
 from geometry.encodings import encode_control
 from run.config import RunConfig
+from run.loader import from_dict
 from run.train_vae import load_vae
 
 

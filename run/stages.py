@@ -21,10 +21,10 @@ from data.atomic import atomic_write_bytes
 from data.errors import InputError
 from data.subgroups import format_composition, subgroup_table
 from ddpm.checkpoint import file_sha256, load_checkpoint
-from ddpm.config import to_dict
 from ddpm.distributed import barrier, init_from_env
 from run.config import RunConfig
 from run.downstream import evaluation_stage, experiment_stage, plan_stage, write_main_report
+from run.loader import to_dict
 from run.prepare_data import PreparedData, prepare_data
 from run.state import RunState
 from run.train_controlnet import train_controlnet

@@ -9,11 +9,11 @@ import torch
 from controlnet.model import ControlNet, controlled_model_fn
 from data.slices import SliceSet
 from ddpm.checkpoint import file_sha256, save_checkpoint
-from ddpm.config import to_dict
 from ddpm.distributed import resolve_device, on_main_then_sync
 from ddpm.images import save_grid
 from ddpm.trainer import StepDraws, train_loop
 from geometry.encodings import encode_control
+from run.loader import to_dict
 from run.pipeline import Pipeline, load_ldm, make_schedule_from
 from run.train_ldm import PromptContexts, diffusion_loss, shared_latents
 from run.train_vae import load_vae

@@ -13,12 +13,12 @@ from safetensors.torch import load_file, save_file
 from data.atomic import atomic_write
 from data.slices import SliceSet
 from ddpm.checkpoint import file_sha256, load_checkpoint, save_checkpoint
-from ddpm.config import to_dict
 from ddpm.distributed import resolve_device, on_main_then_sync
 from ddpm.images import save_grid
 from ddpm.schedulers import NoiseSchedule, add_noise, prediction_target
 from ddpm.text_encoder import PromptEmbeddingCache, is_frozen
 from ddpm.trainer import StepDraws, train_loop
+from run.loader import to_dict
 from run.pipeline import LatentDiffusion, Pipeline, make_schedule_from
 from run.train_vae import encode_latents, load_vae
 

@@ -12,7 +12,6 @@ from torch.func import functional_call
 from data.atomic import atomic_write_bytes
 from data.slices import SliceSet
 from ddpm.checkpoint import load_checkpoint, model_state, save_checkpoint
-from ddpm.config import from_dict, to_dict
 from ddpm.distributed import resolve_device, on_main_then_sync
 from ddpm.images import save_grid
 from ddpm.trainer import StepDraws, train_loop
@@ -20,6 +19,7 @@ from ddpm.vae import VAEConfig
 from ddpm.vae import (AutoencoderKL, PatchDiscriminator, adaptive_disc_weight, compute_scale_factor, disc_active,
                       generator_adv_loss, hinge_d_loss, vae_loss)
 from evaluation.diversity import ms_ssim_batch
+from run.loader import from_dict, to_dict
 
 
 class VAEWithDiscriminator(torch.nn.Module):

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from data.errors import InputError
-from ddpm.config import apply_override, from_dict, load_config, to_dict
+from run.loader import apply_override, from_dict, load_config, to_dict
 
 
 @dataclass
