@@ -52,7 +52,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         for name in ("fid_n", "fid_repeats", "kid_subsets", "kid_subset_size", "segmenter_steps", "attribute_epochs"):
             if getattr(self, name) < 1:
-                raise InputError(f"evaluation.{name}", f"expected a positive integer, got {getattr(self, name)}")
+                raise InputError(name, f"expected a positive integer, got {getattr(self, name)}")
 
 
 def _mean_std(pair: tuple[float, float]) -> dict:

@@ -1,7 +1,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import data.slices as slices_module
 from data.attributes import Attributes
