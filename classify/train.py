@@ -22,6 +22,7 @@ from classify.fairness import SENSITIVE_COLUMNS, balanced_accuracy, sensitive_fr
 from classify.resnet import ClassifierConfig, ResNetClassifier
 from data.split import subject_split
 from data.errors import InputError
+from ddpm.distributed import resolve_device
 
 
 @dataclass
@@ -130,7 +131,7 @@ def train_classifier(images, labels, groups_df: pd.DataFrame, cfg: ClassifierTra
         val_x = val_y = None
     weights = sample_weights(metagroup_keys(groups_df.assign(label=y.numpy()), metagroups)) \
         if cfg.balanced_sampling else None
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device, "classifier_train.device")
     model_cfg = model_cfg or ClassifierConfig(in_channels=x.shape[1])
     history = {"epoch": [], "train_loss": [], "val_balanced_accuracy": [], "val_loss": [], "best_epoch": None,
                "best_val_balanced_accuracy": float("nan")}

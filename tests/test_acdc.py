@@ -74,6 +74,7 @@ def _shared_acdc() -> Path:
     return Path(os.environ.get("CARDIAC_LDM_ACDC", Path(__file__).resolve().parents[2] / "shared/data/acdc"))
 
 
+@pytest.mark.slow
 def test_shared_acdc_copy_loads_all_100_patients_with_bmi_and_spacing():
     root = _shared_acdc()
     if not root.is_dir():

@@ -13,6 +13,8 @@ from ddpm.checkpoint import load_checkpoint, model_state
 from ddpm.distributed import Ranks
 from ddpm.trainer import StepDraws
 
+pytestmark = pytest.mark.slow  # every test here trains through subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -48,6 +48,7 @@ def toy():
     return train, test, fake, model
 
 
+@pytest.mark.slow
 def test_fid_of_realistic_fakes_is_finite_and_below_that_of_noise(toy):
     train, test, fake, model = toy
     extract = segmenter_extractor(model, len(train), progress=False)
@@ -77,6 +78,7 @@ def test_bound_splits_real_images_by_subject():
     assert bound > 5 * by_image
 
 
+@pytest.mark.slow
 def test_dice_is_high_on_real_test_images_and_low_on_noise(toy):
     _, test, _, model = toy
     out = control_fidelity(model, as_image_set(test), noise_like(test), spacing_mm=2.0)
@@ -95,6 +97,7 @@ def test_sample_folder_round_trips(tmp_path):
     assert loaded.attributes["age"].isna().all()  # generated: only the prompt's bins are known
 
 
+@pytest.mark.slow
 def test_cli_writes_metrics_markdown_and_figure(toy, tmp_path, capsys):
     train, test, fake, _ = toy
     real_path, train_path = test.save(tmp_path / "test.npz"), train.save(tmp_path / "train.npz")

@@ -133,6 +133,7 @@ def test_arms_differ_only_in_their_training_set(monkeypatch):
         assert call["cfg"] == expected
 
 
+@pytest.mark.slow
 def test_skipped_arms_are_recorded_with_a_reason(monkeypatch):
     real, test, syn = toy_problem()
     cfg = ExperimentConfig(seeds=(0,), n_boot=10)
@@ -167,6 +168,7 @@ def toy_result():
     return result, test
 
 
+@pytest.mark.slow
 def test_toy_experiment_runs_every_arm_with_finite_numbers(toy_result):
     result, test = toy_result
     assert result.arms == list(ARMS) and result.skipped == {}
@@ -181,6 +183,7 @@ def test_toy_experiment_runs_every_arm_with_finite_numbers(toy_result):
         assert run["scores"].shape == (len(test),) and np.all((run["scores"] >= 0) & (run["scores"] <= 1))
 
 
+@pytest.mark.slow
 def test_intervals_bracket_the_seed_mean_and_match_fairlearn_per_group(toy_result):
     result, _ = toy_result
     for arm in result.arms:
@@ -198,6 +201,7 @@ def test_intervals_bracket_the_seed_mean_and_match_fairlearn_per_group(toy_resul
     assert len(result.intervals["real"]["subgroups"]) == 2 + 3 + 3  # sex, age and BMI groups of the toy test set
 
 
+@pytest.mark.slow
 def test_comparison_of_arm_c_against_both_baselines(toy_result):
     result, _ = toy_result
     assert set(result.comparison) == {"real+synthetic vs real", "real+synthetic vs reweighted"}
@@ -213,6 +217,7 @@ def test_comparison_of_arm_c_against_both_baselines(toy_result):
             - base["sex"]["balanced_accuracy_gap"]["mean"])
 
 
+@pytest.mark.slow
 def test_save_writes_plain_json_and_the_subgroup_csv(toy_result, tmp_path):
     result, test = toy_result
     out = result.save(tmp_path / "exp")
@@ -239,6 +244,7 @@ def health_slices(n_subjects: int, seed: int, prefix: str, per_subject: int = 2)
     return SliceSet(slices.images, slices.masks, slices.subject_ids, slices.slice_index, attributes)
 
 
+@pytest.mark.slow
 def test_health_groups_give_per_group_accuracy_worst_group_and_gains(monkeypatch):
     real, test, syn = health_slices(16, 0, "train-"), health_slices(16, 1, "test-"), health_slices(8, 2, "")
     cfg = ExperimentConfig(seeds=(0, 1), n_boot=20, positive=ACDC_POSITIVE, groups=("health",))

@@ -20,6 +20,8 @@ from ddpm.checkpoint import load_checkpoint
 from ddpm.trainer import checkpoint_paths
 from evaluation.image_sets import load_sample_folder
 
+pytestmark = pytest.mark.slow  # every test here trains through subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 # 8 VAE steps with a checkpoint every 2 and only the newest kept: the harshest keep-last-N setting.

@@ -17,6 +17,7 @@ def test_mmd2_unbiased_matches_double_sum_definition():
     assert mmd2_unbiased(kxx, kyy, kxy) == pytest.approx(xx + yy - 2 * xy, rel=1e-10)
 
 
+@pytest.mark.slow
 def test_kid_of_one_distribution_is_near_zero_and_shift_is_clearly_positive():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(800, 16)), rng.normal(size=(800, 16))

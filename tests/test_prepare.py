@@ -51,6 +51,7 @@ def test_a_group_the_cohort_lacks_fails_before_anything_is_written(acdc_root, tm
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_shared_acdc_keeps_a_quarter_of_the_training_infarcts(tmp_path):
     root = _shared_acdc()
     if not root.is_dir():

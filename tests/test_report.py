@@ -40,6 +40,7 @@ def test_formatting_uses_three_decimals_and_n_a():
     assert table[2] == "| female \\| <55 | 0.250 |" and table[1] == "|---|---|"
 
 
+@pytest.mark.slow
 def test_render_report_keeps_every_section_in_order(toy, tmp_path):
     result, real, syn = toy
     after = pd.concat([real.attributes, syn.attributes])
@@ -56,6 +57,7 @@ def test_render_report_keeps_every_section_in_order(toy, tmp_path):
     assert path.read_text() == text and not list(path.parent.glob(".*tmp"))
 
 
+@pytest.mark.slow
 def test_experiment_section_shows_the_results_numbers(toy):
     result, _, _ = toy
     text = experiment_section(result, "figures/subgroups.png")
@@ -73,6 +75,7 @@ def test_experiment_section_shows_the_results_numbers(toy):
     assert f"{result.test['n_subjects']} held-out real subjects" in text
 
 
+@pytest.mark.slow
 def test_headline_says_plainly_whether_synthetic_data_helped(toy):
     data = json.loads(toy[0].to_json())  # the saved experiment.json renders the same way
     for verdict, words in (("helped", "synthetic data helped"), ("no clear difference", "did NOT clearly help"),
@@ -88,6 +91,7 @@ def test_headline_says_plainly_whether_synthetic_data_helped(toy):
     assert ARM_LABELS["real+synthetic"] not in text.split("Skipped arms")[0].split("\n\n", 1)[1]
 
 
+@pytest.mark.slow
 def test_composition_counts_positives_per_subgroup(toy):
     _, real, syn = toy
     before, after = real.attributes, pd.concat([real.attributes, syn.attributes], ignore_index=True)
@@ -116,6 +120,7 @@ def _assert_png(path):
     assert not list(path.parent.glob(".*tmp"))
 
 
+@pytest.mark.slow
 def test_plots_write_valid_pngs(toy, tmp_path):
     result, real, syn = toy
     _assert_png(subgroup_bar_plot(result, tmp_path / "figs" / "subgroups.png"))
@@ -127,6 +132,7 @@ def test_plots_write_valid_pngs(toy, tmp_path):
     _assert_png(composition_plot(real.attributes, after, tmp_path / "composition.png"))
 
 
+@pytest.mark.slow
 def test_rare_group_setting_and_health_groups_are_reported(tmp_path):
     from data.planner import PlanTarget, plan_rebalancing, planning_attributes
     from data.rare import RareGroup, make_rare

@@ -477,6 +477,7 @@ def test_evaluation_refuses_bad_files(tmp_path, capsys, fault, fragments):
 
 # ------------------------------------------------------------------------------------ python -m data.synthetic
 
+@pytest.mark.slow
 def test_synthetic_cli_refuses_bad_arguments_through_python_m(tmp_path):
     (tmp_path / "file").write_text("x")
     for args, fragment in ((["--out", tmp_path / "file", "--n", "2"], "not a directory"),
@@ -487,6 +488,7 @@ def test_synthetic_cli_refuses_bad_arguments_through_python_m(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+@pytest.mark.slow
 def test_train_bad_input_through_the_real_script(tmp_path):
     result = subprocess.run([sys.executable, "train.py", "--config", SMOKE, "--runs", str(tmp_path / "runs"),
                              "name=.."], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
@@ -542,6 +544,7 @@ def _vae_fit(precision: str, folder: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (folder / "vae-metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fit, fall", [(_unet_overfit, 5.0), (_vae_fit, 1.5)])
 def test_bf16_training_keeps_the_fp32_behaviour(tmp_path, fit, fall):
     fp32, bf16 = fit("fp32", tmp_path / "fp32"), fit("bf16", tmp_path / "bf16")

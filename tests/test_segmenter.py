@@ -47,6 +47,7 @@ def trained():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_segmenter_learns_held_out_shapes(trained):
     images, masks = synthetic_pairs(16, seed=1)
     pred = segment(trained, images)
@@ -55,6 +56,7 @@ def test_segmenter_learns_held_out_shapes(trained):
     assert min(scores.values()) > 0.8, scores
 
 
+@pytest.mark.slow
 def test_features_are_pooled_bottleneck_of_both_frames(trained):
     images, _ = synthetic_pairs(3, seed=2)
     f = features(trained, images)

@@ -54,6 +54,7 @@ def test_finished_stages_are_skipped(smoke_run, capsys):
     assert (smoke_run / "ldm.safetensors").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_bad_config_is_one_clear_line(tmp_path):
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", SMOKE, "--runs", str(tmp_path), "vae_train.stpes=3"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -63,6 +64,7 @@ def test_bad_config_is_one_clear_line(tmp_path):
     assert not any(tmp_path.iterdir()), "no partial output for an impossible config"
 
 
+@pytest.mark.slow
 def test_stage_all_writes_every_report_section(smoke_run, capsys):
     assert train.main(["--config", SMOKE, "--runs", str(smoke_run.parent), "--stage", "all"]) == 0
     out = capsys.readouterr().out
@@ -80,6 +82,7 @@ def test_stage_all_writes_every_report_section(smoke_run, capsys):
     assert {"real", "reweighted", "real+synthetic"} <= set(experiment["arms"])
 
 
+@pytest.mark.slow
 def test_acdc_rare_group_runs_every_arm_and_reports_the_health_groups(tmp_path, capsys):
     """The real-data debiasing arm on a fixture ACDC cohort (4 patients per group): MINF made rare in training."""
     from tests.fixtures import write_acdc_fixture

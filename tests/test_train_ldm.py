@@ -1,3 +1,4 @@
+import pytest
 """The LDM stage with a frozen pretrained text tower (a fake open_clip package: the real one needs CUDA builds)."""
 import sys
 import types
@@ -25,6 +26,7 @@ def _fake_open_clip(monkeypatch):
     monkeypatch.setitem(sys.modules, "open_clip", fake)
 
 
+@pytest.mark.slow
 def test_frozen_clip_tower_trains_unet_against_cached_embeddings_with_periodic_grids(tmp_path, monkeypatch):
     _fake_open_clip(monkeypatch)
     torch.manual_seed(0)

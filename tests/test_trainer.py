@@ -60,6 +60,7 @@ def test_non_finite_loss_stops_and_names_step(tmp_path):
     assert meta["step"] == 5 and all(torch.isfinite(v).all() for v in model_state(states, "model").values())
 
 
+@pytest.mark.slow
 def test_compile_flag_trains_what_eager_trains(tmp_path):
     """TrainConfig.compile: torch.compile'd modules give the eager run's losses and weights to float tolerance."""
     from ddpm.unet import UNet, UNetConfig

@@ -136,6 +136,7 @@ def test_bad_inputs_and_configs_raise_input_error(trained):
         _cfg(attention_backend="flash")
 
 
+@pytest.mark.slow
 def test_tiny_unet_overfits_one_batch():
     # fixed (x0, t, noise) at 16x16 latents: the eps-prediction loss on this one batch must fall 10x
     torch.manual_seed(0)
