@@ -10,10 +10,8 @@ import torch
 
 from data.errors import InputError
 from ddpm.checkpoint import load_checkpoint, model_state
-from ddpm.distributed import Ranks
+from ddpm.distributed import Ranks, resolve_device
 from ddpm.trainer import StepDraws
-
-pytestmark = pytest.mark.slow  # every test here trains through subprocesses
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +38,16 @@ def test_global_batch_must_split_evenly():
         Ranks(0, 3).rows(8)
 
 
+def test_resolve_device_names_the_field_for_unknown_or_absent_devices():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="sample.device.*unknown device 'tpu'"):
+        resolve_device("tpu", "sample.device")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="'cuda:1' requested but CUDA is not available here; use device=cpu"):
+            resolve_device("cuda:1")
+
+
 def _train(runs: Path, nproc: int, stage: str = "controlnet", steps: int = 4, extra: tuple = ()) -> Path:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
@@ -59,6 +67,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return model_state(load_checkpoint(path)[0], "model")
 
 
+@pytest.mark.slow  # trains through torchrun subprocesses
 def test_torchrun_two_processes_equal_one_process(tmp_path):
     """torchrun --nproc_per_node=2 (gloo, CPU) vs one process: every stage's weights and logged losses agree."""
     one, two = _train(tmp_path / "one", 1), _train(tmp_path / "two", 2)
@@ -80,6 +89,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
         assert (two / name).is_file(), name
 
 
+@pytest.mark.slow  # trains through torchrun subprocesses
 def test_torchrun_resume_continues_like_an_uninterrupted_run(tmp_path):
     """Two processes stopped after 2 steps, resumed to 4 (--resume): the weights of one process trained 4 steps."""
     whole = _train(tmp_path / "one", 1, stage="vae")
@@ -92,6 +102,7 @@ def test_torchrun_resume_continues_like_an_uninterrupted_run(tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 2e-5
 
 
+@pytest.mark.slow  # trains through torchrun subprocesses
 def test_torchrun_refuses_a_batch_it_cannot_split_before_writing(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
            "--stage", "vae", "--config", "configs/smoke.yaml", "--runs", str(tmp_path), "ldm_train.batch_size=3"]

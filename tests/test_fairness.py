@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classify.fairness import fairness_summary, sensitive_frame, subgroup_metrics, worst_group_balanced_accuracy
+from classify.fairness import balanced_accuracy, fairness_summary, sensitive_frame, subgroup_metrics, worst_group_balanced_accuracy
 from data.errors import InputError
 
 # Group F (6): y_true 1 1 1 0 0 0, y_pred 1 1 0 0 0 1 -> TP 2 FN 1 TN 2 FP 1
@@ -133,3 +133,15 @@ def test_health_groups_report_accuracy_as_tpr_or_tnr():
         fairness_summary(y_true, y_pred, None, groups, columns=("ethnicity",))
     with pytest.raises(InputError, match="missing column 'health'"):
         subgroup_metrics(y_true, y_pred, None, groups.drop(columns="health"), columns=("health",))
+
+
+def test_balanced_accuracy_of_columns_is_each_column_on_its_own():
+    rng = np.random.default_rng(0)
+    y_true, y_pred = rng.integers(0, 2, 40), rng.integers(0, 2, (40, 3))
+    columns = balanced_accuracy(y_true, y_pred)
+    assert columns.shape == (3,)
+    for k in range(3):
+        tpr, tnr = y_pred[y_true == 1, k].mean(), 1 - y_pred[y_true == 0, k].mean()
+        assert columns[k] == balanced_accuracy(y_true, y_pred[:, k]) == pytest.approx((tpr + tnr) / 2)
+    assert balanced_accuracy(np.ones(4), np.array([1, 1, 0, 1])) == 0.75  # one class present: its rate alone
+    assert np.isnan(balanced_accuracy(np.zeros(0), np.zeros((0, 2)))).all()
