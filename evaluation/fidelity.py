@@ -43,8 +43,6 @@ def dice_per_structure(pred: np.ndarray, target: np.ndarray) -> dict[str, float]
             for label, name in LABEL_NAMES.items()}
 
 
-
-
 def descriptor_errors(pred_masks: np.ndarray, target_masks: np.ndarray, spacing_mm: Union[float, Sequence[float]],
                       keys: Sequence[str] = DESCRIPTOR_KEYS,
                       describe: Optional[Callable] = None) -> dict[str, float]:

@@ -28,6 +28,7 @@ from run.prepare_data import PreparedData
 from run.samples import SampleRequest, checkpoint_record, plan_requests, run_requests
 from run.state import RunState
 
+
 def _generate(cfg, ckpts: dict, requests: list[SampleRequest], out_dir: Path, overwrite: bool = False) -> None:
     pipe = load_pipeline(ckpts["vae"], ckpts["ldm"], ckpts.get("controlnet"), device=resolve_device(cfg.device))
     run_requests(pipe, requests, out_dir, cfg.sample, checkpoint_record(ckpts), overwrite=overwrite)
