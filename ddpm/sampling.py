@@ -47,7 +47,9 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
     sampler "ddim": DDIM on ddim_timesteps(T, num_steps, spacing) with the given eta.
     sampler "ddpm": ancestral sampling. With num_steps == T it runs ddpm_step over every train step;
     with fewer steps it runs the strided chain via ddim_step(eta=1), which IS the DDPM posterior there.
-    device defaults to cond's device.
+    device defaults to cond's device. dtype: what the model is called with; the chain itself (noise, x_t, the
+    updates) runs in float32 or wider, so x0 comes back in promote(dtype, float32): a 1000-step chain moves x by
+    ~1e-4 per step, below bf16's resolution (2^-8) — a bf16 state would not follow it.
     """
     if sampler not in SAMPLERS:
         raise InputError("sampler", f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
@@ -61,10 +63,10 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
     full_chain = sampler == "ddpm" and num_steps == T
     eta = 1.0 if sampler == "ddpm" else eta
 
-    x = randn(shape, generator, device, dtype)
+    x = randn(shape, generator, device, torch.promote_types(dtype, torch.float32))
     for i, t in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
-        out = guided_output(model_fn, x, t_batch, cond, uncond, guidance)
+        out = guided_output(model_fn, x.to(dtype), t_batch, cond, uncond, guidance)
         if full_chain:
             x = ddpm_step(sched, out, x, t_batch, prediction, generator=generator)
         else:

@@ -22,7 +22,8 @@ from bench.cases import diffusers_step, reference_ddim_loop  # noqa: E402
 from bench.convert import controlnet_to_diffusers, unet_to_diffusers  # noqa: E402
 from controlnet.model import ControlNetConfig  # noqa: E402
 from ddpm.sampling import sample  # noqa: E402
-from ddpm.schedulers import NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step, make_schedule  # noqa: E402
+from ddpm.schedulers import (NoiseSchedule, ddim_step, ddim_timesteps, ddpm_posterior, ddpm_step,  # noqa: E402
+                             make_schedule, predict_x0_eps)
 from ddpm.unet import UNetConfig  # noqa: E402
 from ddpm.vae import VAEConfig  # noqa: E402
 from evaluation.fid import feature_statistics, frechet_distance  # noqa: E402
@@ -99,8 +100,12 @@ def test_ddpm_step_matches_diffusers_full_chain(ours_pred, ref_pred):
         x, out = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
         mine = ddpm_step(sched, out, x, t, ours_pred, generator=torch.Generator().manual_seed(t))
         theirs = ref.step(out, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
-        # at t <= 1 diffusers forms 1 - a_t (a_0 = 0.99915) in float32: ~1e-4 relative cancellation error there
-        # (ours evaluated in float64 moves by 2e-7, diffusers' result sits 8e-5 away from it)
+        x0_64 = predict_x0_eps(sched, out.double(), x.double(), t, ours_pred)[0]
+        mean, var = ddpm_posterior(sched, x0_64, x.double(), t)
+        exact = mean + var.sqrt() * torch.randn(x.shape, generator=torch.Generator().manual_seed(t)).double()
+        # ours forms its coefficients in float64 and rounds once: float32-exact at every t (measured <= 3.4e-7)
+        torch.testing.assert_close(mine.double(), exact, rtol=1e-6, atol=1e-6)
+        # at t <= 1 diffusers forms 1 - a_t (a_0 = 0.99915) in float32: its result sits ~8e-5 from the float64 value
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-4 if t <= 1 else 2e-5)
 
 
