@@ -25,6 +25,7 @@ from ddpm.checkpoint import atomic_write_bytes, file_sha256
 from ddpm.images import save_grid, to_uint8
 from ddpm.pipeline import Pipeline
 from ddpm.sampling import SAMPLERS
+from ddpm.schedulers import SPACINGS
 
 GRID_LIMIT = 64  # grid.png shows at most this many samples of a call
 
@@ -37,11 +38,18 @@ class SampleSettings:
     guidance: float = 4.0
     control_scale: float = 1.0
     batch_size: int = 32
+    # Timesteps of the strided chain (ddpm.schedulers.ddim_timesteps): linspace and trailing start at t = T - 1,
+    # the noise level sampling starts from; leading (+ steps_offset 1 = Stable Diffusion) at T - T/steps.
+    # linspace measured best at 10-50 steps (BENCHMARKS.md, "Timestep spacing"); runs before it used leading.
+    spacing: str = "linspace"
+    steps_offset: int = 0
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise InputError("sampler", f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
-        for name, lo in (("steps", 1), ("batch_size", 1)):
+        if self.spacing not in SPACINGS:
+            raise InputError("sample.spacing", f"unknown spacing {self.spacing!r}; expected one of {', '.join(SPACINGS)}")
+        for name, lo in (("steps", 1), ("batch_size", 1), ("steps_offset", 0)):
             if int(getattr(self, name)) < lo:
                 raise InputError(name, f"expected an integer >= {lo}, got {getattr(self, name)}")
         if not self.eta >= 0:
@@ -82,6 +90,10 @@ def sidecar_path(out_dir: Path, sample_id: str) -> Path:
     return Path(out_dir) / f"{sample_id}.json"
 
 
+# What sidecars written before a setting existed were made with (their code's fixed behaviour).
+LEGACY_SETTINGS = {"spacing": "leading", "steps_offset": 0}
+
+
 def _identity(request: SampleRequest, settings: SampleSettings, checkpoints: dict) -> dict:
     """What must match for an existing sample to count as this request (batch_size does not change outputs)."""
     chosen = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
@@ -105,7 +117,7 @@ def is_complete(out_dir: Path, request: SampleRequest, settings: SampleSettings,
         return False
     new = json.loads(json.dumps(_identity(request, settings, checkpoints)))
     old = {k: sidecar.get(k) for k in new}
-    old["settings"] = {k: v for k, v in (old["settings"] or {}).items() if k != "batch_size"}
+    old["settings"] = {k: v for k, v in {**LEGACY_SETTINGS, **(old["settings"] or {})}.items() if k != "batch_size"}
     old["checkpoints"] = {k: None if v is None else v.get("sha256") for k, v in (old["checkpoints"] or {}).items()}
     if old != new:
         changed = sorted(k for k in new if old.get(k) != new[k])
@@ -164,7 +176,8 @@ def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Pat
             masks = None if batch[0].mask is None else np.stack([r.mask for r in batch])
             images = pipe.generate([r.prompt for r in batch], masks, seed=[r.seed for r in batch],
                                    sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
-                                   guidance=settings.guidance, control_scale=settings.control_scale)
+                                   guidance=settings.guidance, control_scale=settings.control_scale,
+                                   spacing=settings.spacing, steps_offset=settings.steps_offset)
             for request, image in zip(batch, images):
                 write_sample(out_dir, request, image, settings, checkpoints, affine)
             bar.update(len(batch))

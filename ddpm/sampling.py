@@ -38,13 +38,13 @@ def guided_output(model_fn: ModelFn, x: Tensor, t: Tensor, cond: Tensor, uncond:
 def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Optional[Tensor], sched: NoiseSchedule,
            *, sampler: str = "ddim", num_steps: int = 50, eta: float = 0.0, guidance: float = 1.0,
            prediction: str = "epsilon", generator: Generators = None, progress: bool = False,
-           spacing: str = "leading", device: Optional[torch.device] = None,
+           spacing: str = "leading", steps_offset: int = 0, device: Optional[torch.device] = None,
            dtype: torch.dtype = torch.float32) -> Tensor:
     """Generate x0: shape (B, ...) from pure noise drawn from `generator` (same seed -> same output).
 
     generator: one torch.Generator for the batch, or one per sample (then sample i depends only on its own).
     cond: (B, L, D) context; uncond: the null context (B or 1, L, D), needed when guidance != 1.
-    sampler "ddim": DDIM on ddim_timesteps(T, num_steps, spacing) with the given eta.
+    sampler "ddim": DDIM on ddim_timesteps(T, num_steps, spacing, steps_offset) with the given eta.
     sampler "ddpm": ancestral sampling. With num_steps == T it runs ddpm_step over every train step;
     with fewer steps it runs the strided chain via ddim_step(eta=1), which IS the DDPM posterior there.
     device defaults to cond's device. dtype: what the model is called with; the chain itself (noise, x_t, the
@@ -59,7 +59,7 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
         raise InputError("cond", f"batch of cond ({cond.shape[0]}) differs from the sample batch ({shape[0]})")
     device = cond.device if device is None else torch.device(device)
     T = sched.num_train_steps
-    timesteps = ddim_timesteps(T, num_steps, spacing).tolist()
+    timesteps = ddim_timesteps(T, num_steps, spacing, steps_offset).tolist()
     full_chain = sampler == "ddpm" and num_steps == T
     eta = 1.0 if sampler == "ddpm" else eta
 

@@ -156,11 +156,12 @@ def ddpm_step(sched: NoiseSchedule, model_out: Tensor, x_t: Tensor, t: Timestep,
     return mean + _cast(variance.sqrt(), x_t) * _randn_like(x_t, generator)
 
 
-def ddim_timesteps(num_train_steps: int, num_steps: int, spacing: str = "leading") -> Tensor:
+def ddim_timesteps(num_train_steps: int, num_steps: int, spacing: str = "leading", offset: int = 0) -> Tensor:
     """Descending (num_steps,) LongTensor of sampling timesteps, spaced like diffusers' DDIMScheduler.
 
-    leading: k * (T // n) (ends at 0); trailing: round(T - k * T / n) - 1 (starts at T - 1);
-    linspace: round(linspace(0, T - 1, n)).
+    leading: k * (T // n) + offset (ends at offset; Stable Diffusion: offset 1, first t = 951 at 20 steps);
+    trailing: round(T - k * T / n) - 1 (starts at T - 1, the noise level sampling starts from);
+    linspace: round(linspace(0, T - 1, n)). offset shifts every timestep (diffusers' steps_offset, leading only).
     """
     if spacing not in SPACINGS:
         raise InputError("spacing", f"unknown timestep spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
@@ -174,7 +175,11 @@ def ddim_timesteps(num_train_steps: int, num_steps: int, spacing: str = "leading
         steps = torch.round(T - k * (T / n)) - 1
     else:
         steps = torch.round(torch.linspace(0, T - 1, n, dtype=torch.float64)).flip(0)
-    return steps.long()
+    steps = steps.long() + offset
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or steps[0] > T - 1:
+        raise InputError("steps_offset", f"expected an integer >= 0 keeping {spacing} timesteps <= {T - 1} "
+                                         f"(first would be {int(steps[0])}), got {offset!r}")
+    return steps
 
 
 def ddim_step(sched: NoiseSchedule, model_out: Tensor, x_t: Tensor, t: Timestep, t_prev: Timestep,

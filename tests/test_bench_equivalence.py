@@ -2,10 +2,11 @@
 
 Needs the `bench` extra; skipped where it is not installed (CI installs only `.[test]`).
 
-Scheduler choices: our sampler uses "leading" spacing with no offset and steps to x0 at the end (a_prev = 1),
-i.e. diffusers' DDIMScheduler(timestep_spacing="leading", steps_offset=0, set_alpha_to_one=True). Stable
-Diffusion's scheduler config (steps_offset=1, set_alpha_to_one=False) shifts every timestep by one and ends at
-a_0 instead of 1; ddim_step reproduces it too when given those (t, t_prev) pairs (test below).
+Scheduler choices: our sampler's timesteps are diffusers' DDIMScheduler(timestep_spacing=..., steps_offset=...)
+(sample.spacing, default "linspace"; the step tests use "leading" with no offset) and it steps to x0 at the end
+(a_prev = 1, set_alpha_to_one=True). Stable Diffusion's scheduler config (steps_offset=1, set_alpha_to_one=False)
+shifts every timestep by one and ends at a_0 instead of 1; ddim_step reproduces it too when given those
+(t, t_prev) pairs (test below).
 """
 from __future__ import annotations
 
@@ -56,6 +57,10 @@ def test_ddim_timesteps_match_diffusers(spacing, steps):
     ref = ddim_reference(timestep_spacing=spacing, steps_offset=0)
     ref.set_timesteps(steps)
     assert ddim_timesteps(T, steps, spacing).tolist() == ref.timesteps.tolist()
+    if spacing == "leading":  # steps_offset shifts leading timesteps only (SD: 1)
+        ref = ddim_reference(timestep_spacing=spacing, steps_offset=1)
+        ref.set_timesteps(steps)
+        assert ddim_timesteps(T, steps, spacing, 1).tolist() == ref.timesteps.tolist()
 
 
 @pytest.mark.parametrize("ours_pred,ref_pred", PREDICTIONS)

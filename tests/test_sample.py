@@ -177,3 +177,23 @@ def test_help(capsys):
     text = capsys.readouterr().out
     for option in ("--plan", "--mask-es", "--labels", "--control-scale", "--make-plan"):
         assert option in text
+
+
+def test_sample_settings_spacing_and_legacy_sidecars(tmp_path):
+    """Spacing is a checked setting; a sidecar written before it existed was made with leading spacing, offset 0."""
+    from controlnet.batch import LEGACY_SETTINGS, SampleRequest, SampleSettings, _identity, is_complete
+    from data.errors import InputError
+
+    for bad in ({"spacing": "middle"}, {"steps_offset": -1}):
+        with pytest.raises(InputError, match="spacing|steps_offset"):
+            SampleSettings(**bad)
+    request, checkpoints = SampleRequest("s0", "Female, healthy", 3), {"ldm": None}
+    old = SampleSettings(**LEGACY_SETTINGS)
+    sidecar = {**_identity(request, old, checkpoints), "files": {"png": "s0.png"}}
+    for key in LEGACY_SETTINGS:
+        del sidecar["settings"][key]
+    (tmp_path / "s0.png").write_bytes(b"")
+    (tmp_path / "s0.json").write_text(json.dumps(sidecar))
+    assert is_complete(tmp_path, request, old, checkpoints)
+    with pytest.raises(InputError, match="different settings"):
+        is_complete(tmp_path, request, SampleSettings(spacing="linspace"), checkpoints)

@@ -121,6 +121,10 @@ def test_ddim_timesteps_spacing():
         assert steps.dtype == torch.long and len(steps) == 7 and (steps.diff() < 0).all()
         assert 0 <= steps.min() and steps.max() <= 999
         assert ddim_timesteps(20, 20, spacing).tolist() == list(range(19, -1, -1))
+    assert ddim_timesteps(1000, 20, "leading", 1).tolist() == list(range(951, 0, -50))  # Stable Diffusion's
+    for spacing, offset in (("trailing", 1), ("leading", 50), ("leading", -1)):
+        with pytest.raises(InputError, match="steps_offset"):
+            ddim_timesteps(1000, 20, spacing, offset)
     with pytest.raises(InputError, match="spacing"):
         ddim_timesteps(1000, 10, "middle")
     with pytest.raises(InputError, match="num_steps"):
