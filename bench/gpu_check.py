@@ -358,7 +358,7 @@ def versus_diffusers(config: str, batch: int, device: torch.device, warmup: int,
 
 def environment(device: torch.device) -> dict:
     env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-           "threads": torch.get_num_threads()}
+           "threads": torch.get_num_threads(), "tf32": False}  # fp32 columns are strict fp32
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / GB, 1), cuda=torch.version.cuda,
@@ -372,7 +372,8 @@ def markdown(r: dict) -> str:
     e = r["environment"]
     lines = [f"# GPU check: {r['config']} on {e.get('gpu', e['device'])} (torch {e['torch']}, "
              f"{r['wall_s']:.0f} s)", "", f"Command: `{r['command']}`", "",
-             f"## bf16 autocast vs fp32 training steps (batch {r['batch']}, same init and batches)", "",
+             f"## bf16 autocast vs fp32 training steps (batch {r['batch']}, same init and batches; fp32 = strict, "
+             "TF32 off)", "",
              "| stage | fp32 losses | bf16 losses | max rel. diff | fp32 s/step | bf16 s/step | bf16 speed-up |",
              "|---|---|---|---|---|---|---|"]
     for name, p in r["parity"].items():
@@ -428,6 +429,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--sample-batch", type=int, default=None, help="sampling batch (default: the config's)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--sample-iters", type=int, default=3, help="timed sampling calls per precision")
     p.add_argument("--max-batch", type=int, default=256, help="cap of the memory search")
     p.add_argument("--limits-gb", default="12,24")
     args = p.parse_args(argv)
@@ -469,7 +471,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         result["memory"] = {"skipped": "peak memory: CUDA only (torch.cuda.max_memory_allocated); "
                                        "bench/memory.py measures the CPU"}
     print("[gpu_check] sampling", flush=True)
-    result["sampling"] = sampling_speed(cfg, stages, sample_batch, device, warmup, iters)
+    result["sampling"] = sampling_speed(cfg, stages, sample_batch, device, warmup, args.sample_iters)
     del stages
     if device.type == "cuda":
         torch.cuda.empty_cache()

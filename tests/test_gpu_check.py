@@ -52,7 +52,7 @@ runpy.run_path("bench/gpu_check.py", run_name="__main__")
 @pytest.mark.slow
 def test_reduced_check_runs_on_cpu_without_diffusers(tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-c", BLOCK, "--device", "cpu", "--tiny", "--warmup", "0", "--iters", "1",
+    done = subprocess.run([sys.executable, "-c", BLOCK, "--device", "cpu", "--tiny", "--warmup", "0", "--iters", "1", "--sample-iters", "1",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     r = json.loads((out / "gpu_check.json").read_text())
