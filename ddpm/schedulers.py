@@ -175,11 +175,10 @@ def ddim_timesteps(num_train_steps: int, num_steps: int, spacing: str = "leading
         steps = torch.round(T - k * (T / n)) - 1
     else:
         steps = torch.round(torch.linspace(0, T - 1, n, dtype=torch.float64)).flip(0)
-    steps = steps.long() + offset
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or steps[0] > T - 1:
-        raise InputError("steps_offset", f"expected an integer >= 0 keeping {spacing} timesteps <= {T - 1} "
-                                         f"(first would be {int(steps[0])}), got {offset!r}")
-    return steps
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or int(steps[0]) + offset > T - 1:
+        raise InputError("steps_offset", f"expected an integer >= 0 keeping the {spacing} timesteps (first "
+                                         f"{int(steps[0])}) <= {T - 1}, got {offset!r}")
+    return steps.long() + offset
 
 
 def ddim_step(sched: NoiseSchedule, model_out: Tensor, x_t: Tensor, t: Timestep, t_prev: Timestep,
