@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     how.add_argument("--eta", type=float)
     how.add_argument("--spacing", choices=("leading", "trailing", "linspace"), help="sampling timesteps (default linspace)")
     how.add_argument("--steps-offset", type=int, help="added to every timestep (leading 1 = Stable Diffusion)")
+    how.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: models under bf16 autocast")
     how.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     how.add_argument("--control-scale", type=float, help="ControlNet residual scale")
     how.add_argument("--batch-size", type=int)
@@ -170,7 +171,7 @@ def run(args) -> int:
     except RuntimeError as err:  # e.g. a ControlNet trained on another LDM: weights do not fit
         raise InputError(", ".join(str(p) for p in paths.values() if p), f"checkpoints do not fit together: "
                          f"{str(err).splitlines()[0]}") from None
-    names = ("sampler", "steps", "eta", "guidance", "control_scale", "batch_size", "spacing", "steps_offset")
+    names = ("sampler", "steps", "eta", "guidance", "control_scale", "batch_size", "spacing", "steps_offset", "precision")
     settings = SampleSettings(**{k: getattr(pipe.cfg.sample, k) if getattr(args, k) is None else getattr(args, k)
                                  for k in names})  # unset options: the run config's defaults
     if plan is not None:

@@ -26,6 +26,7 @@ from ddpm.images import save_grid, to_uint8
 from ddpm.pipeline import Pipeline
 from ddpm.sampling import SAMPLERS
 from ddpm.schedulers import SPACINGS
+from ddpm.trainer import autocast_context
 
 GRID_LIMIT = 64  # grid.png shows at most this many samples of a call
 
@@ -43,10 +44,13 @@ class SampleSettings:
     # linspace measured best at 10-50 steps (BENCHMARKS.md, "Timestep spacing"); runs before it used leading.
     spacing: str = "linspace"
     steps_offset: int = 0
+    precision: str = "fp32"  # "bf16": the denoiser and decoder under bf16 autocast (the chain stays float32)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise InputError("sampler", f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        if self.precision not in ("fp32", "bf16"):
+            raise InputError("sample.precision", f"expected 'fp32' or 'bf16', got {self.precision!r}")
         if self.spacing not in SPACINGS:
             raise InputError("sample.spacing", f"unknown spacing {self.spacing!r}; expected one of {', '.join(SPACINGS)}")
         for name, lo in (("steps", 1), ("batch_size", 1), ("steps_offset", 0)):
@@ -91,7 +95,7 @@ def sidecar_path(out_dir: Path, sample_id: str) -> Path:
 
 
 # What sidecars written before a setting existed were made with (their code's fixed behaviour).
-LEGACY_SETTINGS = {"spacing": "leading", "steps_offset": 0}
+LEGACY_SETTINGS = {"spacing": "leading", "steps_offset": 0, "precision": "fp32"}
 
 
 def _identity(request: SampleRequest, settings: SampleSettings, checkpoints: dict) -> dict:
@@ -174,10 +178,11 @@ def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Pat
     with tqdm(total=len(requests), initial=len(skipped), desc="sampling", unit="sample", disable=not progress) as bar:
         for batch in _batches(todo, settings.batch_size):
             masks = None if batch[0].mask is None else np.stack([r.mask for r in batch])
-            images = pipe.generate([r.prompt for r in batch], masks, seed=[r.seed for r in batch],
-                                   sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
-                                   guidance=settings.guidance, control_scale=settings.control_scale,
-                                   spacing=settings.spacing, steps_offset=settings.steps_offset)
+            with autocast_context(settings.precision, pipe.device):
+                images = pipe.generate([r.prompt for r in batch], masks, seed=[r.seed for r in batch],
+                                       sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
+                                       guidance=settings.guidance, control_scale=settings.control_scale,
+                                       spacing=settings.spacing, steps_offset=settings.steps_offset)
             for request, image in zip(batch, images):
                 write_sample(out_dir, request, image, settings, checkpoints, affine)
             bar.update(len(batch))

@@ -184,8 +184,8 @@ def test_sample_settings_spacing_and_legacy_sidecars(tmp_path):
     from controlnet.batch import LEGACY_SETTINGS, SampleRequest, SampleSettings, _identity, is_complete
     from data.errors import InputError
 
-    for bad in ({"spacing": "middle"}, {"steps_offset": -1}):
-        with pytest.raises(InputError, match="spacing|steps_offset"):
+    for bad in ({"spacing": "middle"}, {"steps_offset": -1}, {"precision": "fp16"}):
+        with pytest.raises(InputError, match="spacing|steps_offset|precision"):
             SampleSettings(**bad)
     request, checkpoints = SampleRequest("s0", "Female, healthy", 3), {"ldm": None}
     old = SampleSettings(**LEGACY_SETTINGS)
@@ -197,3 +197,17 @@ def test_sample_settings_spacing_and_legacy_sidecars(tmp_path):
     assert is_complete(tmp_path, request, old, checkpoints)
     with pytest.raises(InputError, match="different settings"):
         is_complete(tmp_path, request, SampleSettings(spacing="linspace"), checkpoints)
+
+
+def test_bf16_sampling_is_close_to_fp32(tiny_run, subject_masks, tmp_path, capsys):
+    ed, es = subject_masks
+    images = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        code, _, err = run_cli(capsys, "--run", tiny_run, "--prompt", "Female, age in 40s, normal BMI, healthy",
+                               "--mask", ed, "--mask-es", es, "--out", out, "--precision", precision)
+        assert code == 0, err
+        assert json.loads((out / "sample-000.json").read_text())["settings"]["precision"] == precision
+        images[precision] = image_of(out, "sample-000")
+    diff = np.abs(images["bf16"] - images["fp32"])
+    assert np.isfinite(images["bf16"]).all() and 0 < diff.mean() < 0.05  # autocast ran, and stayed close
