@@ -21,7 +21,6 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Optional
 
