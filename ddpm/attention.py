@@ -39,8 +39,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", chunk_size
     out = []
     for start in range(0, q.shape[2], chunk_size):
         scores = torch.matmul(q[:, :, start:start + chunk_size], k_t) * scale
-        # softmax in fp32: half-precision exp overflows/underflows on long key sequences
-        out.append(torch.matmul(scores.float().softmax(dim=-1).to(v.dtype), v))
+        # softmax in fp32 at least: half-precision exp overflows/underflows on long keys; float64 stays float64
+        wide = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        out.append(torch.matmul(wide.softmax(dim=-1).to(v.dtype), v))
     return torch.cat(out, dim=2)
 
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from data.errors import InputError
-from ddpm.schedulers import Generators, NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step, randn
+from ddpm.schedulers import SPACINGS, Generators, NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step, randn
 
 ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 SAMPLERS = ("ddim", "ddpm")
@@ -30,11 +30,21 @@ class SampleSettings:
     guidance: float = 4.0
     control_scale: float = 1.0
     batch_size: int = 32
+    # Timesteps of the strided chain (ddpm.schedulers.ddim_timesteps): linspace and trailing start at t = T - 1,
+    # the noise level sampling starts from; leading (+ steps_offset 1 = Stable Diffusion) at T - T/steps.
+    # linspace measured best at 10-50 steps (BENCHMARKS.md, "Timestep spacing"); runs before it used leading.
+    spacing: str = "linspace"
+    steps_offset: int = 0
+    precision: str = "fp32"  # "bf16": the denoiser and decoder under bf16 autocast (the chain stays float32)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise InputError("sampler", f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
-        for name, lo in (("steps", 1), ("batch_size", 1)):
+        if self.precision not in ("fp32", "bf16"):
+            raise InputError("sample.precision", f"expected 'fp32' or 'bf16', got {self.precision!r}")
+        if self.spacing not in SPACINGS:
+            raise InputError("sample.spacing", f"unknown spacing {self.spacing!r}; expected one of {', '.join(SPACINGS)}")
+        for name, lo in (("steps", 1), ("batch_size", 1), ("steps_offset", 0)):
             if int(getattr(self, name)) < lo:
                 raise InputError(name, f"expected an integer >= {lo}, got {getattr(self, name)}")
         if not self.eta >= 0:
@@ -60,16 +70,18 @@ def guided_output(model_fn: ModelFn, x: Tensor, t: Tensor, cond: Tensor, uncond:
 def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Optional[Tensor], sched: NoiseSchedule,
            *, sampler: str = "ddim", num_steps: int = 50, eta: float = 0.0, guidance: float = 1.0,
            prediction: str = "epsilon", generator: Generators = None, progress: bool = False,
-           spacing: str = "leading", device: Optional[torch.device] = None,
+           spacing: str = "leading", steps_offset: int = 0, device: Optional[torch.device] = None,
            dtype: torch.dtype = torch.float32) -> Tensor:
     """Generate x0: shape (B, ...) from pure noise drawn from `generator` (same seed -> same output).
 
     generator: one torch.Generator for the batch, or one per sample (then sample i depends only on its own).
     cond: (B, L, D) context; uncond: the null context (B or 1, L, D), needed when guidance != 1.
-    sampler "ddim": DDIM on ddim_timesteps(T, num_steps, spacing) with the given eta.
+    sampler "ddim": DDIM on ddim_timesteps(T, num_steps, spacing, steps_offset) with the given eta.
     sampler "ddpm": ancestral sampling. With num_steps == T it runs ddpm_step over every train step;
     with fewer steps it runs the strided chain via ddim_step(eta=1), which IS the DDPM posterior there.
-    device defaults to cond's device.
+    device defaults to cond's device. dtype: what the model is called with; the chain itself (noise, x_t, the
+    updates) runs in float32 or wider, so x0 comes back in promote(dtype, float32): a 1000-step chain moves x by
+    ~1e-4 per step, below bf16's resolution (2^-8) — a bf16 state would not follow it.
     """
     if sampler not in SAMPLERS:
         raise InputError("sampler", f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
@@ -79,14 +91,14 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
         raise InputError("cond", f"batch of cond ({cond.shape[0]}) differs from the sample batch ({shape[0]})")
     device = cond.device if device is None else torch.device(device)
     T = sched.num_train_steps
-    timesteps = ddim_timesteps(T, num_steps, spacing).tolist()
+    timesteps = ddim_timesteps(T, num_steps, spacing, steps_offset).tolist()
     full_chain = sampler == "ddpm" and num_steps == T
     eta = 1.0 if sampler == "ddpm" else eta
 
-    x = randn(shape, generator, device, dtype)
+    x = randn(shape, generator, device, torch.promote_types(dtype, torch.float32))
     for i, t in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
-        out = guided_output(model_fn, x, t_batch, cond, uncond, guidance)
+        out = guided_output(model_fn, x.to(dtype), t_batch, cond, uncond, guidance)
         if full_chain:
             x = ddpm_step(sched, out, x, t_batch, prediction, generator=generator)
         else:

@@ -2,7 +2,8 @@
 
 Notation (Ho et al. 2020; Song et al. 2021): a_t = alphas_cumprod[t] = prod_{s<=t} (1 - beta_s);
 q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I). Timesteps t are ints or (B,) LongTensors (one per sample).
-The schedule is kept in float64; coefficients are cast to the dtype of the tensors they multiply.
+The schedule is kept in float64 and every update coefficient is formed there (1 - a_t, ratios, products) and
+cast once to the dtype of the tensors it multiplies: in bf16 a_0 = 0.99915 rounds to 1 and 1 - a_0 to 0.
 """
 from __future__ import annotations
 
@@ -64,20 +65,33 @@ def _check_prediction(prediction: str) -> None:
         raise InputError("prediction", f"unknown prediction type {prediction!r}; expected one of {', '.join(PREDICTIONS)}")
 
 
-def _gather(values: Tensor, t: Timestep, like: Tensor) -> Tensor:
-    """values[t] shaped (B, 1, ..., 1) (or scalar for int t) in like's dtype/device; t = -1 means 1.0 (clean)."""
+def _at(values: Tensor, t: Timestep) -> Tensor:
+    """values[t] in float64 on t's device ((B,) for a (B,) t, scalar for an int); t = -1 means 1.0 (clean)."""
     t = torch.as_tensor(t, dtype=torch.long, device=values.device if not isinstance(t, Tensor) else t.device)
     v = values.to(t.device)
-    out = torch.where(t >= 0, v[t.clamp(min=0)], torch.ones((), dtype=v.dtype, device=v.device))
-    if out.ndim == 1:
-        out = out.reshape(-1, *([1] * (like.ndim - 1)))
-    return out.to(device=like.device, dtype=like.dtype)
+    return torch.where(t >= 0, v[t.clamp(min=0)], torch.ones((), dtype=v.dtype, device=v.device))
+
+
+def _cast(coef: Tensor, like: Tensor) -> Tensor:
+    """A float64 coefficient, (B,) or scalar, as (B, 1, ..., 1) in like's dtype/device: the one rounding step."""
+    if coef.ndim == 1:
+        coef = coef.reshape(-1, *([1] * (like.ndim - 1)))
+    return coef.to(device=like.device, dtype=like.dtype)
+
+
+def _x0_eps_coefs(a: Tensor, prediction: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """float64 (x0_x, x0_out, eps_x, eps_out): x0_hat = x0_x x_t + x0_out out, eps_hat = eps_x x_t + eps_out out."""
+    _check_prediction(prediction)
+    if prediction == "epsilon":  # x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)
+        return a.rsqrt(), -((1.0 - a) / a).sqrt(), torch.zeros_like(a), torch.ones_like(a)
+    # x_t = sqrt(a) x0 + sqrt(1-a) eps and v = sqrt(a) eps - sqrt(1-a) x0 form a rotation; invert it.
+    return a.sqrt(), -(1.0 - a).sqrt(), (1.0 - a).sqrt(), a.sqrt()
 
 
 def add_noise(sched: NoiseSchedule, x0: Tensor, noise: Tensor, t: Timestep) -> Tensor:
     """Sample of q(x_t | x_0): sqrt(a_t) x0 + sqrt(1 - a_t) noise. x0, noise: (B, ...); t: int or (B,)."""
-    a = _gather(sched.alphas_cumprod, t, x0)
-    return a.sqrt() * x0 + (1.0 - a).sqrt() * noise
+    a = _at(sched.alphas_cumprod, t)
+    return _cast(a.sqrt(), x0) * x0 + _cast((1.0 - a).sqrt(), x0) * noise
 
 
 def prediction_target(sched: NoiseSchedule, x0: Tensor, noise: Tensor, t: Timestep, prediction: str) -> Tensor:
@@ -85,29 +99,28 @@ def prediction_target(sched: NoiseSchedule, x0: Tensor, noise: Tensor, t: Timest
     _check_prediction(prediction)
     if prediction == "epsilon":
         return noise
-    a = _gather(sched.alphas_cumprod, t, x0)
-    return a.sqrt() * noise - (1.0 - a).sqrt() * x0
+    a = _at(sched.alphas_cumprod, t)
+    return _cast(a.sqrt(), x0) * noise - _cast((1.0 - a).sqrt(), x0) * x0
 
 
 def predict_x0_eps(sched: NoiseSchedule, model_out: Tensor, x_t: Tensor, t: Timestep,
                    prediction: str) -> tuple[Tensor, Tensor]:
     """Exact (x0_hat, eps_hat) implied by the model output at (x_t, t)."""
-    _check_prediction(prediction)
-    a = _gather(sched.alphas_cumprod, t, x_t)
-    if prediction == "epsilon":
-        return (x_t - (1.0 - a).sqrt() * model_out) / a.sqrt(), model_out
-    # x_t = sqrt(a) x0 + sqrt(1-a) eps and v = sqrt(a) eps - sqrt(1-a) x0 form a rotation; invert it.
-    return a.sqrt() * x_t - (1.0 - a).sqrt() * model_out, (1.0 - a).sqrt() * x_t + a.sqrt() * model_out
+    x0_x, x0_out, eps_x, eps_out = (_cast(c, x_t) for c in _x0_eps_coefs(_at(sched.alphas_cumprod, t), prediction))
+    return x0_x * x_t + x0_out * model_out, eps_x * x_t + eps_out * model_out
+
+
+def _posterior_coefs(sched: NoiseSchedule, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """float64 (c_x0, c_xt, variance) of q(x_{t-1} | x_t, x_0) = N(c_x0 x0 + c_xt x_t, variance)."""
+    a_t, a_prev, beta_t = _at(sched.alphas_cumprod, t), _at(sched.alphas_cumprod, t - 1), _at(sched.betas, t)
+    return (a_prev.sqrt() * beta_t / (1.0 - a_t), (1.0 - beta_t).sqrt() * (1.0 - a_prev) / (1.0 - a_t),
+            beta_t * (1.0 - a_prev) / (1.0 - a_t))
 
 
 def ddpm_posterior(sched: NoiseSchedule, x0: Tensor, x_t: Tensor, t: Timestep) -> tuple[Tensor, Tensor]:
     """Mean (B, ...) and variance (B, 1, ..., 1) of q(x_{t-1} | x_t, x_0); the variance is 0 at t = 0."""
-    t = torch.as_tensor(t, dtype=torch.long, device=x_t.device)
-    a_t = _gather(sched.alphas_cumprod, t, x_t)
-    a_prev = _gather(sched.alphas_cumprod, t - 1, x_t)
-    beta_t = _gather(sched.betas, t, x_t)
-    mean = (a_prev.sqrt() * beta_t * x0 + (1.0 - beta_t).sqrt() * (1.0 - a_prev) * x_t) / (1.0 - a_t)
-    return mean, beta_t * (1.0 - a_prev) / (1.0 - a_t)
+    c_x0, c_xt, variance = _posterior_coefs(sched, torch.as_tensor(t, dtype=torch.long, device=x_t.device))
+    return _cast(c_x0, x_t) * x0 + _cast(c_xt, x_t) * x_t, _cast(variance, x_t)
 
 
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
@@ -135,16 +148,20 @@ def _randn_like(x: Tensor, generator: Generators) -> Tensor:
 def ddpm_step(sched: NoiseSchedule, model_out: Tensor, x_t: Tensor, t: Timestep, prediction: str,
               generator: Generators = None) -> Tensor:
     """Ancestral step x_t -> x_{t-1} ~ q(x_{t-1} | x_t, x0_hat) (posterior variance); no noise at t = 0."""
-    x0_hat, _ = predict_x0_eps(sched, model_out, x_t, t, prediction)
-    mean, variance = ddpm_posterior(sched, x0_hat, x_t, t)
-    return mean + variance.sqrt() * _randn_like(x_t, generator)
+    t = torch.as_tensor(t, dtype=torch.long, device=x_t.device)
+    x0_x, x0_out, _, _ = _x0_eps_coefs(_at(sched.alphas_cumprod, t), prediction)
+    c_x0, c_xt, variance = _posterior_coefs(sched, t)
+    # mean = c_x0 x0_hat + c_xt x_t with x0_hat substituted: coefficients combined in float64, cast once
+    mean = _cast(c_x0 * x0_x + c_xt, x_t) * x_t + _cast(c_x0 * x0_out, x_t) * model_out
+    return mean + _cast(variance.sqrt(), x_t) * _randn_like(x_t, generator)
 
 
-def ddim_timesteps(num_train_steps: int, num_steps: int, spacing: str = "leading") -> Tensor:
+def ddim_timesteps(num_train_steps: int, num_steps: int, spacing: str = "leading", offset: int = 0) -> Tensor:
     """Descending (num_steps,) LongTensor of sampling timesteps, spaced like diffusers' DDIMScheduler.
 
-    leading: k * (T // n) (ends at 0); trailing: round(T - k * T / n) - 1 (starts at T - 1);
-    linspace: round(linspace(0, T - 1, n)).
+    leading: k * (T // n) + offset (ends at offset; Stable Diffusion: offset 1, first t = 951 at 20 steps);
+    trailing: round(T - k * T / n) - 1 (starts at T - 1, the noise level sampling starts from);
+    linspace: round(linspace(0, T - 1, n)). offset shifts every timestep (diffusers' steps_offset, leading only).
     """
     if spacing not in SPACINGS:
         raise InputError("spacing", f"unknown timestep spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
@@ -158,7 +175,10 @@ def ddim_timesteps(num_train_steps: int, num_steps: int, spacing: str = "leading
         steps = torch.round(T - k * (T / n)) - 1
     else:
         steps = torch.round(torch.linspace(0, T - 1, n, dtype=torch.float64)).flip(0)
-    return steps.long()
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or int(steps[0]) + offset > T - 1:
+        raise InputError("steps_offset", f"expected an integer >= 0 keeping the {spacing} timesteps (first "
+                                         f"{int(steps[0])}) <= {T - 1}, got {offset!r}")
+    return steps.long() + offset
 
 
 def ddim_step(sched: NoiseSchedule, model_out: Tensor, x_t: Tensor, t: Timestep, t_prev: Timestep,
@@ -169,12 +189,14 @@ def ddim_step(sched: NoiseSchedule, model_out: Tensor, x_t: Tensor, t: Timestep,
     eta = 0 is deterministic; eta = 1 is the DDPM posterior on the (strided) chain. The sigma-term noise
     is `noise` if given, else drawn from `generator`.
     """
-    x0_hat, eps_hat = predict_x0_eps(sched, model_out, x_t, t, prediction)
-    a_t = _gather(sched.alphas_cumprod, t, x_t)
-    a_prev = _gather(sched.alphas_cumprod, t_prev, x_t)
-    x_prev = a_prev.sqrt() * x0_hat
+    a_t, a_prev = _at(sched.alphas_cumprod, t), _at(sched.alphas_cumprod, t_prev)
+    x0_x, x0_out, eps_x, eps_out = _x0_eps_coefs(a_t, prediction)
+    sigma = eta * ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)).sqrt()
+    c_eps = (1.0 - a_prev - sigma ** 2).clamp(min=0).sqrt()
+    # x_prev = sqrt(a_prev) x0_hat + c_eps eps_hat (+ sigma noise), as one float64 pair of coefficients on (x_t, out)
+    c_x, c_out = a_prev.sqrt() * x0_x + c_eps * eps_x, a_prev.sqrt() * x0_out + c_eps * eps_out
+    x_prev = _cast(c_x, x_t) * x_t + _cast(c_out, x_t) * model_out
     if eta > 0:
-        sigma = eta * ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)).sqrt()
         noise = _randn_like(x_t, generator) if noise is None else noise
-        return x_prev + (1.0 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps_hat + sigma * noise
-    return x_prev + (1.0 - a_prev).sqrt() * eps_hat
+        return x_prev + _cast(sigma, x_t) * noise
+    return x_prev

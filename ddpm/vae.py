@@ -1,7 +1,9 @@
 """KL-regularised autoencoder (LDM "AutoencoderKL") with its losses and an optional PatchGAN discriminator."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -206,11 +208,18 @@ def adaptive_disc_weight(rec_loss: Tensor, g_loss: Tensor, last_layer: Tensor, c
 
 
 @torch.no_grad()
-def compute_scale_factor(latents: Tensor | list[Tensor]) -> float:
-    """1 / std of the latents, so scaled latents have unit variance for the diffusion model."""
+def compute_scale_factor(latents: Tensor | list[Tensor], std: Optional[Tensor] = None) -> float:
+    """1 / std of the latents, so scaled latents have unit variance for the diffusion model.
+
+    std: the posterior std of each latent (same shape). The diffusion model trains on posterior samples
+    mean + std * eps, whose variance is Var(mean) + E[std^2] (eps independent of both): used in closed form.
+    """
     if isinstance(latents, (list, tuple)):
         latents = torch.cat([z.flatten() for z in latents])
-    std = latents.float().std().item() if latents.numel() > 1 else 0.0
-    if not 0.0 < std < float("inf"):  # also rejects NaN
-        raise InputError("latents", f"need at least two differing finite values to compute a std, got std={std}")
-    return 1.0 / std
+    var = latents.double().var().item() if latents.numel() > 1 else 0.0
+    if std is not None:
+        var += std.double().square().mean().item()
+    std_all = math.sqrt(var) if var >= 0 else float("nan")
+    if not 0.0 < std_all < float("inf"):  # also rejects NaN
+        raise InputError("latents", f"need at least two differing finite values to compute a std, got std={std_all}")
+    return 1.0 / std_all

@@ -28,6 +28,7 @@ from data.slices import SliceSet
 from ddpm.checkpoint import file_sha256
 from ddpm.images import save_grid, to_uint8
 from ddpm.sampling import SampleSettings
+from ddpm.trainer import autocast_context
 from run.pipeline import Pipeline
 
 GRID_LIMIT = 64  # grid.png shows at most this many samples of a call
@@ -67,6 +68,10 @@ def sidecar_path(out_dir: Path, sample_id: str) -> Path:
     return Path(out_dir) / f"{sample_id}.json"
 
 
+# What sidecars written before a setting existed were made with (their code's fixed behaviour).
+LEGACY_SETTINGS = {"spacing": "leading", "steps_offset": 0, "precision": "fp32"}
+
+
 def _identity(request: SampleRequest, settings: SampleSettings, checkpoints: dict) -> dict:
     """What must match for an existing sample to count as this request (batch_size does not change outputs)."""
     chosen = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
@@ -90,7 +95,7 @@ def is_complete(out_dir: Path, request: SampleRequest, settings: SampleSettings,
         return False
     new = json.loads(json.dumps(_identity(request, settings, checkpoints)))
     old = {k: sidecar.get(k) for k in new}
-    old["settings"] = {k: v for k, v in (old["settings"] or {}).items() if k != "batch_size"}
+    old["settings"] = {k: v for k, v in {**LEGACY_SETTINGS, **(old["settings"] or {})}.items() if k != "batch_size"}
     old["checkpoints"] = {k: None if v is None else v.get("sha256") for k, v in (old["checkpoints"] or {}).items()}
     if old != new:
         changed = sorted(k for k in new if old.get(k) != new[k])
@@ -147,9 +152,11 @@ def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Pat
     with tqdm(total=len(requests), initial=len(skipped), desc="sampling", unit="sample", disable=not progress) as bar:
         for batch in _batches(todo, settings.batch_size):
             masks = None if batch[0].mask is None else np.stack([r.mask for r in batch])
-            images = pipe.generate([r.prompt for r in batch], masks, seed=[r.seed for r in batch],
-                                   sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
-                                   guidance=settings.guidance, control_scale=settings.control_scale)
+            with autocast_context(settings.precision, pipe.device):
+                images = pipe.generate([r.prompt for r in batch], masks, seed=[r.seed for r in batch],
+                                       sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
+                                       guidance=settings.guidance, control_scale=settings.control_scale,
+                                       spacing=settings.spacing, steps_offset=settings.steps_offset)
             for request, image in zip(batch, images):
                 write_sample(out_dir, request, image, settings, checkpoints, affine)
             bar.update(len(batch))

@@ -54,7 +54,8 @@ def train_controlnet(cfg, train: SliceSet, test: SliceSet, vae_path: Path, ldm_p
         n = min(8, len(test))
         s = cfg.sample
         fake = pipe.generate(test.prompts[:n], test.masks[:n], seed=cfg.controlnet_train.seed, steps=s.steps,
-                             guidance=s.guidance, control_scale=s.control_scale)
+                             guidance=s.guidance, control_scale=s.control_scale, spacing=s.spacing,
+                             steps_offset=s.steps_offset)
         grid_images = np.stack([x for pair in zip(fake, test.images[:n]) for x in pair])
         grid_masks = np.stack([m for m in test.masks[:n] for _ in range(2)])
         labels = [f"{tag}: {p}" for p in test.prompts[:n] for tag in ("gen", "real")]

@@ -109,7 +109,8 @@ def train_ldm(cfg, train: SliceSet, vae_path: Path, run_dir: Path, resume: bool 
     def prompt_grid(path: Path) -> None:
         """Two samples per health condition's most frequent prompt, same seeds every time."""
         images = Pipeline(cfg, vae, scale, model.eval(), sched).generate(
-            prompts, seed=cfg.ldm_train.seed, steps=cfg.sample.steps, guidance=cfg.sample.guidance)
+            prompts, seed=cfg.ldm_train.seed, steps=cfg.sample.steps, guidance=cfg.sample.guidance,
+            spacing=cfg.sample.spacing, steps_offset=cfg.sample.steps_offset)
         model.train()
         save_grid(path, images, labels=prompts, ncols=2)
 

@@ -108,7 +108,7 @@ def finish_vae(vae: AutoencoderKL, train: SliceSet, test: SliceSet, meta: dict, 
     """Latent scale factor, held-out metrics, reconstruction grid and the stage checkpoint `out` (EMA weights)."""
     device = next(vae.parameters()).device
     mean, std = encode_latents(vae, train.images)
-    scale = compute_scale_factor(mean)
+    scale = compute_scale_factor(mean, std)  # of posterior samples: what the LDM trains on
     metrics = reconstruction_metrics(vae, test.images)
     if not math.isfinite(metrics["psnr_db"]):
         metrics["psnr_db"] = None

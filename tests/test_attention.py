@@ -53,6 +53,14 @@ def test_sliced_half_precision_stays_finite():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "sliced"])
+def test_float64_stays_float64(backend):
+    q, k, v = (t.double() for t in _qkv(37, 300))
+    out = attention(q, k, v, backend, chunk_size=8)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, _reference(q, k, v), atol=1e-12, rtol=0)  # a float32 softmax errs by ~1e-7
+
+
 @pytest.mark.parametrize("context_len", [None, 7])
 def test_module_self_and_cross_attention_backends_agree(context_len):
     torch.manual_seed(0)

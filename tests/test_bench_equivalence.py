@@ -2,10 +2,11 @@
 
 Needs the `bench` extra; skipped where it is not installed (CI installs only `.[test]`).
 
-Scheduler choices: our sampler uses "leading" spacing with no offset and steps to x0 at the end (a_prev = 1),
-i.e. diffusers' DDIMScheduler(timestep_spacing="leading", steps_offset=0, set_alpha_to_one=True). Stable
-Diffusion's scheduler config (steps_offset=1, set_alpha_to_one=False) shifts every timestep by one and ends at
-a_0 instead of 1; ddim_step reproduces it too when given those (t, t_prev) pairs (test below).
+Scheduler choices: our sampler's timesteps are diffusers' DDIMScheduler(timestep_spacing=..., steps_offset=...)
+(sample.spacing, default "linspace"; the step tests use "leading" with no offset) and it steps to x0 at the end
+(a_prev = 1, set_alpha_to_one=True). Stable Diffusion's scheduler config (steps_offset=1, set_alpha_to_one=False)
+shifts every timestep by one and ends at a_0 instead of 1; ddim_step reproduces it too when given those
+(t, t_prev) pairs (test below).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from bench.cases import diffusers_step, reference_ddim_loop  # noqa: E402
 from bench.convert import controlnet_to_diffusers, unet_to_diffusers  # noqa: E402
 from controlnet.model import ControlNetConfig  # noqa: E402
 from ddpm.sampling import sample  # noqa: E402
-from ddpm.schedulers import NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step, make_schedule  # noqa: E402
+from ddpm.schedulers import (NoiseSchedule, ddim_step, ddim_timesteps, ddpm_posterior, ddpm_step,  # noqa: E402
+                             make_schedule, predict_x0_eps)
 from ddpm.unet import UNetConfig  # noqa: E402
 from ddpm.vae import VAEConfig  # noqa: E402
 from evaluation.fid import feature_statistics, frechet_distance  # noqa: E402
@@ -55,6 +57,10 @@ def test_ddim_timesteps_match_diffusers(spacing, steps):
     ref = ddim_reference(timestep_spacing=spacing, steps_offset=0)
     ref.set_timesteps(steps)
     assert ddim_timesteps(T, steps, spacing).tolist() == ref.timesteps.tolist()
+    if spacing == "leading":  # steps_offset shifts leading timesteps only (SD: 1)
+        ref = ddim_reference(timestep_spacing=spacing, steps_offset=1)
+        ref.set_timesteps(steps)
+        assert ddim_timesteps(T, steps, spacing, 1).tolist() == ref.timesteps.tolist()
 
 
 @pytest.mark.parametrize("ours_pred,ref_pred", PREDICTIONS)
@@ -99,8 +105,12 @@ def test_ddpm_step_matches_diffusers_full_chain(ours_pred, ref_pred):
         x, out = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
         mine = ddpm_step(sched, out, x, t, ours_pred, generator=torch.Generator().manual_seed(t))
         theirs = ref.step(out, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
-        # at t <= 1 diffusers forms 1 - a_t (a_0 = 0.99915) in float32: ~1e-4 relative cancellation error there
-        # (ours evaluated in float64 moves by 2e-7, diffusers' result sits 8e-5 away from it)
+        x0_64 = predict_x0_eps(sched, out.double(), x.double(), t, ours_pred)[0]
+        mean, var = ddpm_posterior(sched, x0_64, x.double(), t)
+        exact = mean + var.sqrt() * torch.randn(x.shape, generator=torch.Generator().manual_seed(t)).double()
+        # ours forms its coefficients in float64 and rounds once: float32-exact at every t (measured <= 3.4e-7)
+        torch.testing.assert_close(mine.double(), exact, rtol=1e-6, atol=1e-6)
+        # at t <= 1 diffusers forms 1 - a_t (a_0 = 0.99915) in float32: its result sits ~8e-5 from the float64 value
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-4 if t <= 1 else 2e-5)
 
 

@@ -76,7 +76,9 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
         a, b = _weights(one / final), _weights(two / final)
         assert a.keys() == b.keys()
         worst = max((a[k] - b[k]).abs().max().item() for k in a)
-        assert worst < 2e-5, f"{stage}: weights differ by {worst}"
+        # float32 all-reduce order, amplified by 4 Adam steps: measured 3.2e-5 (controlnet) since the latent scale
+        # whitens posterior samples (< 2e-5 before); an unsynced gradient moves weights by ~1e-3 (the lr)
+        assert worst < 1e-4, f"{stage}: weights differ by {worst}"
         logs = [[json.loads(line) for line in (run / stage / f"{stage}-train-metrics.jsonl").read_text().splitlines()]
                 for run in (one, two)]
         assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] and logs[0]

@@ -179,3 +179,38 @@ def test_help(capsys):
     text = capsys.readouterr().out
     for option in ("--plan", "--mask-es", "--labels", "sample.steps", "--make-plan"):
         assert option in text
+
+
+def test_sample_settings_spacing_and_legacy_sidecars(tmp_path):
+    """Spacing is a checked setting; a sidecar written before it existed was made with leading spacing, offset 0."""
+    from ddpm.sampling import SampleSettings
+    from run.samples import LEGACY_SETTINGS, SampleRequest, _identity, is_complete
+    from data.errors import InputError
+
+    for bad in ({"spacing": "middle"}, {"steps_offset": -1}, {"precision": "fp16"}):
+        with pytest.raises(InputError, match="spacing|steps_offset|precision"):
+            SampleSettings(**bad)
+    request, checkpoints = SampleRequest("s0", "Female, healthy", 3), {"ldm": None}
+    old = SampleSettings(**LEGACY_SETTINGS)
+    sidecar = {**_identity(request, old, checkpoints), "files": {"png": "s0.png"}}
+    for key in LEGACY_SETTINGS:
+        del sidecar["settings"][key]
+    (tmp_path / "s0.png").write_bytes(b"")
+    (tmp_path / "s0.json").write_text(json.dumps(sidecar))
+    assert is_complete(tmp_path, request, old, checkpoints)
+    with pytest.raises(InputError, match="different settings"):
+        is_complete(tmp_path, request, SampleSettings(spacing="linspace"), checkpoints)
+
+
+def test_bf16_sampling_is_close_to_fp32(tiny_run, subject_masks, tmp_path, capsys):
+    ed, es = subject_masks
+    images = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        code, _, err = run_cli(capsys, "--run", tiny_run, "--prompt", "Female, age in 40s, normal BMI, healthy",
+                               "--mask", ed, "--mask-es", es, "--out", out, f"sample.precision={precision}")
+        assert code == 0, err
+        assert json.loads((out / "sample-000.json").read_text())["settings"]["precision"] == precision
+        images[precision] = image_of(out, "sample-000")
+    diff = np.abs(images["bf16"] - images["fp32"])
+    assert np.isfinite(images["bf16"]).all() and 0 < diff.mean() < 0.05  # autocast ran, and stayed close

@@ -121,6 +121,10 @@ def test_ddim_timesteps_spacing():
         assert steps.dtype == torch.long and len(steps) == 7 and (steps.diff() < 0).all()
         assert 0 <= steps.min() and steps.max() <= 999
         assert ddim_timesteps(20, 20, spacing).tolist() == list(range(19, -1, -1))
+    assert ddim_timesteps(1000, 20, "leading", 1).tolist() == list(range(951, 0, -50))  # Stable Diffusion's
+    for spacing, offset in (("trailing", 1), ("leading", 50), ("leading", -1)):
+        with pytest.raises(InputError, match="steps_offset"):
+            ddim_timesteps(1000, 20, spacing, offset)
     with pytest.raises(InputError, match="spacing"):
         ddim_timesteps(1000, 10, "middle")
     with pytest.raises(InputError, match="num_steps"):
@@ -151,3 +155,33 @@ def test_ddim_eta_zero_is_deterministic_and_eta_uses_noise():
     c = ddim_step(s, out, x_t, 60, 40, "epsilon", eta=0.5, noise=torch.zeros(2, 3))
     d = ddim_step(s, out, x_t, 60, 40, "epsilon", eta=0.5, noise=torch.ones(2, 3))
     assert not torch.allclose(c, d) and not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("kind", ["scaled_linear", "cosine"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_low_precision_steps_round_once(kind, prediction):
+    """Coefficients are formed in float64 and cast once: a float32 step is float64's to ~1e-6 relative at every t
+    (casting a_t first left 2.6e-5 / 5.3e-4 near t = 0), and bf16 / fp16 steps stay finite (1 - a_0 rounded to 0 in
+    bf16 gave 0/0) within a few units of their roundoff u (2^-8, 2^-11) of float32."""
+    s = make_schedule(kind, 1000)
+    g = torch.Generator().manual_seed(8)
+    for t, t_prev in ((999, 949), (500, 450), (2, 1), (1, 0), (0, -1)):
+        x64, out64 = torch.randn(2, 3, 4, generator=g, dtype=D), torch.randn(2, 3, 4, generator=g, dtype=D)
+        noise64 = torch.randn(2, 3, 4, generator=g, dtype=D)
+        steps = {
+            "ddpm": lambda x, out, noise: ddim_step(s, out, x, t, t - 1, prediction, eta=1.0, noise=noise),
+            "ddim": lambda x, out, noise: ddim_step(s, out, x, t, t_prev, prediction),
+            "ddim_eta": lambda x, out, noise: ddim_step(s, out, x, t, t_prev, prediction, eta=0.5, noise=noise),
+        }
+        for name, step in steps.items():
+            exact = step(x64, out64, noise64)
+            scale = exact.abs().max()
+            low = {dt: step(x64.to(dt), out64.to(dt), noise64.to(dt)) for dt in (torch.float32, torch.bfloat16, torch.float16)}
+            assert (low[torch.float32].double() - exact).abs().max() <= 1e-6 * scale, (name, t)
+            for dt, u in ((torch.bfloat16, 2.0 ** -8), (torch.float16, 2.0 ** -11)):
+                assert low[dt].dtype == dt and torch.isfinite(low[dt]).all(), (name, t, dt)
+                # inputs rounded to dt (u each) times coefficients up to ~|x| / sqrt(a_t): a few u of the scale
+                ref = step(x64.to(dt).double(), out64.to(dt).double(), noise64.to(dt).double())
+                assert (low[dt].double() - ref).abs().max() <= 4 * u * max(scale, 1.0), (name, t, dt)
+    x, out = torch.randn(2, 3, dtype=torch.bfloat16), torch.randn(2, 3, dtype=torch.bfloat16)
+    assert torch.isfinite(ddpm_step(s, out, x, torch.tensor([0, 1]), prediction, torch.Generator().manual_seed(0))).all()

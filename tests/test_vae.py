@@ -107,6 +107,18 @@ def test_compute_scale_factor_gives_unit_variance():
         compute_scale_factor(torch.ones(2, 4, 2, 2))
 
 
+def test_scale_factor_of_posterior_samples():
+    """With the posterior std, the factor whitens mean + std * eps (what the LDM trains on), not the mean alone."""
+    g = torch.Generator().manual_seed(1)
+    mean = 2.0 * torch.randn(256, 4, 8, 8, generator=g)
+    std = torch.rand(256, 4, 8, 8, generator=g) * 3.0  # E[std^2] = 3, so Var(sample) = 4 + 3
+    s = compute_scale_factor(mean, std)
+    draws = (mean + std * torch.randn(mean.shape, generator=g)) * s
+    assert draws.std().item() == pytest.approx(1.0, rel=0.01)
+    assert s == pytest.approx(compute_scale_factor(mean) * (mean.var().item() / 7.0) ** 0.5, rel=0.01)
+    assert compute_scale_factor(torch.ones(2, 3), torch.full((2, 3), 0.5)) == pytest.approx(2.0)  # constant mean
+
+
 def test_gan_losses_closed_form():
     ones = torch.ones(2, 1, 3, 3)
     assert hinge_d_loss(2 * ones, -2 * ones).item() == 0  # confident and correct: no loss
