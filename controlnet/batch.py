@@ -22,6 +22,7 @@ from data.errors import InputError
 from data.nifti import load_nifti, save_nifti
 from data.planner import SAMPLE_ID
 from ddpm.checkpoint import atomic_write_bytes, file_sha256
+from ddpm.config import bounded, check_fields
 from ddpm.images import save_grid, to_uint8
 from ddpm.pipeline import Pipeline
 from ddpm.sampling import SAMPLERS
@@ -32,20 +33,16 @@ GRID_LIMIT = 64  # grid.png shows at most this many samples of a call
 @dataclass
 class SampleSettings:
     sampler: str = "ddim"
-    steps: int = 20
-    eta: float = 0.0
-    guidance: float = 4.0
-    control_scale: float = 1.0
-    batch_size: int = 32
+    steps: int = bounded(20, lo=1)
+    eta: float = bounded(0.0, lo=0)
+    guidance: float = bounded(4.0)  # any finite scale (NaN/inf would write NaN samples)
+    control_scale: float = bounded(1.0)  # any finite scale
+    batch_size: int = bounded(32, lo=1)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise InputError("sampler", f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
-        for name, lo in (("steps", 1), ("batch_size", 1)):
-            if int(getattr(self, name)) < lo:
-                raise InputError(name, f"expected an integer >= {lo}, got {getattr(self, name)}")
-        if not self.eta >= 0:
-            raise InputError("eta", f"expected eta >= 0, got {self.eta}")
+        check_fields(self)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -52,6 +52,14 @@ def flatten_state(prefix: str, state: dict) -> tuple[dict[str, torch.Tensor], di
         else:
             rest[str(key)] = value
     return tensors, rest
+
+
+def first_non_finite(state: dict[str, torch.Tensor]) -> Optional[str]:
+    """Name of the first floating-point tensor holding NaN/Inf (None when all are finite)."""
+    for key, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return key
+    return None
 
 
 def save_checkpoint(path: str | Path, states: dict[str, dict], meta: dict[str, Any]) -> None:

@@ -1,7 +1,9 @@
 """Config loading: nested dataclasses from YAML/JSON plus `section.key=value` CLI overrides.
 
 Strict on purpose: an unknown key or a value of the wrong type is one clear error naming the key,
-so a typo never silently trains with a default.
+so a typo never silently trains with a default. Float fields are finite (YAML's own `.nan`/`.inf` included), and a
+field declared with `bounded(default, lo, hi)` is checked against that range by `from_dict`, the one path both
+config files and `section.key=value` overrides take.
 """
 from __future__ import annotations
 
@@ -12,15 +14,87 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, Optional, TypeVar, Union
 
 import yaml
 
 from data.errors import InputError
+from data.limits import MAX_CONFIG_BYTES
 
 T = TypeVar("T")
+RANGE = "range"  # dataclasses.field metadata key of a declared range
 # YAML 1.1 reads 1e-4 and 1.0e30 (no dot or no exponent sign) as strings; they are plain numbers to a user.
 FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """repr() of a config value for an error line, cut at `limit` characters (a value may be huge or nested)."""
+    if isinstance(value, (dict, list, tuple)) and len(value) > 8:  # never walk a big container: kind and size
+        return f"a {type(value).__name__} of {len(value)} item(s)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A closed or half-open interval for a number (or for each item of a tuple of numbers)."""
+
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+    max_items: Optional[int] = None  # for a tuple/list field: at most this many items
+
+    def __str__(self) -> str:
+        lo = "-inf" if self.lo is None else _number(self.lo)
+        hi = "inf" if self.hi is None else _number(self.hi)
+        return f"{'(' if self.lo_open or self.lo is None else '['}{lo}, {hi}{')' if self.hi_open or self.hi is None else ']'}"
+
+    def holds(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
+            return False
+        return self.hi is None or (value < self.hi or (not self.hi_open and value == self.hi))
+
+
+def _number(x: float) -> str:
+    x = int(x) if float(x).is_integer() else x
+    if isinstance(x, int) and x >= 2 ** 16 and x & (x - 1) == 0:
+        return f"2^{x.bit_length() - 1}"
+    return str(x)
+
+
+def bounded(default: Any, lo: Optional[float] = None, hi: Optional[float] = None, *,
+            lo_open: bool = False, hi_open: bool = False, max_items: Optional[int] = None) -> Any:
+    """A dataclass field whose value (each item, for a tuple) must lie in the range; from_dict checks it.
+
+    lr: float = bounded(2e-4, lo=0, lo_open=True)  ->  lr in (0, inf)
+    """
+    factory = {"default_factory": lambda: default} if isinstance(default, (list, dict)) else {"default": default}
+    return dataclasses.field(**factory, metadata={RANGE: Range(lo, hi, lo_open, hi_open, max_items)})
+
+
+def check_range(value: Any, field: dataclasses.Field, where: str) -> None:
+    """InputError naming `where` when `value` (or an item of it) lies outside the field's declared range."""
+    bounds = field.metadata.get(RANGE)
+    if bounds is None or value is None:
+        return
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    if bounds.max_items is not None and len(items) > bounds.max_items:
+        raise InputError(where, f"expected at most {bounds.max_items} items, got {len(items)}")
+    for item in items:
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and not bounds.holds(item):
+            kind = "a number" if isinstance(field.default, float) or isinstance(item, float) else "an integer"
+            got = short(item) if len(items) == 1 else f"{short(item)} in {short(value)}"
+            span = "a finite number" if bounds.lo is None and bounds.hi is None else f"{kind} in {bounds}"
+            raise InputError(where, f"expected {span}, got {got}")
+
+
+def check_fields(obj: Any, prefix: str = "") -> None:
+    """Every declared range of dataclass `obj` (for __post_init__: direct construction, not only from_dict, is checked)."""
+    for field in dataclasses.fields(obj):
+        check_range(getattr(obj, field.name), field, f"{prefix}.{field.name}" if prefix else field.name)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -46,11 +120,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, hint):
             return value
         if not isinstance(value, dict):
-            raise InputError(where, f"expected a mapping for section {hint.__name__}, got {value!r}")
+            raise InputError(where, f"expected a mapping for section {hint.__name__}, got {short(value)}")
         return from_dict(hint, value, where)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise InputError(where, f"expected a list, got {value!r}")
+            raise InputError(where, f"expected a list, got {short(value)}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise InputError(where, f"expected {len(args)} items, got {len(value)}")
@@ -61,36 +135,44 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise InputError(where, f"expected true/false, got {value!r}")
+        raise InputError(where, f"expected true/false, got {short(value)}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise InputError(where, f"expected an integer, got {value!r}")
+        raise InputError(where, f"expected an integer, got {short(value)}")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and FLOAT_TEXT.fullmatch(value.strip()) and math.isfinite(float(value)):
-            return float(value)
-        raise InputError(where, f"expected a number, got {value!r}")
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if isinstance(value, str) and FLOAT_TEXT.fullmatch(value.strip()):
+            number = value
+        if isinstance(number, int) and abs(number) >= 2 ** 1024:  # float() would raise OverflowError
+            raise InputError(where, f"expected a finite number, got {short(value)}")
+        if number is None:
+            raise InputError(where, f"expected a number, got {short(value)}")
+        if not math.isfinite(float(number)):  # YAML's own .nan/.inf too, not only number text
+            raise InputError(where, f"expected a finite number, got {short(value)}")
+        return float(number)
     if hint is str:
         if isinstance(value, str):
             return value
-        raise InputError(where, f"expected a string, got {value!r}")
+        raise InputError(where, f"expected a string, got {short(value)}")
     return value
 
 
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Build dataclass `cls` from a dict; unknown keys and wrong types raise InputError naming the key."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted((str(key)[:60] for key in set(data) - set(fields)))
     if unknown:
-        raise InputError(f"{where}.{unknown[0]}", f"unknown key; expected one of {', '.join(sorted(names))}")
+        raise InputError(f"{where}.{unknown[0]}", f"unknown key; expected one of {', '.join(sorted(fields))}")
     kwargs = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in data.items()}
+    for key, value in kwargs.items():
+        check_range(value, fields[key], f"{where}.{key}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise InputError(where, str(err)) from None
+        text = str(err)
+        raise InputError(where, text if len(text) <= 300 else f"{text[:300]}...") from None
 
 
 def to_dict(cfg: Any) -> dict:
@@ -98,13 +180,33 @@ def to_dict(cfg: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+class NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without anchors/aliases: a 1 kB file of nested aliases expands to gigabytes (a YAML bomb)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"alias *{event.anchor} at line {event.start_mark.line + 1}: anchors and aliases "
+                                 "are not accepted in configs; write the value out")
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text -> Python values: no code (safe loader), no aliases (no bombs)."""
+    return yaml.load(text, Loader=NoAliasLoader)
+
+
 def read_config_file(path: str | Path) -> dict:
-    """YAML or JSON file -> dict, parsed safely (yaml.safe_load never executes code)."""
+    """YAML or JSON file -> dict, parsed safely (no code, no aliases, at most MAX_CONFIG_BYTES)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "config file not found")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise InputError(path, f"{path.stat().st_size} bytes; a config file is at most {MAX_CONFIG_BYTES} bytes")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
         raise InputError(path, f"not valid YAML/JSON: {str(err).splitlines()[0]}") from None
     if data is None:
@@ -123,7 +225,7 @@ def apply_override(data: dict, override: str) -> None:
     if not parts:
         raise InputError(f"override {override!r}", "empty key")
     try:
-        value = yaml.safe_load(raw)
+        value = parse_yaml(raw)
     except yaml.YAMLError:
         value = raw
     node = data
