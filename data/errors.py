@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import stat
+from pathlib import Path
 
 
 class InputError(ValueError):
@@ -18,3 +20,19 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see --help)\n")
+
+
+def check_regular_file(path: Path, expected: str, missing: str = "file not found") -> None:
+    """InputError unless `path` is a regular file (following links), naming what it is instead (a FIFO is not
+    'a directory', and reading one would block)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(path, missing) from None
+    except OSError as err:
+        raise InputError(path, f"cannot read ({err.strerror}); expected {expected}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "not a regular file")
+        raise InputError(path, f"expected {expected}, found {kind}")

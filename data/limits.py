@@ -9,8 +9,7 @@ import math
 
 from data.errors import InputError
 
-MAX_VOXELS = 1 << 28  # one volume: 256 Mi voxels (1 GiB as float32); a cine ACDC volume is ~2 Mi
-MAX_DECOMPRESSED_BYTES = 1 << 31  # what one .gz may inflate to (2 GiB)
+MAX_VOXELS = 1 << 27  # one volume: 128 Mi voxels (512 MiB as float32); an ACDC frame is < 1 Mi
 MAX_PIXELS = 1 << 26  # one 2-D image (a PNG mask): 8192 x 8192
 MAX_ARRAY_BYTES = 1 << 32  # one array of a slice-set .npz (4 GiB)
 MAX_CONFIG_BYTES = 1 << 20  # a config file; the biggest shipped one is ~3 kB
@@ -23,15 +22,12 @@ MAX_BLOCKS = 8  # residual blocks per level
 MAX_LAYERS = 64  # transformer layers
 
 
-def check_count(where: str, what: str, claimed: int, limit: int) -> None:
-    """Refuse a size claimed by a header before allocating it."""
-    if claimed > limit:
-        raise InputError(where, f"{what} {claimed:,} exceeds the limit of {limit:,}; refusing to allocate it")
-
-
 def check_shape(where: str, shape: tuple[int, ...], limit: int = MAX_VOXELS, what: str = "voxels") -> None:
     """Refuse an array shape whose element count (computed exactly, never allocated) is over `limit`."""
-    check_count(where, f"{what} ({' x '.join(str(int(n)) for n in shape)} =)", math.prod(int(n) for n in shape), limit)
+    claimed = math.prod(int(n) for n in shape)
+    if claimed > limit:
+        raise InputError(where, f"shape {tuple(int(n) for n in shape)} claims {claimed:,} {what}; the limit is "
+                                f"{limit:,} (refusing to allocate it)")
 
 
 def check_width(section: str, base: int, mult: tuple[int, ...]) -> None:

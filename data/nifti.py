@@ -4,8 +4,11 @@ Every failure to read a user's file becomes an InputError naming the file, never
 """
 from __future__ import annotations
 
+import gzip
+import math
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +17,8 @@ import numpy as np
 
 from data.attributes import Attributes
 from data.cohort import Subject
-from data.errors import InputError
+from data.errors import InputError, check_regular_file
+from data.limits import check_shape
 
 Spacing = Optional[tuple[float, float, float]]
 AFFINE_TOLERANCE = 1e-3  # mm; headers store float32, so equal affines can differ in the last digits
@@ -46,6 +50,33 @@ def _spacing(header, path: Path) -> Spacing:
     return tuple(z * scale for z in zooms)
 
 
+def _stream_size(path: Path, cap: int) -> int:
+    """Decompressed bytes of a .gz file, counted in 1 MiB blocks and never past `cap` (nothing is kept)."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while total < cap and (block := stream.read(min(1 << 20, cap - total))):
+                total += len(block)
+    except (OSError, EOFError, zlib.error):
+        pass  # a truncated or corrupt stream: what was counted is what it holds (nibabel names the fault)
+    return total
+
+
+def _check_claimed_size(path: Path, image) -> None:
+    """Refuse a header that claims more voxels than MAX_VOXELS, or more bytes than the file holds."""
+    shape = tuple(int(n) for n in image.shape)
+    check_shape(str(path), shape)
+    header = image.header
+    if not hasattr(header, "get_data_offset"):
+        return
+    needed = int(header.get_data_offset()) + math.prod(shape) * header.get_data_dtype().itemsize
+    compressed = path.name.endswith(".gz")
+    held = _stream_size(path, needed) if compressed else path.stat().st_size
+    if held < needed:
+        raise InputError(path, f"cannot read NIfTI: truncated; the header claims shape {shape} ({needed:,} bytes) but "
+                               f"the {'decompressed ' if compressed else ''}file holds {held:,} bytes")
+
+
 def _first_bad_voxel(bad: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(bad)[0])
 
@@ -56,12 +87,15 @@ def load_nifti(path: str | Path, is_mask: bool = False) -> tuple[np.ndarray, np.
     Images come back float32 and must be finite; masks come back as integers (stored dtype when integral).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found" if not path.exists() else "expected a NIfTI file, found a directory")
+    check_regular_file(path, "a NIfTI file")
     if path.stat().st_size == 0:
         raise InputError(path, "file is empty; expected a NIfTI volume (.nii or .nii.gz)")
     try:
-        image = nib.load(str(path), mmap=False)
+        image = nib.load(str(path), mmap=False)  # reads the header only
+    except Exception as err:
+        raise InputError(path, f"cannot read NIfTI ({type(err).__name__}: {err}); the file is corrupt, truncated or not NIfTI") from None
+    _check_claimed_size(path, image)  # before a voxel is decoded: the header's claims bound what is allocated
+    try:
         # Force the data read here: truncated gzip only fails (EOFError, zlib.error) when voxels are decoded.
         data = np.asarray(image.dataobj) if is_mask else image.get_fdata(dtype=np.float32)
         affine = np.asarray(image.affine, dtype=np.float64)

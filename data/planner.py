@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import ndimage
 
 from data.attributes import HEALTH_CONDITIONS, SEXES, age_group, bmi_group, make_attributes
-from data.errors import InputError
+from data.errors import InputError, check_regular_file
 from data.prompts import prompt_from_fields, prompt_to_attributes
 from ddpm.checkpoint import atomic_write_bytes
 
@@ -237,8 +237,7 @@ def load_plan(path: str | Path) -> pd.DataFrame:
     """Read and validate a plan CSV; errors name the line, sample and field. mask_row may be empty where a
     mask_path column gives the mask file instead."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "plan file not found")
+    check_regular_file(path, "a plan CSV", missing="plan file not found")
     try:
         plan = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from data.attributes import Attributes, bmi_from_height_weight, make_attributes
 from data.cohort import BACKGROUND, LV, MYO, RV, Subject
-from data.errors import InputError
+from data.errors import InputError, check_regular_file
 from data.nifti import load_subject
 
 NAME = "ukbb"
@@ -31,8 +31,8 @@ def looks_like(root: Path) -> bool:
 def read_metadata(csv_path: str | Path) -> pd.DataFrame:
     """Read and structurally check the CSV -> DataFrame of strings indexed by eid (lower-case column names)."""
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise InputError(csv_path, "metadata CSV not found; expected columns eid, sex, age, bmi (or height + weight), health")
+    check_regular_file(csv_path, "a metadata CSV", missing="metadata CSV not found; expected columns eid, sex, age, bmi "
+                                                           "(or height + weight), health")
     try:
         table = pd.read_csv(csv_path, dtype=str, skipinitialspace=True)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:

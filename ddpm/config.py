@@ -18,7 +18,7 @@ from typing import Any, Optional, TypeVar, Union
 
 import yaml
 
-from data.errors import InputError
+from data.errors import InputError, check_regular_file
 from data.limits import MAX_CONFIG_BYTES
 
 T = TypeVar("T")
@@ -160,6 +160,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Build dataclass `cls` from a dict; unknown keys and wrong types raise InputError naming the key."""
+    if not isinstance(data, dict):
+        raise InputError(where, f"expected a mapping of keys for {cls.__name__}, got {short(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted((str(key)[:60] for key in set(data) - set(fields)))
@@ -199,8 +201,7 @@ def parse_yaml(text: str) -> Any:
 def read_config_file(path: str | Path) -> dict:
     """YAML or JSON file -> dict, parsed safely (no code, no aliases, at most MAX_CONFIG_BYTES)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "config file not found")
+    check_regular_file(path, "a YAML/JSON config file", missing="config file not found")
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise InputError(path, f"{path.stat().st_size} bytes; a config file is at most {MAX_CONFIG_BYTES} bytes")
     try:
