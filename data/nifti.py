@@ -8,7 +8,6 @@ import gzip
 import math
 import os
 import tempfile
-import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +17,7 @@ import numpy as np
 from data.attributes import Attributes
 from data.cohort import Subject
 from data.errors import InputError, check_regular_file
-from data.limits import check_shape
+from data.limits import check_shape, stream_size
 
 Spacing = Optional[tuple[float, float, float]]
 AFFINE_TOLERANCE = 1e-3  # mm; headers store float32, so equal affines can differ in the last digits
@@ -50,18 +49,6 @@ def _spacing(header, path: Path) -> Spacing:
     return tuple(z * scale for z in zooms)
 
 
-def _stream_size(path: Path, cap: int) -> int:
-    """Decompressed bytes of a .gz file, counted in 1 MiB blocks and never past `cap` (nothing is kept)."""
-    total = 0
-    try:
-        with gzip.open(path, "rb") as stream:
-            while total < cap and (block := stream.read(min(1 << 20, cap - total))):
-                total += len(block)
-    except (OSError, EOFError, zlib.error):
-        pass  # a truncated or corrupt stream: what was counted is what it holds (nibabel names the fault)
-    return total
-
-
 def _check_claimed_size(path: Path, image) -> None:
     """Refuse a header that claims more voxels than MAX_VOXELS, or more bytes than the file holds."""
     shape = tuple(int(n) for n in image.shape)
@@ -71,7 +58,11 @@ def _check_claimed_size(path: Path, image) -> None:
         return
     needed = int(header.get_data_offset()) + math.prod(shape) * header.get_data_dtype().itemsize
     compressed = path.name.endswith(".gz")
-    held = _stream_size(path, needed) if compressed else path.stat().st_size
+    if compressed:
+        with gzip.open(path, "rb") as stream:
+            held = stream_size(stream, needed)
+    else:
+        held = path.stat().st_size
     if held < needed:
         raise InputError(path, f"cannot read NIfTI: truncated; the header claims shape {shape} ({needed:,} bytes) but "
                                f"the {'decompressed ' if compressed else ''}file holds {held:,} bytes")

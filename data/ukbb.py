@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +38,12 @@ def read_metadata(csv_path: str | Path) -> pd.DataFrame:
         table = pd.read_csv(csv_path, dtype=str, skipinitialspace=True)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise InputError(csv_path, f"cannot parse CSV ({type(err).__name__}: {err})") from None
+    header = _header_names(csv_path)
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:  # pandas would rename one to 'health.1' and the first would win silently
+        where = ", ".join(str(i + 1) for i, name in enumerate(header) if name == repeated[0])
+        raise InputError(csv_path, f"column {repeated[0]!r} appears {header.count(repeated[0])} times (columns "
+                                   f"{where}, case and spaces ignored); expected each column once")
     table.columns = [str(c).strip().lower() for c in table.columns]
     if "eid" not in table.columns:
         raise InputError(csv_path, f"missing required column 'eid'; found columns {list(table.columns)}")
@@ -56,6 +63,15 @@ def read_metadata(csv_path: str | Path) -> pd.DataFrame:
         raise InputError(f"{csv_path}: eid", f"duplicate eid(s) {duplicated}; each subject must appear once")
     table["eid"] = eids
     return table.set_index("eid", drop=False)
+
+
+def _header_names(csv_path: Path) -> list[str]:
+    """The CSV's column names as written (lower-case, stripped), before pandas renames duplicates."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            return [name.strip().lower() for name in next(csv.reader(handle, skipinitialspace=True), [])]
+    except (csv.Error, UnicodeDecodeError):  # pandas read it; its own checks then apply
+        return []
 
 
 def row_attributes(row: pd.Series, where: str) -> Attributes:

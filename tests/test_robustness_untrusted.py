@@ -142,6 +142,35 @@ def test_png_dimensions_are_refused_before_decoding(tmp_path, make, fragment):
     assert peak < 16 * MiB, f"{peak / MiB:.0f} MiB"
 
 
+# --------------------------------------------------------------------------------------------- class 11: .npz
+
+def _npz(path: Path, shape, payload: bytes = b"", name: str = "images.npy") -> Path:
+    """An .npz whose one member's .npy header claims `shape` (float32) and holds only `payload` after it."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(name, header.getvalue() + payload)
+    return path
+
+
+@pytest.mark.parametrize("shape, payload, fragments", [
+    ((1 << 20, 2, 1024, 1024), b"", ["(images.npy)", "8,796,093,022,208 bytes", "limit"]),  # 8 TiB
+    ((1000, 2, 128, 128), b"\0" * 100, ["(images.npy)", "truncated", "131,072,000 bytes", "holds 100"]),
+    ((2, 2, 8, 8), b"\0" * 1024, ["not a slice set"]),  # claims honest: numpy reads it, the format check follows
+])
+def test_npz_array_claims_are_checked_before_numpy_allocates(tmp_path, capsys, shape, payload, fragments):
+    from evaluation.__main__ import main as evaluate_main
+
+    real = _npz(tmp_path / "real.npz", shape, payload)
+    peak, code = peak_bytes(lambda: evaluate_main(["--real", str(real), "--fake", str(real), "--out",
+                                                   str(tmp_path / "metrics")]))
+    assert_refused(code, capsys.readouterr().err, ["real.npz", *fragments])
+    assert peak < 64 * MiB and not (tmp_path / "metrics").exists(), f"{peak / MiB:.0f} MiB"
+
+
 # -------------------------------------------------------------------------------------------- class 11: YAML
 
 def _alias_bomb(levels: int = 9) -> str:
@@ -345,6 +374,24 @@ def test_integer_weights_are_refused_not_cast(run, tmp_path, capsys, dtype):
     code, err, out = _sample(capsys, run, tmp_path, ldm=broken)
     assert_refused(code, err, ["ldm.safetensors", "tensor ema.", f"dtype {str(dtype).replace('torch.', '')}",
                                "expected floating-point weights"])
+
+
+@pytest.mark.parametrize("header, repeated", [("eid,sex,age,bmi,health,health", "health"),
+                                              ("eid,sex,age,bmi,health, Health ", "health"),
+                                              ("eid,sex,age,bmi,age,health", "age")])
+def test_a_metadata_csv_with_a_disagreeing_repeated_column_is_refused(tmp_path, capsys, header, repeated):
+    root = write_ukbb_fixture(tmp_path / "cohort")
+    lines = (root / "metadata.csv").read_text().splitlines()
+    columns = lines[0].split(",")
+    other = {"health": "heart_failure", "age": "77"}[repeated]  # the second copy disagrees with the first
+    names = [n.strip().lower() for n in header.split(",")]
+    body = [",".join(other if n == repeated and i != names.index(n) else row.split(",")[columns.index(n)]
+                     for i, n in enumerate(names)) for row in lines[1:]]
+    (root / "metadata.csv").write_text("\n".join([header, *body]) + "\n")
+    code, _, err = call(capsys, train.main, ["--config", SMOKE, "--runs", tmp_path / "runs", "--data", root,
+                                             "--stage", "vae"])
+    assert_refused(code, err, ["metadata.csv", f"column {repeated!r} appears 2 times", "expected each column once"])
+    assert not (tmp_path / "runs").exists()
 
 
 def test_batchnorm_counters_stay_loadable(tmp_path):
