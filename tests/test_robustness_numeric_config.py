@@ -36,6 +36,11 @@ OVERRIDE_FAULTS = {  # override -> fragments of the one error line
     "sample.guidance=.nan": ["sample.guidance", "finite"],
     "sample.eta=-0.5": ["sample.eta", "[0, inf)"],
     "sample.steps=0": ["sample.steps", "[1, inf)"],
+    "classifier_train.lr=.nan": ["classifier_train.lr", "finite"],
+    "classifier_train.val_fraction=1": ["classifier_train.val_fraction", "[0, 1)"],
+    "classifier_train.epochs=0": ["classifier_train.epochs", "[1, inf)"],
+    "evaluation.fid_n=1": ["evaluation.fid_n", "[2, inf)"],
+    "evaluation.seed=-3": ["evaluation.seed", "[0, 2^32)"],
 }
 
 
