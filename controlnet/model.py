@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from data.errors import InputError
 from data.limits import MAX_CHANNELS, MAX_LEVELS
-from ddpm.config import bounded, check_fields
 from ddpm.blocks import zero_module
+from ddpm.config import bounded, check_fields
 from ddpm.unet import UNet
 from geometry.encodings import CONTROL_TYPES, control_channels
 

@@ -48,7 +48,8 @@ def _read_png(path: Path) -> np.ndarray:
     if data.ndim == 3 and mode.endswith(("A", "a")):  # grey or colour + alpha: the alpha must be opaque
         alpha = data[..., -1]
         if np.any(alpha != alpha.max()) or (alpha.dtype == np.uint8 and alpha.max() != 255):
-            raise InputError(path, f"PNG with transparent pixels (mode {mode}); expected an opaque greyscale label image")
+            raise InputError(path, f"PNG with transparent pixels (mode {mode}); expected an opaque greyscale label "
+                                   "image")
         data = data[..., :-1]
     if data.ndim == 3:  # RGB holding grey: all colour channels equal
         if not (np.all(data == data[..., :1])):

@@ -112,7 +112,8 @@ def _json_field(header: dict, key: str, path: Path, default: Optional[str] = Non
 def _check_meta(meta: dict, path: Path, expect_stage: Optional[str]) -> None:
     """The fields other code reads from the metadata, typed (a malformed one is one line, not a traceback)."""
     if expect_stage is not None and meta.get("stage") != expect_stage:
-        raise InputError(path, f"checkpoint of stage {str(meta.get('stage'))[:40]!r}; expected a {expect_stage!r} checkpoint")
+        raise InputError(path, f"checkpoint of stage {str(meta.get('stage'))[:40]!r}; expected a {expect_stage!r} "
+                               "checkpoint")
     if "step" in meta and (type(meta["step"]) is not int or meta["step"] < 0):
         raise InputError(path, f"checkpoint metadata 'step' is {str(meta['step'])[:40]!r}; expected an integer >= 0")
     if expect_stage in MODEL_STAGES and not isinstance(meta.get("config"), dict):
@@ -130,9 +131,9 @@ def _check_tensors(flat: dict[str, torch.Tensor], path: Path) -> None:
         if group in WEIGHT_GROUPS and not tensor.is_floating_point() and not name.endswith(".num_batches_tracked"):
             raise InputError(path, f"tensor {name[:80]} has dtype {str(tensor.dtype).replace('torch.', '')}; "
                                    "expected floating-point weights")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise InputError(path, f"tensor {name[:80]} holds NaN/Inf; the checkpoint is broken (expected finite "
-                                   "values); use an earlier checkpoint")
+    if (bad := first_non_finite(flat)) is not None:
+        raise InputError(path, f"tensor {bad[:80]} holds NaN/Inf; the checkpoint is broken (expected finite values); "
+                               "use an earlier checkpoint")
 
 
 def load_checkpoint(path: str | Path, expect_stage: str | None = None) -> tuple[dict[str, dict], dict]:

@@ -48,7 +48,9 @@ class Range:
     def __str__(self) -> str:
         lo = "-inf" if self.lo is None else _number(self.lo)
         hi = "inf" if self.hi is None else _number(self.hi)
-        return f"{'(' if self.lo_open or self.lo is None else '['}{lo}, {hi}{')' if self.hi_open or self.hi is None else ']'}"
+        left = "(" if self.lo_open or self.lo is None else "["
+        right = ")" if self.hi_open or self.hi is None else "]"
+        return f"{left}{lo}, {hi}{right}"
 
     def holds(self, value: float) -> bool:
         if isinstance(value, float) and not math.isfinite(value):
@@ -71,7 +73,8 @@ def bounded(default: Any, lo: Optional[float] = None, hi: Optional[float] = None
 
     lr: float = bounded(2e-4, lo=0, lo_open=True)  ->  lr in (0, inf)
     """
-    factory = {"default_factory": lambda: default} if isinstance(default, (list, dict)) else {"default": default}
+    mutable = isinstance(default, (list, dict))
+    factory = {"default_factory": lambda: type(default)(default)} if mutable else {"default": default}
     return dataclasses.field(**factory, metadata={RANGE: Range(lo, hi, lo_open, hi_open, max_items)})
 
 
@@ -92,7 +95,7 @@ def check_range(value: Any, field: dataclasses.Field, where: str) -> None:
 
 
 def check_fields(obj: Any, prefix: str = "") -> None:
-    """Every declared range of dataclass `obj` (for __post_init__: direct construction, not only from_dict, is checked)."""
+    """Every declared range of dataclass `obj`; called by __post_init__, so direct construction is checked too."""
     for field in dataclasses.fields(obj):
         check_range(getattr(obj, field.name), field, f"{prefix}.{field.name}" if prefix else field.name)
 
