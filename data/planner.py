@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import ndimage
 
 from data.attributes import HEALTH_CONDITIONS, SEXES, age_group, bmi_group, make_attributes
-from data.errors import InputError, check_regular_file
+from data.errors import InputError, check_regular_file, check_unique_columns
 from data.prompts import prompt_from_fields, prompt_to_attributes
 from ddpm.checkpoint import atomic_write_bytes
 
@@ -242,6 +242,7 @@ def load_plan(path: str | Path) -> pd.DataFrame:
         plan = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise InputError(path, f"cannot parse CSV ({type(err).__name__}: {err})") from None
+    check_unique_columns(path)
     missing = [c for c in PLAN_COLUMNS if c not in plan.columns]
     if missing:
         raise InputError(path, f"missing column(s) {', '.join(missing)}; a plan needs {', '.join(PLAN_COLUMNS)}")

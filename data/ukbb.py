@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +12,7 @@ import pandas as pd
 
 from data.attributes import Attributes, bmi_from_height_weight, make_attributes
 from data.cohort import BACKGROUND, LV, MYO, RV, Subject
-from data.errors import InputError, check_regular_file
+from data.errors import InputError, check_regular_file, check_unique_columns
 from data.nifti import load_subject
 
 NAME = "ukbb"
@@ -38,12 +37,7 @@ def read_metadata(csv_path: str | Path) -> pd.DataFrame:
         table = pd.read_csv(csv_path, dtype=str, skipinitialspace=True)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise InputError(csv_path, f"cannot parse CSV ({type(err).__name__}: {err})") from None
-    header = _header_names(csv_path)
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:  # pandas would rename one to 'health.1' and the first would win silently
-        where = ", ".join(str(i + 1) for i, name in enumerate(header) if name == repeated[0])
-        raise InputError(csv_path, f"column {repeated[0]!r} appears {header.count(repeated[0])} times (columns "
-                                   f"{where}, case and spaces ignored); expected each column once")
+    check_unique_columns(csv_path, fold_case=True)  # column names are matched lower-case below
     table.columns = [str(c).strip().lower() for c in table.columns]
     if "eid" not in table.columns:
         raise InputError(csv_path, f"missing required column 'eid'; found columns {list(table.columns)}")
@@ -63,15 +57,6 @@ def read_metadata(csv_path: str | Path) -> pd.DataFrame:
         raise InputError(f"{csv_path}: eid", f"duplicate eid(s) {duplicated}; each subject must appear once")
     table["eid"] = eids
     return table.set_index("eid", drop=False)
-
-
-def _header_names(csv_path: Path) -> list[str]:
-    """The CSV's column names as written (lower-case, stripped), before pandas renames duplicates."""
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            return [name.strip().lower() for name in next(csv.reader(handle, skipinitialspace=True), [])]
-    except (csv.Error, UnicodeDecodeError):  # pandas read it; its own checks then apply
-        return []
 
 
 def row_attributes(row: pd.Series, where: str) -> Attributes:

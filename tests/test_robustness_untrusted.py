@@ -8,6 +8,7 @@ import gzip
 import json
 import math
 import os
+import shutil
 import struct
 import tracemalloc
 import zlib
@@ -31,7 +32,8 @@ from data.mask_input import read_mask_file
 from data.nifti import load_nifti
 from ddpm.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from tests.fixtures import write_acdc_fixture, write_ukbb_fixture
-from tests.test_robustness import FIRST, PROMPT, SMOKE, assert_refused, call, run, tree  # noqa: F401 (run: fixture)
+from tests.test_robustness import (FIRST, PROMPT, SMOKE, assert_refused, call, plan_text,  # noqa: F401
+                                   run, tree)  # run: the trained smoke run fixture
 
 MiB = 1 << 20
 
@@ -394,6 +396,18 @@ def test_a_metadata_csv_with_a_disagreeing_repeated_column_is_refused(tmp_path, 
                                              "--stage", "vae"])
     assert_refused(code, err, ["metadata.csv", f"column {repeated!r} appears 2 times", "expected each column once"])
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("repeat", ["health", "seed", "prompt"])
+def test_a_plan_with_a_repeated_column_is_refused(run, tmp_path, capsys, repeat):
+    """The plan's second copy of a column disagrees with the first; pandas would read the first silently."""
+    lines = plan_text({}).splitlines()
+    other = {"health": "healthy", "seed": "99", "prompt": '"Male, age in 70s, normal BMI, healthy"'}[repeat]
+    (tmp_path / "plan.csv").write_text(f"{lines[0]},{repeat}\n{lines[1]},{other}\n")
+    shutil.copy(run.ed, tmp_path / "mask.nii.gz")
+    code, _, err = call(capsys, sample.main, ["--run", run.dir, "--plan", tmp_path / "plan.csv", "--out", tmp_path / "out"])
+    assert_refused(code, err, ["plan.csv", f"column {repeat!r} appears 2 times", "expected each column once"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_batchnorm_counters_stay_loadable(tmp_path):
