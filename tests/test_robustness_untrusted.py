@@ -27,13 +27,16 @@ import sample
 import train
 from controlnet.batch import SampleRequest, SampleSettings, run_requests
 from data.errors import InputError
-from data.limits import MAX_PIXELS, MAX_VOXELS
+from data.limits import MAX_VOXELS
 from data.mask_input import read_mask_file
 from data.nifti import load_nifti
+from data.planner import load_plan
+from data.ukbb import read_metadata
 from ddpm.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from ddpm.config import read_config_file
 from tests.fixtures import write_acdc_fixture, write_ukbb_fixture
 from tests.test_robustness import (FIRST, PROMPT, SMOKE, assert_refused, call, plan_text,  # noqa: F401
-                                   run, tree)  # run: the trained smoke run fixture
+                                   run)  # run: the trained smoke run fixture
 
 MiB = 1 << 20
 
@@ -427,10 +430,10 @@ def _fifo(path: Path) -> Path:
 @pytest.mark.parametrize("reader, name, expected", [
     (load_nifti, "m.nii.gz", "expected a NIfTI file, found a FIFO (named pipe)"),
     (read_mask_file, "m.png", "expected a PNG file, found a FIFO (named pipe)"),
-    (lambda p: load_checkpoint(p), "c.safetensors", "expected a safetensors checkpoint, found a FIFO"),
-    (lambda p: __import__("ddpm.config", fromlist=["x"]).read_config_file(p), "c.yaml", "config file, found a FIFO"),
-    (lambda p: __import__("data.planner", fromlist=["x"]).load_plan(p), "plan.csv", "expected a plan CSV, found a FIFO"),
-    (lambda p: __import__("data.ukbb", fromlist=["x"]).read_metadata(p), "metadata.csv", "metadata CSV, found a FIFO"),
+    (load_checkpoint, "c.safetensors", "expected a safetensors checkpoint, found a FIFO"),
+    (read_config_file, "c.yaml", "config file, found a FIFO"),
+    (load_plan, "plan.csv", "expected a plan CSV, found a FIFO"),
+    (read_metadata, "metadata.csv", "metadata CSV, found a FIFO"),
 ])
 def test_a_fifo_is_called_a_fifo_and_never_opened(tmp_path, reader, name, expected):
     path = _fifo(tmp_path / name)  # opening it for reading would block forever: the check must come first
