@@ -98,7 +98,8 @@ def _config(args, ldm: Path | None) -> RunConfig:
         return load_run_config(path, args.overrides, reads=READS)
     if ldm is None:
         raise InputError(path or "--run", "no run config: train the run first (python train.py)")
-    return load_run_config(None, args.overrides, base=read_meta(ldm, "ldm")["config"], reads=READS)
+    return load_run_config(None, args.overrides, base=read_meta(ldm, "ldm")["config"], reads=READS,
+                           where=f"{ldm}: config")
 
 
 def _prompt(args) -> str:

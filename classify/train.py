@@ -22,20 +22,25 @@ from classify.fairness import SENSITIVE_COLUMNS, balanced_accuracy, sensitive_fr
 from classify.resnet import ClassifierConfig, ResNetClassifier
 from data.split import subject_split
 from data.errors import InputError
+from data.fields import bounded, check_fields
 from ddpm.distributed import resolve_device
 
 
 @dataclass
 class ClassifierTrainConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    epochs: int = bounded(10, lo=1)
+    batch_size: int = bounded(64, lo=1)
+    lr: float = bounded(1e-4, lo=0, lo_open=True)
+    weight_decay: float = bounded(0.0, lo=0)
     balanced_sampling: bool = False  # draw each label x metagroup (sex, age group, BMI group by default) equally often
     augment: bool = True
-    seed: int = 0
-    val_fraction: float = 0.2  # held out by subject when no explicit validation set is given; 0 keeps the last epoch
+    seed: int = bounded(0, lo=0, hi=2 ** 32, hi_open=True)
+    # held out by subject when no explicit validation set is given; 0 keeps the last epoch
+    val_fraction: float = bounded(0.2, lo=0, hi=1, hi_open=True)
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        check_fields(self, "classifier_train")
 
 
 def metagroup_keys(df: pd.DataFrame, columns: tuple = SENSITIVE_COLUMNS) -> pd.Series:

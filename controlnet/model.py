@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from data.errors import InputError
+from data.limits import MAX_CHANNELS, MAX_LEVELS
 from ddpm.blocks import zero_module
+from data.fields import bounded, check_fields
 from ddpm.unet import UNet
 from geometry.encodings import CONTROL_TYPES, control_channels
 
@@ -19,10 +21,11 @@ from geometry.encodings import CONTROL_TYPES, control_channels
 @dataclass
 class ControlNetConfig:
     control: str = "onehot"  # geometry encoding of the ED/ES masks, see geometry.encodings
-    hint_channels: tuple[int, ...] = (16, 32)
-    frames: int = 2  # ED and ES masks
+    hint_channels: tuple[int, ...] = bounded((16, 32), lo=1, hi=MAX_CHANNELS, max_items=MAX_LEVELS)
+    frames: int = bounded(2, lo=1, hi=16)  # ED and ES masks
 
     def __post_init__(self) -> None:
+        check_fields(self, "controlnet")
         if self.control not in CONTROL_TYPES:
             raise InputError("controlnet.control", f"unknown control type {self.control!r}; expected one of {', '.join(CONTROL_TYPES)}")
         if not self.hint_channels or any(c < 1 for c in self.hint_channels):

@@ -41,7 +41,7 @@ def read_info(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise InputError(path, "Info.cfg not found; expected lines 'ED: <frame>', 'ES: <frame>', 'Group: <DCM|HCM|MINF|NOR|RV>'")
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # utf-8-sig: a BOM is not part of the first key
     except UnicodeDecodeError:
         raise InputError(path, "not a text file; expected 'Key: value' lines") from None
     info = {}

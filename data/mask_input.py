@@ -21,7 +21,8 @@ from scipy import ndimage
 from data import acdc, ukbb
 from data.attributes import Attributes
 from data.cohort import LV, MYO, RV, Subject
-from data.errors import InputError
+from data.errors import InputError, check_regular_file
+from data.limits import MAX_PIXELS, check_shape
 from data.nifti import load_nifti
 from data.preprocess import PreprocessConfig, lv_slices, preprocess_subject
 
@@ -33,18 +34,27 @@ PNG_GREY_LEVELS = (0, 85, 170, 255)  # label k drawn as grey k * 85
 
 def _read_png(path: Path) -> np.ndarray:
     """Greyscale PNG -> integer label values (X, Y, 1); grey levels 0/85/170/255 become 0..3."""
+    check_regular_file(path, "a PNG file")
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only
+            check_shape(str(path), image.size[::-1], MAX_PIXELS, "pixels")  # before a pixel is decoded
             image.load()
             mode = image.mode
             data = np.asarray(image)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        if isinstance(err, InputError):
+            raise
         raise InputError(path, f"cannot read PNG ({type(err).__name__}: {err}); the file is corrupt or not a PNG") from None
-    if data.ndim == 3:  # RGB(A) holding grey: all colour channels equal
-        colour = data[..., :3]
-        if not (np.all(colour == colour[..., :1])):
+    if data.ndim == 3 and mode.endswith(("A", "a")):  # grey or colour + alpha: the alpha must be opaque
+        alpha = data[..., -1]
+        if np.any(alpha != alpha.max()) or (alpha.dtype == np.uint8 and alpha.max() != 255):
+            raise InputError(path, f"PNG with transparent pixels (mode {mode}); expected an opaque greyscale label "
+                                   "image")
+        data = data[..., :-1]
+    if data.ndim == 3:  # RGB holding grey: all colour channels equal
+        if not (np.all(data == data[..., :1])):
             raise InputError(path, f"colour PNG (mode {mode}); expected a greyscale label image (values 0..3 or grey 0/85/170/255)")
-        data = colour[..., 0]
+        data = data[..., 0]
     values = sorted(int(v) for v in np.unique(data))
     if set(values) <= {0, 1, 2, 3}:
         labels = data.astype(np.int32)
@@ -66,8 +76,6 @@ def read_mask_file(path: str | Path, labels: str = "ukbb", crop_mm: float = 128.
     if name.endswith((".nii", ".nii.gz")):
         raw, affine, spacing = load_nifti(path, is_mask=True)
     elif name.endswith(".png"):
-        if not path.is_file():
-            raise InputError(path, "file not found" if not path.exists() else "expected a PNG file, found a directory")
         raw = _read_png(path)
         pixel = crop_mm / size
         spacing, affine = (pixel, pixel, 1.0), np.diag([pixel, pixel, 1.0, 1.0])

@@ -4,6 +4,8 @@ Every failure to read a user's file becomes an InputError naming the file, never
 """
 from __future__ import annotations
 
+import gzip
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +15,8 @@ import numpy as np
 from data.atomic import atomic_write
 from data.attributes import Attributes
 from data.cohort import Subject
-from data.errors import InputError
+from data.errors import InputError, check_regular_file
+from data.limits import check_shape, stream_size
 
 Spacing = Optional[tuple[float, float, float]]
 AFFINE_TOLERANCE = 1e-3  # mm; headers store float32, so equal affines can differ in the last digits
@@ -45,6 +48,25 @@ def _spacing(header, path: Path) -> Spacing:
     return tuple(z * scale for z in zooms)
 
 
+def _check_claimed_size(path: Path, image) -> None:
+    """Refuse a header that claims more voxels than MAX_VOXELS, or more bytes than the file holds."""
+    shape = tuple(int(n) for n in image.shape)
+    check_shape(str(path), shape)
+    header = image.header
+    if not hasattr(header, "get_data_offset"):
+        return
+    needed = int(header.get_data_offset()) + math.prod(shape) * header.get_data_dtype().itemsize
+    compressed = path.name.endswith(".gz")
+    if compressed:
+        with gzip.open(path, "rb") as stream:
+            held = stream_size(stream, needed)
+    else:
+        held = path.stat().st_size
+    if held < needed:
+        raise InputError(path, f"cannot read NIfTI: truncated; the header claims shape {shape} ({needed:,} bytes) but "
+                               f"the {'decompressed ' if compressed else ''}file holds {held:,} bytes")
+
+
 def _first_bad_voxel(bad: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(bad)[0])
 
@@ -55,12 +77,15 @@ def load_nifti(path: str | Path, is_mask: bool = False) -> tuple[np.ndarray, np.
     Images come back float32 and must be finite; masks come back as integers (stored dtype when integral).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found" if not path.exists() else "expected a NIfTI file, found a directory")
+    check_regular_file(path, "a NIfTI file")
     if path.stat().st_size == 0:
         raise InputError(path, "file is empty; expected a NIfTI volume (.nii or .nii.gz)")
     try:
-        image = nib.load(str(path), mmap=False)
+        image = nib.load(str(path), mmap=False)  # reads the header only
+    except Exception as err:
+        raise InputError(path, f"cannot read NIfTI ({type(err).__name__}: {err}); the file is corrupt, truncated or not NIfTI") from None
+    _check_claimed_size(path, image)  # before a voxel is decoded: the header's claims bound what is allocated
+    try:
         # Force the data read here: truncated gzip only fails (EOFError, zlib.error) when voxels are decoded.
         data = np.asarray(image.dataobj) if is_mask else image.get_fdata(dtype=np.float32)
         affine = np.asarray(image.affine, dtype=np.float64)

@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import ndimage
 
 from data.attributes import HEALTH_CONDITIONS, SEXES, age_group, bmi_group, make_attributes
-from data.errors import InputError
+from data.errors import InputError, check_regular_file, check_unique_columns
 from data.prompts import prompt_from_fields, prompt_to_attributes
 from data.atomic import atomic_write_bytes
 
@@ -237,12 +237,12 @@ def load_plan(path: str | Path) -> pd.DataFrame:
     """Read and validate a plan CSV; errors name the line, sample and field. mask_row may be empty where a
     mask_path column gives the mask file instead."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "plan file not found")
+    check_regular_file(path, "a plan CSV", missing="plan file not found")
     try:
         plan = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise InputError(path, f"cannot parse CSV ({type(err).__name__}: {err})") from None
+    check_unique_columns(path)
     missing = [c for c in PLAN_COLUMNS if c not in plan.columns]
     if missing:
         raise InputError(path, f"missing column(s) {', '.join(missing)}; a plan needs {', '.join(PLAN_COLUMNS)}")

@@ -9,6 +9,7 @@ The generative model (and its intended shortcuts) is written down in docs/synthe
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import sys
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from data.atomic import atomic_write_bytes
 from data.attributes import Attributes
 from data.errors import InputError, OneLineArgumentParser
+from data.limits import check_shape
 from data.phantom import cohort_affine, render_subject
 from data.subgroups import format_composition, subgroup_table
 
@@ -29,7 +31,8 @@ __all__ = ["generate_cohort", "sample_metadata", "render_subject", "hf_probabili
 
 COLUMNS = ("eid", "sex", "age", "bmi", "health")
 FIRST_EID = 1000001  # 7-digit ids like UK Biobank's
-MARKER = "synthetic_cohort.json"  # written first: marks a folder as ours, so regenerating into it is allowed
+MARKER = "synthetic_cohort.json"  # written first: marks a folder as ours; lists (with sha256) the files we wrote
+MAX_SUBJECTS = 1_000_000  # the metadata table is built in memory (UK Biobank imaged ~100k)
 SUBJECT_FILES = ("sa_ED.nii.gz", "sa_ES.nii.gz", "seg_sa_ED.nii.gz", "seg_sa_ES.nii.gz")
 DEFAULT_SHAPE = (96, 96, 8)
 # Metadata model (docs/synthetic-cohort.md): ages 40-79, BMI log-normal, heart failure by a logistic.
@@ -84,8 +87,8 @@ def _sample_one(rng: np.random.Generator, prevalence: str = "biased") -> tuple[s
 
 
 def _check_n_seed(n, seed) -> None:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise InputError("n", f"number of subjects must be a positive integer, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 < n <= MAX_SUBJECTS:
+        raise InputError("n", f"number of subjects must be a positive integer <= {MAX_SUBJECTS:,}, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError("seed", f"seed must be a non-negative integer, got {seed!r}")
 
@@ -111,6 +114,10 @@ def nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     return gzip.compress(image.to_bytes(), compresslevel=1, mtime=0)
 
 
+def _write_marker(out_dir: Path, record: dict) -> None:
+    atomic_write_bytes(out_dir / MARKER, (json.dumps(record, sort_keys=True) + "\n").encode())
+
+
 def _check_shape(shape) -> tuple[int, int, int]:
     try:
         dims = tuple(int(s) for s in shape)
@@ -119,6 +126,7 @@ def _check_shape(shape) -> tuple[int, int, int]:
         valid = False
     if not valid or dims[0] < 16 or dims[1] < 16 or dims[2] < 1:
         raise InputError("shape", f"expected three integers (X, Y, Z) with X, Y >= 16 and Z >= 1, got {shape!r}")
+    check_shape("shape", dims)  # rendering allocates several float volumes of this size
     return dims
 
 
@@ -131,14 +139,33 @@ def _check_out_dir(out_dir: Path) -> None:
                                   "choose a new or empty directory")
 
 
-def _remove_stale_subjects(out_dir: Path, keep: set[str]) -> None:
-    """Drop subject folders of an earlier, larger run (only our four files; anything else is left alone)."""
-    for folder in out_dir.iterdir():
-        if folder.is_dir() and folder.name.isdigit() and folder.name not in keep:
-            for name in SUBJECT_FILES:
-                (folder / name).unlink(missing_ok=True)
-            if not any(folder.iterdir()):
-                folder.rmdir()
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _owned_files(out_dir: Path) -> dict[str, str]:
+    """{'<eid>/<file>': sha256} of the subject files an earlier run recorded in its marker as written by it;
+    {} for a marker without that record (older versions) or an unreadable one: then nothing counts as ours."""
+    try:
+        files = json.loads((out_dir / MARKER).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(files, dict):
+        return {}
+    return {name: digest for name, digest in files.items() if isinstance(digest, str) and
+            len(Path(name).parts) == 2 and Path(name).parts[0].isdigit() and Path(name).parts[1] in SUBJECT_FILES}
+
+
+def _remove_stale_subjects(out_dir: Path, owned: dict[str, str], keep: set[str]) -> None:
+    """Delete files an earlier run wrote (per its manifest) that the new cohort does not rewrite, and only while
+    their bytes are still the ones it wrote; a folder is removed only once empty. Anything else is left alone."""
+    for name, digest in owned.items():
+        path = out_dir / name
+        if name in keep or path.is_symlink() or not path.is_file() or _sha256(path) != digest:
+            continue
+        path.unlink()
+        if not any(path.parent.iterdir()):
+            path.parent.rmdir()
 
 
 def generate_cohort(out_dir: Path, n: int, seed: int = 0, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
@@ -151,22 +178,28 @@ def generate_cohort(out_dir: Path, n: int, seed: int = 0, *, shape: tuple[int, i
     _check_n_seed(n, seed)
     dims = _check_shape(shape)
     _check_out_dir(out_dir)
+    owned = _owned_files(out_dir) if out_dir.is_dir() else {}
     out_dir.mkdir(parents=True, exist_ok=True)
     provenance = {"generator": "data.synthetic", "n": int(n), "seed": int(seed), "shape": list(dims),
                   "prevalence": prevalence, "first_eid": int(first_eid)}
-    atomic_write_bytes(out_dir / MARKER, (json.dumps(provenance, sort_keys=True) + "\n").encode())
+    # The marker keeps listing what earlier runs wrote until this run has finished: a killed run forgets nothing.
+    _write_marker(out_dir, {**provenance, "files": owned})
     (out_dir / "metadata.csv").unlink(missing_ok=True)  # an earlier run's table must not describe a half-new folder
     metadata = sample_metadata(n, seed, prevalence, first_eid)
     affine = cohort_affine(dims)
     rows = tqdm(metadata.itertuples(index=False), total=n, desc="subjects", unit="subj", disable=not progress)
+    written: dict[str, str] = {}  # the manifest: '<eid>/<file>' -> sha256 of the bytes this run wrote
     for k, row in enumerate(rows):
         attrs = Attributes(sex=row.sex, age=float(row.age), bmi=float(row.bmi), health=row.health)
         volumes = render_subject(attrs, _subject_rng(int(seed), k, 1), dims)
         folder = out_dir / str(row.eid)
         folder.mkdir(exist_ok=True)
         for name in SUBJECT_FILES:
-            atomic_write_bytes(folder / name, nifti_gz_bytes(volumes[name.removesuffix(".nii.gz")], affine))
-    _remove_stale_subjects(out_dir, {str(e) for e in metadata["eid"]})
+            data = nifti_gz_bytes(volumes[name.removesuffix(".nii.gz")], affine)
+            atomic_write_bytes(folder / name, data)
+            written[f"{row.eid}/{name}"] = hashlib.sha256(data).hexdigest()
+    _remove_stale_subjects(out_dir, owned, set(written))
+    _write_marker(out_dir, {**provenance, "files": written})
     # metadata.csv last: a folder with it is a complete cohort.
     csv = metadata.to_csv(index=False, float_format="%.1f", lineterminator="\n")
     atomic_write_bytes(out_dir / "metadata.csv", csv.encode())
@@ -192,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         generate_cohort(args.out, args.n, args.seed, shape=tuple(args.shape), progress=True, prevalence=args.prevalence)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # read-only or full disk, a file where a folder should be, a name too long
+        print(f"error: {err.filename or args.out}: {err.strerror or err}; expected a writable output folder",
+              file=sys.stderr)
         return 2
     metadata = pd.read_csv(args.out / "metadata.csv")
     print(f"wrote {len(metadata)} subjects to {args.out}")

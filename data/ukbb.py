@@ -12,7 +12,7 @@ import pandas as pd
 
 from data.attributes import Attributes, bmi_from_height_weight, make_attributes
 from data.cohort import BACKGROUND, LV, MYO, RV, Subject
-from data.errors import InputError
+from data.errors import InputError, check_regular_file, check_unique_columns
 from data.nifti import load_subject
 
 NAME = "ukbb"
@@ -31,12 +31,13 @@ def looks_like(root: Path) -> bool:
 def read_metadata(csv_path: str | Path) -> pd.DataFrame:
     """Read and structurally check the CSV -> DataFrame of strings indexed by eid (lower-case column names)."""
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise InputError(csv_path, "metadata CSV not found; expected columns eid, sex, age, bmi (or height + weight), health")
+    check_regular_file(csv_path, "a metadata CSV", missing="metadata CSV not found; expected columns eid, sex, age, bmi "
+                                                           "(or height + weight), health")
     try:
         table = pd.read_csv(csv_path, dtype=str, skipinitialspace=True)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise InputError(csv_path, f"cannot parse CSV ({type(err).__name__}: {err})") from None
+    check_unique_columns(csv_path, fold_case=True)  # column names are matched lower-case below
     table.columns = [str(c).strip().lower() for c in table.columns]
     if "eid" not in table.columns:
         raise InputError(csv_path, f"missing required column 'eid'; found columns {list(table.columns)}")

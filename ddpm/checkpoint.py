@@ -7,16 +7,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from data.atomic import atomic_write
-from data.errors import InputError
+from data.errors import InputError, check_regular_file
 
 FORMAT = "cardiac-ldm/1"
+MODEL_STAGES = ("vae", "ldm", "controlnet")  # final checkpoints: a model is built from their embedded config
+WEIGHT_GROUPS = ("model", "ema")
 
 
 def flatten_state(prefix: str, state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -37,6 +39,14 @@ def flatten_state(prefix: str, state: dict) -> tuple[dict[str, torch.Tensor], di
     return tensors, rest
 
 
+def first_non_finite(state: dict[str, torch.Tensor]) -> Optional[str]:
+    """Name of the first floating-point tensor holding NaN/Inf (None when all are finite)."""
+    for key, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return key
+    return None
+
+
 def save_checkpoint(path: str | Path, states: dict[str, dict], meta: dict[str, Any]) -> None:
     """states: {"model": sd, "ema": sd, "optimizer": sd, ...}; meta: JSON-able (config, step, stage)."""
     tensors: dict[str, torch.Tensor] = {}
@@ -54,32 +64,79 @@ def _read_header(path: Path) -> dict:
         return handle.metadata() or {}
 
 
-def _read(path: Path, expect_stage: str | None, tensors: bool) -> tuple[dict, dict, dict]:
-    """-> (header, meta, flat tensors or {}); refuses anything that is not our safetensors format."""
-    if not path.is_file():
-        raise InputError(path, "checkpoint not found")
+def _json_field(header: dict, key: str, path: Path, default: Optional[str] = None) -> dict:
+    """One JSON-object field of the safetensors header (meta, extras), or one clear error."""
+    text = header.get(key, default)
+    if text is None:
+        raise InputError(path, f"checkpoint metadata has no {key!r} field; expected a JSON object")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise InputError(path, f"checkpoint metadata {key!r} is not valid JSON ({type(err).__name__}: "
+                               f"{str(err)[:80]})") from None
+    if not isinstance(value, dict):
+        raise InputError(path, f"checkpoint metadata {key!r} is a JSON {type(value).__name__}; expected an object")
+    return value
+
+
+def _check_meta(meta: dict, path: Path, expect_stage: Optional[str]) -> None:
+    """The fields other code reads from the metadata, typed (a malformed one is one line, not a traceback)."""
+    if expect_stage is not None and meta.get("stage") != expect_stage:
+        raise InputError(path, f"checkpoint of stage {str(meta.get('stage'))[:40]!r}; expected a {expect_stage!r} "
+                               "checkpoint")
+    if "step" in meta and (type(meta["step"]) is not int or meta["step"] < 0):
+        raise InputError(path, f"checkpoint metadata 'step' is {str(meta['step'])[:40]!r}; expected an integer >= 0")
+    if expect_stage in MODEL_STAGES and not isinstance(meta.get("config"), dict):
+        raise InputError(path, "checkpoint metadata has no 'config' object; expected the run config the model was "
+                               "trained with (models are built from it)")
+
+
+def _check_tensors(flat: dict[str, torch.Tensor], path: Path) -> None:
+    """Names are '<group>.<key>'; model weights are floating point (an int32 copy would load silently cast) and
+    finite (NaN weights would write NaN samples)."""
+    for name, tensor in flat.items():
+        group = name.split(".", 1)[0]
+        if "." not in name:
+            raise InputError(path, f"tensor name {name[:60]!r}; expected '<group>.<key>' as save_checkpoint writes")
+        if group in WEIGHT_GROUPS and not tensor.is_floating_point() and not name.endswith(".num_batches_tracked"):
+            raise InputError(path, f"tensor {name[:80]} has dtype {str(tensor.dtype).replace('torch.', '')}; "
+                                   "expected floating-point weights")
+    if (bad := first_non_finite(flat)) is not None:
+        raise InputError(path, f"tensor {bad[:80]} holds NaN/Inf; the checkpoint is broken (expected finite values); "
+                               "use an earlier checkpoint")
+
+
+def _read(path: Path, expect_stage: Optional[str], tensors: bool) -> tuple[dict, dict, dict]:
+    """-> (meta, extras, flat tensors or {}). Refuses anything that is not our safetensors format, metadata that is
+    not what save_checkpoint writes, and weights that are not finite floating point."""
+    check_regular_file(path, "a safetensors checkpoint", missing="checkpoint not found")
     try:
         header = _read_header(path)
-        flat = load_file(str(path)) if tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise InputError(path, f"not a cardiac-ldm safetensors checkpoint (refusing to unpickle anything): {err}") from None
     if header.get("format") != FORMAT:
-        raise InputError(path, f"checkpoint format {header.get('format')!r}; expected {FORMAT!r}")
-    meta = json.loads(header["meta"])
-    if expect_stage is not None and meta.get("stage") != expect_stage:
-        raise InputError(path, f"checkpoint of stage {meta.get('stage')!r}; expected a {expect_stage!r} checkpoint")
-    return header, meta, flat
+        raise InputError(path, f"checkpoint format {str(header.get('format'))[:40]!r}; expected {FORMAT!r}")
+    meta = _json_field(header, "meta", path)
+    extras = _json_field(header, "extras", path, default="{}")
+    _check_meta(meta, path, expect_stage)
+    if not tensors:
+        return meta, extras, {}
+    try:
+        flat = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise InputError(path, f"not a cardiac-ldm safetensors checkpoint (refusing to unpickle anything): {err}") from None
+    _check_tensors(flat, path)
+    return meta, extras, flat
 
 
-def read_meta(path: str | Path, expect_stage: str | None = None) -> dict:
+def read_meta(path: str | Path, expect_stage: Optional[str] = None) -> dict:
     """A checkpoint's metadata (config, stage, parents' sha256) without reading its tensors."""
-    return _read(Path(path), expect_stage, tensors=False)[1]
+    return _read(Path(path), expect_stage, tensors=False)[0]
 
 
-def load_checkpoint(path: str | Path, expect_stage: str | None = None) -> tuple[dict[str, dict], dict]:
-    """Inverse of save_checkpoint -> (states, meta). Refuses anything that is not our safetensors format."""
-    header, meta, flat = _read(Path(path), expect_stage, tensors=True)
-    extras = json.loads(header.get("extras", "{}"))
+def load_checkpoint(path: str | Path, expect_stage: Optional[str] = None) -> tuple[dict[str, dict], dict]:
+    """Inverse of save_checkpoint -> (states, meta); the checks are _read's."""
+    meta, extras, flat = _read(Path(path), expect_stage, tensors=True)
     states: dict[str, dict] = {}
     for name, tensor in flat.items():
         group, key = name.split(".", 1)

@@ -14,6 +14,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from data.errors import InputError
+from data.fields import bounded, check_fields
 from ddpm.schedulers import SPACINGS, Generators, NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step, randn
 
 ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -25,16 +26,16 @@ class SampleSettings:
     """The `sample` config section: how images are drawn (sampler, steps, guidance, ControlNet scale, batch)."""
 
     sampler: str = "ddim"
-    steps: int = 20
-    eta: float = 0.0
-    guidance: float = 4.0
-    control_scale: float = 1.0
-    batch_size: int = 32
+    steps: int = bounded(20, lo=1)
+    eta: float = bounded(0.0, lo=0)
+    guidance: float = bounded(4.0)  # any finite scale (NaN/inf would write NaN samples)
+    control_scale: float = bounded(1.0)  # any finite scale
+    batch_size: int = bounded(32, lo=1)
     # Timesteps of the strided chain (ddpm.schedulers.ddim_timesteps): linspace and trailing start at t = T - 1,
     # the noise level sampling starts from; leading (+ steps_offset 1 = Stable Diffusion) at T - T/steps.
     # linspace measured best at 10-50 steps (BENCHMARKS.md, "Timestep spacing"); runs before it used leading.
     spacing: str = "linspace"
-    steps_offset: int = 0
+    steps_offset: int = bounded(0, lo=0)
     precision: str = "fp32"  # "bf16": the denoiser and decoder under bf16 autocast (the chain stays float32)
 
     def __post_init__(self) -> None:
@@ -44,11 +45,7 @@ class SampleSettings:
             raise InputError("sample.precision", f"expected 'fp32' or 'bf16', got {self.precision!r}")
         if self.spacing not in SPACINGS:
             raise InputError("sample.spacing", f"unknown spacing {self.spacing!r}; expected one of {', '.join(SPACINGS)}")
-        for name, lo in (("steps", 1), ("batch_size", 1), ("steps_offset", 0)):
-            if int(getattr(self, name)) < lo:
-                raise InputError(name, f"expected an integer >= {lo}, got {getattr(self, name)}")
-        if not self.eta >= 0:
-            raise InputError("eta", f"expected eta >= 0, got {self.eta}")
+        check_fields(self)
 
 
 def guided_output(model_fn: ModelFn, x: Tensor, t: Tensor, cond: Tensor, uncond: Optional[Tensor],

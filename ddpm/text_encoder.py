@@ -14,21 +14,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data.errors import InputError
+from data.limits import MAX_LAYERS, MAX_WIDTH
+from data.fields import bounded, check_fields
 from ddpm.tokenizer import Tokenizer, eot_positions
 
 
 @dataclass
 class TextEncoderConfig:
-    vocab_size: Optional[int] = None  # None: the built-in Tokenizer's vocabulary size
-    context_length: int = 16
-    width: int = 128
-    layers: int = 2
-    heads: int = 4
+    # Size caps keep a checkpoint's embedded config from building a model of a size the file merely claims.
+    vocab_size: Optional[int] = bounded(None, lo=1, hi=1 << 20)  # None: the built-in Tokenizer's vocabulary size
+    context_length: int = bounded(16, lo=1, hi=1024)
+    width: int = bounded(128, lo=1, hi=MAX_WIDTH)
+    layers: int = bounded(2, lo=1, hi=MAX_LAYERS)
+    heads: int = bounded(4, lo=1, hi=64)
     # Optional pretrained tower ([clip] extra): an open_clip model name and a LOCAL weights file; width must
     # then equal the tower's width. freeze=True trains the UNet against cached prompt embeddings.
     open_clip_model: Optional[str] = None
     open_clip_weights: Optional[str] = None
     freeze: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, "text")
 
 
 class CausalSelfAttention(nn.Module):

@@ -20,35 +20,36 @@ from tqdm import tqdm
 
 from data.errors import InputError
 from data.atomic import atomic_write_bytes
-from ddpm.checkpoint import load_checkpoint, model_state, optimizer_state, save_checkpoint
+from data.fields import bounded, check_fields
+from ddpm.checkpoint import first_non_finite, load_checkpoint, model_state, optimizer_state, save_checkpoint
 from ddpm.distributed import barrier, mean_over_ranks, ranks, wrap_for_ranks
 from ddpm.ema import EMA
 
 
+SEED_LIMIT = 2 ** 32  # training seeds are scaled by ~10^6 per step before reaching torch.manual_seed (< 2^64)
+
+
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 50
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    checkpoint_every: int = 250
-    keep_last: int = 2
-    log_every: int = 25
-    sample_every: int = 0  # 0: grids only at the end
+    steps: int = bounded(1000, lo=1)
+    batch_size: int = bounded(16, lo=1)
+    lr: float = bounded(2e-4, lo=0, lo_open=True)
+    weight_decay: float = bounded(0.0, lo=0)
+    warmup_steps: int = bounded(50, lo=0)
+    grad_clip: float = bounded(1.0, lo=0)  # 0: no clipping
+    ema_decay: float = bounded(0.999, lo=0, hi=1, hi_open=True)
+    checkpoint_every: int = bounded(250, lo=1)
+    keep_last: int = bounded(2, lo=1)  # >= 1 so a good checkpoint always exists
+    log_every: int = bounded(25, lo=1)
+    sample_every: int = bounded(0, lo=0)  # 0: grids only at the end
     precision: str = "fp32"  # "fp32" or "bf16" (autocast; weights stay fp32)
     compile: bool = False  # torch.compile the stage's networks (same results to float tolerance)
-    seed: int = 0
+    seed: int = bounded(0, lo=0, hi=SEED_LIMIT, hi_open=True)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise InputError("train", f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        check_fields(self, "train")
         if self.precision not in ("fp32", "bf16"):
             raise InputError("train.precision", f"expected 'fp32' or 'bf16', got {self.precision!r}")
-        if self.keep_last < 1:
-            raise InputError("train.keep_last", "must be >= 1 so a good checkpoint always exists")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -195,6 +196,10 @@ def train_loop(
         path = run_dir / f"{stage}-step{step:07d}.safetensors"
         if not dp.is_main:
             return path
+        for group, state in (("model", model.state_dict()), ("ema", ema.state_dict())):
+            if (bad := first_non_finite(state)) is not None:  # never save a broken model as the newest checkpoint
+                raise NonFiniteLoss(f"{stage}: non-finite {group} weight {bad} at step {step} (not saved); "
+                                    f"last good checkpoint: {last_good or 'none (no checkpoint written yet)'}")
         save_checkpoint(path, {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict()},
                         {**meta, "stage": stage, "step": step, **({"resumed_from": start} if start else {})})
         for old in checkpoint_paths(run_dir, stage)[:-cfg.keep_last]:

@@ -8,6 +8,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from data.errors import InputError
+from data.limits import MAX_BLOCKS, MAX_CHANNELS, MAX_LEVELS, MAX_WIDTH, check_width
+from data.fields import bounded, check_fields
 from ddpm.attention import check_backend
 from ddpm.blocks import (Downsample, EmbedSequential, ResBlock, SpatialTransformer, TimestepEmbedding, Upsample,
                          group_norm, zero_module)
@@ -15,21 +17,23 @@ from ddpm.blocks import (Downsample, EmbedSequential, ResBlock, SpatialTransform
 
 @dataclass
 class UNetConfig:
-    in_channels: int = 4
-    out_channels: int = 4
-    base_channels: int = 64
-    channel_mult: tuple = (1, 2, 2)
-    num_res_blocks: int = 1
-    attention_levels: tuple = (False, True, True)
-    num_heads: int = 4
-    context_dim: int = 128
+    # Size caps keep a checkpoint's embedded config from building a model of a size the file merely claims.
+    in_channels: int = bounded(4, lo=1, hi=64)
+    out_channels: int = bounded(4, lo=1, hi=64)
+    base_channels: int = bounded(64, lo=1, hi=MAX_CHANNELS)
+    channel_mult: tuple = bounded((1, 2, 2), lo=1, hi=16, max_items=MAX_LEVELS)
+    num_res_blocks: int = bounded(1, lo=1, hi=MAX_BLOCKS)
+    attention_levels: tuple = bounded((False, True, True), max_items=MAX_LEVELS)
+    num_heads: int = bounded(4, lo=1, hi=64)
+    context_dim: int = bounded(128, lo=1, hi=MAX_WIDTH)
     attention_backend: str = "sdpa"
-    attention_chunk: int = 1024
+    attention_chunk: int = bounded(1024, lo=1)
     gradient_checkpointing: bool = False
-    dropout: float = 0.0
+    dropout: float = bounded(0.0, lo=0, hi=1, hi_open=True)
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(self.channel_mult)  # YAML gives lists
+        check_fields(self, "unet")
         self.attention_levels = tuple(bool(a) for a in self.attention_levels)
         for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks", "num_heads", "context_dim"):
             value = getattr(self, name)
@@ -46,8 +50,7 @@ class UNetConfig:
                     and (self.base_channels * mult) % self.num_heads:
                 raise InputError("unet.num_heads", f"{self.base_channels * mult} channels at level {level} are not "
                                  f"divisible by num_heads={self.num_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise InputError("unet.dropout", f"expected 0 <= dropout < 1, got {self.dropout}")
+        check_width("unet", self.base_channels, self.channel_mult)
         check_backend(self.attention_backend, self.attention_chunk)
 
     @property

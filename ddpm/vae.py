@@ -10,32 +10,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data.errors import InputError
+from data.limits import MAX_BLOCKS, MAX_CHANNELS, MAX_LEVELS, check_width
+from data.fields import bounded, check_fields
 from ddpm.blocks import Downsample, ResBlock, SpatialSelfAttention, Upsample, cpu_channels_last, group_norm
 
 
 @dataclass
 class VAEConfig:
-    in_channels: int = 2
-    base_channels: int = 32
-    channel_mult: tuple = (1, 2, 2)
-    latent_channels: int = 4
-    num_res_blocks: int = 1
+    # Size caps keep a checkpoint's embedded config from building a model of a size the file merely claims.
+    in_channels: int = bounded(2, lo=1, hi=16)
+    base_channels: int = bounded(32, lo=1, hi=MAX_CHANNELS)
+    channel_mult: tuple = bounded((1, 2, 2), lo=1, hi=16, max_items=MAX_LEVELS)
+    latent_channels: int = bounded(4, lo=1, hi=64)
+    num_res_blocks: int = bounded(1, lo=1, hi=MAX_BLOCKS)
     attention_in_mid: bool = True
-    kl_weight: float = 1e-6
-    edge_weight: float = 0.1
-    disc_start: int = -1  # step at which the discriminator switches on; -1 = never
-    disc_weight: float = 0.5
+    kl_weight: float = bounded(1e-6, lo=0)
+    edge_weight: float = bounded(0.1, lo=0)
+    disc_start: int = bounded(-1, lo=-1)  # step at which the discriminator switches on; -1 = never
+    disc_weight: float = bounded(0.5, lo=0)
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(self.channel_mult)  # YAML gives lists
+        check_fields(self, "vae")
         for name in ("in_channels", "base_channels", "latent_channels", "num_res_blocks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"vae.{name}", f"expected a positive int, got {value!r}")
         if not self.channel_mult or any(not isinstance(m, int) or m < 1 for m in self.channel_mult):
             raise InputError("vae.channel_mult", f"expected positive ints, got {self.channel_mult!r}")
-        if self.kl_weight < 0 or self.edge_weight < 0 or self.disc_weight < 0:
-            raise InputError("vae", "kl_weight, edge_weight and disc_weight must be >= 0")
+        check_width("vae", self.base_channels, self.channel_mult)
 
     @property
     def downsample_factor(self) -> int:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from data.cohort import NUM_LABELS
 from data.errors import InputError
+from data.limits import check_npz
 from data.nifti import load_nifti
 from data.prompts import prompt_to_attributes
 from data.slices import SliceSet, attributes_frame
@@ -151,6 +152,7 @@ def load_image_set(path: Union[str, Path], progress: bool = True) -> ImageSet:
     if path.is_dir():
         return load_sample_folder(path, progress)
     if path.is_file() and path.suffix == ".npz":
+        check_npz(path)  # header claims before numpy allocates them
         return as_image_set(SliceSet.load(path), str(path))
     if not path.exists():
         raise InputError(path, "not found; expected a folder of samples or a slice-set .npz")

@@ -22,6 +22,7 @@ import torch
 from data.json_ready import json_ready
 from data.errors import InputError
 from data.atomic import atomic_write_bytes
+from data.fields import bounded, check_fields
 from evaluation.attributes import DEFAULT_ATTRIBUTES, attribute_accuracy, attribute_labels, train_attribute_classifiers
 from evaluation.diversity import mean_pairwise_ms_ssim, nearest_real_distance
 from evaluation.features import make_extractor
@@ -37,17 +38,20 @@ DEFAULT_SPACING_MM = 2.0  # the default preprocessed grid: 128 mm crop on 64 px
 
 @dataclass
 class EvalConfig:
-    fid_n: int = 500  # images per side (clipped to what is available)
-    fid_repeats: int = 4
-    kid_subsets: int = 50
-    kid_subset_size: int = 100
-    segmenter_steps: int = 600
-    attribute_epochs: int = 5
-    seed: int = 0
-    min_group: int = 10  # subgroups with fewer images on either side get no FID
-    max_ms_ssim_pairs: int = 500  # per MS-SSIM set
-    segmenter_base: int = 16  # width of the domain segmenter
-    segmenter_batch_size: int = 16
+    fid_n: int = bounded(500, lo=2)  # images per side (clipped to what is available)
+    fid_repeats: int = bounded(4, lo=1)
+    kid_subsets: int = bounded(50, lo=1)
+    kid_subset_size: int = bounded(100, lo=2)
+    segmenter_steps: int = bounded(600, lo=1)
+    attribute_epochs: int = bounded(5, lo=1)
+    seed: int = bounded(0, lo=0, hi=2 ** 32, hi_open=True)
+    min_group: int = bounded(10, lo=1)  # subgroups with fewer images on either side get no FID
+    max_ms_ssim_pairs: int = bounded(500, lo=1)  # per MS-SSIM set
+    segmenter_base: int = bounded(16, lo=1, hi=1024)  # width of the domain segmenter
+    segmenter_batch_size: int = bounded(16, lo=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "evaluation")
 
     def __post_init__(self) -> None:
         for name in ("fid_n", "fid_repeats", "kid_subsets", "kid_subset_size", "segmenter_steps", "attribute_epochs"):

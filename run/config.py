@@ -95,11 +95,12 @@ class RunConfig:
 
 
 def load_run_config(path: Optional[str | Path] = None, overrides: list[str] | tuple[str, ...] = (),
-                    base: Optional[dict] = None, reads: Optional[tuple[str, ...]] = None) -> RunConfig:
+                    base: Optional[dict] = None, reads: Optional[tuple[str, ...]] = None,
+                    where: str = "config") -> RunConfig:
     """The run config: defaults, then the file at `path` (or `base`, e.g. a checkpoint's config), then the
     `section.key=value` overrides. reads: the top-level keys a command uses (sample.py: sample, plan, device);
     an override of any other key is an error rather than silently ignored."""
     for override in overrides if reads is not None else ():
         if override.split("=", 1)[0].split(".")[0].strip() not in reads:
             raise InputError(f"override {override!r}", f"this command reads only {', '.join(reads)} from the config")
-    return load_config(RunConfig, path, overrides, base)
+    return load_config(RunConfig, path, overrides, base, where)

@@ -1,7 +1,9 @@
 """Config loading: nested dataclasses from YAML/JSON plus `section.key=value` CLI overrides.
 
 Strict on purpose: an unknown key or a value of the wrong type is one clear error naming the key,
-so a typo never silently trains with a default.
+so a typo never silently trains with a default. Float fields are finite (YAML's own `.nan`/`.inf` included), and a
+field declared with `bounded(default, lo, hi)` is checked against that range by `from_dict`, the one path both
+config files and `section.key=value` overrides take.
 """
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, Optional, TypeVar, Union
 
 import yaml
 
-from data.errors import InputError
+from data.errors import InputError, check_regular_file
+from data.fields import check_range, short
+from data.limits import MAX_CONFIG_BYTES
 
 T = TypeVar("T")
 # YAML 1.1 reads 1e-4 and 1.0e30 (no dot or no exponent sign) as strings; they are plain numbers to a user.
@@ -46,11 +50,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, hint):
             return value
         if not isinstance(value, dict):
-            raise InputError(where, f"expected a mapping for section {hint.__name__}, got {value!r}")
+            raise InputError(where, f"expected a mapping for section {hint.__name__}, got {short(value)}")
         return from_dict(hint, value, where)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise InputError(where, f"expected a list, got {value!r}")
+            raise InputError(where, f"expected a list, got {short(value)}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise InputError(where, f"expected {len(args)} items, got {len(value)}")
@@ -61,36 +65,46 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise InputError(where, f"expected true/false, got {value!r}")
+        raise InputError(where, f"expected true/false, got {short(value)}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise InputError(where, f"expected an integer, got {value!r}")
+        raise InputError(where, f"expected an integer, got {short(value)}")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and FLOAT_TEXT.fullmatch(value.strip()) and math.isfinite(float(value)):
-            return float(value)
-        raise InputError(where, f"expected a number, got {value!r}")
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if isinstance(value, str) and FLOAT_TEXT.fullmatch(value.strip()):
+            number = value
+        if isinstance(number, int) and abs(number) >= 2 ** 1024:  # float() would raise OverflowError
+            raise InputError(where, f"expected a finite number, got {short(value)}")
+        if number is None:
+            raise InputError(where, f"expected a finite number, got {short(value)}")
+        if not math.isfinite(float(number)):  # YAML's own .nan/.inf too, not only number text
+            raise InputError(where, f"expected a finite number, got {short(value)}")
+        return float(number)
     if hint is str:
         if isinstance(value, str):
             return value
-        raise InputError(where, f"expected a string, got {value!r}")
+        raise InputError(where, f"expected a string, got {short(value)}")
     return value
 
 
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Build dataclass `cls` from a dict; unknown keys and wrong types raise InputError naming the key."""
+    if not isinstance(data, dict):
+        raise InputError(where, f"expected a mapping of keys for {cls.__name__}, got {short(data)}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted((str(key)[:60] for key in set(data) - set(fields)))
     if unknown:
-        raise InputError(f"{where}.{unknown[0]}", f"unknown key; expected one of {', '.join(sorted(names))}")
+        raise InputError(f"{where}.{unknown[0]}", f"unknown key; expected one of {', '.join(sorted(fields))}")
     kwargs = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in data.items()}
+    for key, value in kwargs.items():
+        check_range(value, fields[key], f"{where}.{key}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise InputError(where, str(err)) from None
+        text = str(err)
+        raise InputError(where, text if len(text) <= 300 else f"{text[:300]}...") from None
 
 
 def to_dict(cfg: Any) -> dict:
@@ -98,13 +112,32 @@ def to_dict(cfg: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+class NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without anchors/aliases: a 1 kB file of nested aliases expands to gigabytes (a YAML bomb)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"alias *{event.anchor} at line {event.start_mark.line + 1}: anchors and aliases "
+                                 "are not accepted in configs; write the value out")
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text -> Python values: no code (safe loader), no aliases (no bombs)."""
+    return yaml.load(text, Loader=NoAliasLoader)
+
+
 def read_config_file(path: str | Path) -> dict:
-    """YAML or JSON file -> dict, parsed safely (yaml.safe_load never executes code)."""
+    """YAML or JSON file -> dict, parsed safely (no code, no aliases, at most MAX_CONFIG_BYTES)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "config file not found")
+    check_regular_file(path, "a YAML/JSON config file", missing="config file not found")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise InputError(path, f"{path.stat().st_size} bytes; a config file is at most {MAX_CONFIG_BYTES} bytes")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
         raise InputError(path, f"not valid YAML/JSON: {str(err).splitlines()[0]}") from None
     if data is None:
@@ -123,7 +156,7 @@ def apply_override(data: dict, override: str) -> None:
     if not parts:
         raise InputError(f"override {override!r}", "empty key")
     try:
-        value = yaml.safe_load(raw)
+        value = parse_yaml(raw)
     except yaml.YAMLError:
         value = raw
     node = data
@@ -143,10 +176,10 @@ def deep_merge(base: dict, extra: dict) -> dict:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                base: dict | None = None) -> T:
-    """Defaults of `cls`, updated by the file at `path` (or by `base`, e.g. a checkpoint's config), then by CLI
-    overrides."""
+                base: dict | None = None, where: str = "config") -> T:
+    """Defaults of `cls`, updated by the file at `path` (or by `base`, e.g. a checkpoint's config, named `where` in
+    errors), then by CLI overrides."""
     data = read_config_file(path) if path else json.loads(json.dumps(base or {}))
     for override in overrides:
         apply_override(data, override)
-    return from_dict(cls, data, where=str(path) if path else "config")
+    return from_dict(cls, data, where=str(path) if path else where)

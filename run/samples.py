@@ -32,6 +32,7 @@ from ddpm.trainer import autocast_context
 from run.pipeline import Pipeline
 
 GRID_LIMIT = 64  # grid.png shows at most this many samples of a call
+SEED_LIMIT = 2 ** 64  # torch.Generator.manual_seed takes [0, 2^64)
 
 
 @dataclass
@@ -144,7 +145,10 @@ def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Pat
         raise InputError("sample ids", f"{unsafe[:3]} are not plain names (letters, digits, '.', '_', '-', not starting with '.')")
     if len({r.mask is None for r in requests}) > 1:
         raise InputError("masks", "mix of masked and unmasked samples in one call; run them separately")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    bad_seed = next((r for r in requests if type(r.seed) is not int or not 0 <= r.seed < SEED_LIMIT), None)
+    if bad_seed is not None:  # torch.manual_seed would alias -1 to 2^64-1 and raise a traceback at 2^64
+        raise InputError("seed", f"sample {bad_seed.sample_id}: seed {str(bad_seed.seed)[:40]}; expected an integer "
+                                 f"in [0, 2^64)")
     todo = [r for r in requests if overwrite or not is_complete(out_dir, r, settings, checkpoints)]
     todo_ids = {r.sample_id for r in todo}
     skipped = [i for i in ids if i not in todo_ids]
@@ -157,6 +161,13 @@ def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Pat
                                        sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
                                        guidance=settings.guidance, control_scale=settings.control_scale,
                                        spacing=settings.spacing, steps_offset=settings.steps_offset)
+            broken = [r.sample_id for r, image in zip(batch, images) if not np.isfinite(image).all()]
+            if broken:  # before any file of the batch: a NaN sample must never be written and marked complete
+                raise InputError("sampling", f"sample(s) {', '.join(broken[:3])} came out NaN/Inf (guidance "
+                                             f"{settings.guidance}, control_scale {settings.control_scale}); nothing "
+                                             "written for this batch; expected finite images: check the checkpoints "
+                                             "and settings")
+            out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed first batch leaves no folder
             for request, image in zip(batch, images):
                 write_sample(out_dir, request, image, settings, checkpoints, affine)
             bar.update(len(batch))

@@ -22,9 +22,9 @@ def _model_and_optimizer():
 def test_round_trip_restores_model_optimizer_and_meta(tmp_path):
     model, opt = _model_and_optimizer()
     path = tmp_path / "ckpt.safetensors"
-    save_checkpoint(path, {"model": model.state_dict(), "optimizer": opt.state_dict()}, {"stage": "vae", "step": 3})
-    states, meta = load_checkpoint(path, expect_stage="vae")
-    assert meta == {"stage": "vae", "step": 3}
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": opt.state_dict()}, {"stage": "vae-train", "step": 3})
+    states, meta = load_checkpoint(path, expect_stage="vae-train")
+    assert meta == {"stage": "vae-train", "step": 3}
     model2, _ = _model_and_optimizer()
     torch.nn.init.zeros_(model2[0].weight)
     model2.load_state_dict(model_state(states, "model"))

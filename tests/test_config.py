@@ -46,7 +46,7 @@ def test_optional_section_is_none_or_checked_like_a_section():
     assert load_config(Outer, None, ["optional={lr: 0.5}"]).optional == Inner(lr=0.5)
     with pytest.raises(InputError, match=r"config.optional.lrr: unknown key"):
         load_config(Outer, None, ["optional={lrr: 0.5}"])
-    with pytest.raises(InputError, match=r"config.optional.lr: expected a number"):
+    with pytest.raises(InputError, match=r"config.optional.lr: expected a finite number"):
         load_config(Outer, None, ["optional.lr=abc"])
 
 
