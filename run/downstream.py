@@ -25,6 +25,7 @@ from evaluation.report import evaluate, write_outputs
 from run.loader import to_dict
 from run.pipeline import load_pipeline
 from run.prepare_data import PreparedData
+from run.provenance import verify_stage
 from run.samples import SampleRequest, checkpoint_record, plan_requests, run_requests
 from run.state import RunState
 
@@ -61,6 +62,7 @@ def plan_and_generate(cfg, data: PreparedData, ckpts: dict, run_dir: Path, overw
 
 def load_planned(run_dir: Path) -> tuple[pd.DataFrame, SliceSet | None]:
     """plan.csv and its generated samples as a SliceSet carrying the planned attributes (None if empty)."""
+    verify_stage(run_dir, "plan")  # samples are paired with plan rows by id: the plan must be the one they came from
     plan = load_plan(run_dir / "plan.csv")
     if len(plan) == 0:
         return plan, None

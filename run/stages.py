@@ -26,6 +26,7 @@ from run.config import RunConfig
 from run.downstream import evaluation_stage, experiment_stage, plan_stage, write_main_report
 from run.loader import to_dict
 from run.prepare_data import PreparedData, prepare_data
+from run.provenance import forget_stage, record_stage, verify_stage
 from run.state import RunState
 from run.train_controlnet import train_controlnet
 from run.train_ldm import train_ldm
@@ -131,13 +132,17 @@ def run_stages(cfg: RunConfig, run_dir: Path, upto: str = "all", resume: bool = 
         output = run_dir / stage.output
         if output.is_file() and stage.name not in run.force:
             if ranks.is_main:
+                verify_stage(run_dir, stage.name)  # reused only if what it consumed is still what is there
                 print(f"[{stage.name}] done already: {output} (use --force {stage.name} to redo)")
             continue
         tic = time.perf_counter()
         run.force |= set(tuple(STAGE)[tuple(STAGE).index(stage.name) + 1:])  # later outputs are now stale
+        if ranks.is_main:
+            forget_stage(run_dir, stage.name)
         result = stage.fn(run)
         timings[stage.name] = round(time.perf_counter() - tic, 1)
         if ranks.is_main:
+            record_stage(run_dir, stage.name)
             atomic_write_bytes(timings_path, json.dumps(timings, indent=1).encode())
             print(f"[{stage.name}] finished in {timings[stage.name]:.0f} s -> {result}")
     if upto == "all" and ranks.is_main:
