@@ -26,6 +26,7 @@ from run.config import RunConfig
 from run.downstream import evaluation_stage, experiment_stage, plan_stage, write_main_report
 from run.loader import to_dict
 from run.prepare_data import PreparedData, prepare_data
+from run.lock import run_lock
 from run.provenance import forget_stage, record_stage, verify_stage
 from run.state import RunState
 from run.train_controlnet import train_controlnet
@@ -121,6 +122,12 @@ def run_stages(cfg: RunConfig, run_dir: Path, upto: str = "all", resume: bool = 
     ranks = init_from_env(cfg.device)
     for section in ("vae_train", "ldm_train", "controlnet_train"):  # before anything is written
         ranks.rows(getattr(cfg, section).batch_size, where=f"{section}.batch_size")
+    with run_lock(run_dir) if ranks.is_main else contextlib.nullcontext():  # one writer per run folder
+        return _run_locked(cfg, run_dir, ranks, upto, resume, force, commands)
+
+
+def _run_locked(cfg: RunConfig, run_dir: Path, ranks, upto: str, resume: bool, force: tuple[str, ...],
+                commands: tuple[str, ...]) -> Path:
     names = tuple(STAGE) if upto == "all" else tuple(STAGE)[:tuple(STAGE).index(upto) + 1]
     check_reusable(cfg, run_dir, tuple(n for n in names if n in TRAINED), set(force))  # before config.yaml changes
     timings_path = run_dir / "timings.json"
