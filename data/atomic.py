@@ -31,3 +31,30 @@ def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_all(files: dict[Path, bytes]) -> list[Path]:
+    """Write several files as one unit: every temp file first (a full disk fails here, before any target
+    changes), then the renames. A target that is a folder is refused before anything is written."""
+    folders = [Path(p) for p in files if Path(p).is_dir()]
+    if folders:
+        raise IsADirectoryError(21, "is a folder, expected a file name", str(folders[0]))
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    return [path for _, path in temps]

@@ -55,8 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _check_args(args) -> None:
     if args.spacing_mm is not None and not args.spacing_mm > 0:
         raise InputError("--spacing-mm", f"expected a positive pixel size in mm, got {args.spacing_mm}")
-    if args.out.is_dir():
-        raise InputError(args.out, "is a folder; --out names the metrics JSON file, e.g. eval/metrics.json")
+    for path in (args.out, args.out.with_suffix(".md"), args.out.with_suffix(".png")):  # before any metric is computed
+        if path.is_dir():
+            raise InputError(path, "is a folder; --out names the metrics JSON file (.md and .png are written beside "
+                                   "it), e.g. eval/metrics.json")
 
 
 def run(args) -> int:

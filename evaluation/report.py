@@ -21,7 +21,7 @@ import torch
 
 from data.json_ready import json_ready
 from data.errors import InputError
-from data.atomic import atomic_write_bytes
+from data.atomic import atomic_write_all
 from data.fields import bounded, check_fields
 from evaluation.attributes import DEFAULT_ATTRIBUTES, attribute_accuracy, attribute_labels, train_attribute_classifiers
 from evaluation.diversity import mean_pairwise_ms_ssim, nearest_real_distance
@@ -213,19 +213,16 @@ def evaluate(real_train, real_test, fake, cfg: Optional[EvalConfig] = None,
 
 def write_outputs(metrics: dict, out_json: Union[str, Path], markdown_path: Optional[Union[str, Path]] = None,
                   figure_path: Optional[Union[str, Path]] = None) -> list[Path]:
-    """metrics.json (NaN -> null), a Markdown summary and a PNG figure, each written atomically. Returns the paths."""
+    """metrics.json (NaN -> null), a Markdown summary and a PNG figure, written together atomically (all or none).
+    Returns the paths."""
     data = json_ready(metrics)
-    written = [Path(out_json)]
-    atomic_write_bytes(out_json, (json.dumps(data, indent=1, allow_nan=False) + "\n").encode())
+    files = {Path(out_json): (json.dumps(data, indent=1, allow_nan=False) + "\n").encode()}
     if markdown_path is not None:
-        atomic_write_bytes(markdown_path, markdown_table(data).encode())
-        written.append(Path(markdown_path))
-    if figure_path is not None:
-        png = figure_png(data)
-        if png is not None:
-            atomic_write_bytes(figure_path, png)
-            written.append(Path(figure_path))
-    return written
+        files[Path(markdown_path)] = markdown_table(data).encode()
+    png = None if figure_path is None else figure_png(data)
+    if png is not None:
+        files[Path(figure_path)] = png
+    return atomic_write_all(files)  # a full disk leaves no metrics.json without its .md
 
 
 def _num(value, digits: int = 3) -> str:

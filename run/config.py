@@ -10,10 +10,12 @@ from classify.resnet import ClassifierConfig
 from classify.train import ClassifierTrainConfig
 from controlnet.model import ControlNetConfig
 from data.errors import InputError
+from data.fields import bounded, check_fields
 from data.planner import PlanTarget
 from data.preprocess import PreprocessConfig
 from data.rare import RareGroup
 from ddpm.sampling import SampleSettings
+from ddpm.schedulers import PREDICTIONS, SCHEDULE_KINDS, ddim_timesteps
 from ddpm.text_encoder import TextEncoderConfig
 from ddpm.trainer import TrainConfig
 from ddpm.unet import UNetConfig
@@ -50,11 +52,22 @@ class DataConfig:
 @dataclass
 class DiffusionConfig:
     schedule: str = "scaled_linear"
-    num_train_steps: int = 1000
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
+    num_train_steps: int = bounded(1000, lo=1, hi=100_000)  # the schedule holds T float64s: no bomb
+    beta_start: float = bounded(0.00085, lo=0, hi=1, lo_open=True, hi_open=True)
+    beta_end: float = bounded(0.012, lo=0, hi=1, lo_open=True, hi_open=True)
     prediction: str = "epsilon"  # epsilon | v
-    cond_dropout: float = 0.1  # prompt replaced by "" this often (classifier-free guidance)
+    cond_dropout: float = bounded(0.1, lo=0, hi=1)  # prompt replaced by "" this often (classifier-free guidance)
+
+    def __post_init__(self) -> None:
+        # here, not when the ldm stage builds the schedule: a bad value must fail before the VAE trains
+        if self.schedule not in SCHEDULE_KINDS:
+            raise InputError("diffusion.schedule", f"expected one of {', '.join(SCHEDULE_KINDS)}, got {self.schedule!r}")
+        if self.prediction not in PREDICTIONS:
+            raise InputError("diffusion.prediction", f"expected one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
+        check_fields(self, "diffusion")
+        if self.schedule != "cosine" and self.beta_start > self.beta_end:
+            raise InputError("diffusion.beta_end", f"expected beta_start <= beta_end, got {self.beta_start} > "
+                                                   f"{self.beta_end}")
 
 
 @dataclass
@@ -86,6 +99,11 @@ class RunConfig:
         if self.data.preprocess.size % self.vae.downsample_factor or latent % self.unet.downsample_factor:
             raise InputError("data.preprocess.size", f"{self.data.preprocess.size} must be divisible by the VAE factor "
                              f"({self.vae.downsample_factor}) times the UNet factor ({self.unet.downsample_factor})")
+        try:  # the sampling chain against the schedule: sample.py and the plan stage fail here, before any model loads
+            ddim_timesteps(self.diffusion.num_train_steps, self.sample.steps, self.sample.spacing, self.sample.steps_offset)
+        except InputError as error:
+            raise InputError(f"sample.{'steps_offset' if error.where == 'steps_offset' else 'steps'}",
+                             f"{error.problem} (diffusion.num_train_steps = {self.diffusion.num_train_steps})") from None
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
             raise InputError("device", f"expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
         # runs/<name> must be a new folder inside runs/: no separators, and not '', '.' or '..'.
