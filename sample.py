@@ -165,7 +165,9 @@ def run(args) -> int:
             source = {"kind": "file", "ed": str(args.mask), "es": None if args.mask_es is None else str(args.mask_es),
                       "labels": args.labels, "slice": args.slice}
         requests = [SampleRequest(f"sample-{i:03d}", prompt, args.seed + i, mask, source) for i in range(args.n)]
-    done, skipped = run_requests(pipe, requests, out, cfg.sample, checkpoint_record(paths), args.overwrite)
+    inputs = (args.plan, args.slices, None if args.run is None else args.run / "config.yaml")
+    done, skipped = run_requests(pipe, requests, out, cfg.sample, checkpoint_record(paths), args.overwrite,
+                                 inputs=[p for p in inputs if p is not None])
     print(f"{len(done)} generated, {len(skipped)} already complete -> {out}")
     return 0
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Optional
+
+from data.errors import InputError
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = ".tmp") -> Path:
@@ -58,3 +60,28 @@ def atomic_write_all(files: dict[Path, bytes]) -> list[Path]:
             Path(tmp).unlink(missing_ok=True)
         raise
     return [path for _, path in temps]
+
+
+def check_outputs_spare_inputs(outputs: Iterable[Path], inputs: Iterable[Optional[Path]]) -> None:
+    """InputError when an output is an input file (the same path after links, or the same file by inode) or lies
+    inside an input folder: a call must never replace what it reads. Run before anything is written."""
+    inputs = [Path(p) for p in inputs if p is not None]
+    folders = {p.resolve(): p for p in inputs if p.is_dir()}
+    files = {p.resolve(): p for p in inputs if not p.is_dir()}
+    inodes = {(st.st_dev, st.st_ino): p for p in files.values() if (st := _stat(p)) is not None}
+    for out in map(Path, outputs):
+        target = out.resolve()
+        inside = next((p for folder, p in folders.items() if target.is_relative_to(folder)), None)
+        if inside is not None:
+            raise InputError(out, f"lies inside the input folder {inside}; expected an output path outside the inputs")
+        st = _stat(out)
+        same = files.get(target) or (None if st is None else inodes.get((st.st_dev, st.st_ino)))
+        if same is not None:
+            raise InputError(out, f"is the input file {same}; expected an output path that does not overwrite an input")
+
+
+def _stat(path: Path) -> Optional[os.stat_result]:
+    try:
+        return path.stat()
+    except OSError:
+        return None

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from data.atomic import check_outputs_spare_inputs
 from data.errors import InputError, OneLineArgumentParser
 from ddpm.distributed import resolve_device
 from evaluation.image_sets import load_image_set, split_by_subject
@@ -55,10 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _check_args(args) -> None:
     if args.spacing_mm is not None and not args.spacing_mm > 0:
         raise InputError("--spacing-mm", f"expected a positive pixel size in mm, got {args.spacing_mm}")
-    for path in (args.out, args.out.with_suffix(".md"), args.out.with_suffix(".png")):  # before any metric is computed
+    for path in _outputs(args.out):  # before any metric is computed
         if path.is_dir():
             raise InputError(path, "is a folder; --out names the metrics JSON file (.md and .png are written beside "
                                    "it), e.g. eval/metrics.json")
+    check_outputs_spare_inputs(_outputs(args.out), (args.real, args.real_train, args.fake, args.config,
+                                                    args.inception_weights))
+
+
+def _outputs(out: Path) -> tuple[Path, Path, Path]:
+    return out, out.with_suffix(".md"), out.with_suffix(".png")
 
 
 def run(args) -> int:
@@ -84,7 +91,7 @@ def run(args) -> int:
                        device=device)
     metrics["notes"] = notes + metrics["notes"]
     try:
-        paths = write_outputs(metrics, args.out, args.out.with_suffix(".md"), args.out.with_suffix(".png"))
+        paths = write_outputs(metrics, *_outputs(args.out))
     except OSError as err:
         raise InputError(args.out, f"cannot write the outputs ({err.strerror or err})") from None
     fid = metrics["fid"]

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data.atomic import atomic_write_bytes
+from data.atomic import atomic_write_bytes, check_outputs_spare_inputs
 from data.errors import InputError
 from data.json_ready import json_ready
 from data.mask_input import load_control_masks
@@ -134,8 +134,10 @@ def _batches(items: list, size: int):
 
 
 def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Path, settings: SampleSettings,
-                 checkpoints: dict, overwrite: bool = False, progress: bool = True) -> tuple[list[str], list[str]]:
-    """Generate every request not complete in out_dir -> (generated ids, skipped ids); then writes grid.png."""
+                 checkpoints: dict, overwrite: bool = False, progress: bool = True,
+                 inputs: Sequence[Path] = ()) -> tuple[list[str], list[str]]:
+    """Generate every request not complete in out_dir -> (generated ids, skipped ids); then writes grid.png.
+    inputs: files the caller read (a plan, a slice set), besides the checkpoints and mask files: never overwritten."""
     out_dir = Path(out_dir)
     ids = [r.sample_id for r in requests]
     if len(set(ids)) != len(ids):
@@ -149,6 +151,7 @@ def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Pat
     if bad_seed is not None:  # torch.manual_seed would alias -1 to 2^64-1 and raise a traceback at 2^64
         raise InputError("seed", f"sample {bad_seed.sample_id}: seed {str(bad_seed.seed)[:40]}; expected an integer "
                                  f"in [0, 2^64)")
+    check_outputs_spare_inputs(call_outputs(out_dir, requests), [*inputs, *request_inputs(requests, checkpoints)])
     todo = [r for r in requests if overwrite or not is_complete(out_dir, r, settings, checkpoints)]
     todo_ids = {r.sample_id for r in todo}
     skipped = [i for i in ids if i not in todo_ids]
@@ -173,6 +176,19 @@ def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Pat
             bar.update(len(batch))
     write_call_grid(out_dir, requests)
     return [r.sample_id for r in todo], skipped
+
+
+def call_outputs(out_dir: Path, requests: Sequence[SampleRequest]) -> list[Path]:
+    """Every file a call writes: each sample's files and sidecar, and grid.png."""
+    names = [name for r in requests for name in output_files(r.sample_id, r.mask is not None).values()]
+    names += [sidecar_path(out_dir, r.sample_id).name for r in requests] + ["grid.png"]
+    return [Path(out_dir) / name for name in names]
+
+
+def request_inputs(requests: Sequence[SampleRequest], checkpoints: dict) -> set[Path]:
+    """The files a call reads: checkpoints, and the mask files or slice set each request's mask came from."""
+    found = {Path(c["path"]) for c in checkpoints.values() if c}
+    return found | {Path(r.mask_source[k]) for r in requests for k in ("ed", "es", "file") if r.mask_source.get(k)}
 
 
 def write_call_grid(out_dir: Path, requests: Sequence[SampleRequest]) -> Path:
