@@ -35,6 +35,8 @@ BMI_BINS = {"<25": (18.5, 25.0), "25-30": (25.0, 30.0), ">30": (30.0, 40.0)}
 MODES = ("equalise", "min_count")
 PLAN_COLUMNS = ("sample_id", "sex", "age", "bmi", "health", "prompt", "mask_subject_id", "mask_row", "seed", "jitter")
 SAMPLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Names the sample writer derives (run/samples.py): <id>_mask.nii.gz is a sample's mask, grid.png the call's grid.
+RESERVED_SUFFIX, RESERVED_IDS = "_mask", ("grid",)
 MAX_SEED = 2**31 - 1
 
 
@@ -217,6 +219,25 @@ def save_plan(plan: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
+def sample_id_problem(ids: list[str]) -> Optional[tuple[int, str]]:
+    """The first sample id that cannot be a file name of its own -> (index, what was expected), else None: not a
+    plain name, a name the writer derives for another file, or the same as an earlier id up to case (one file on a
+    case-insensitive file system)."""
+    seen: dict[str, str] = {}
+    for i, sid in enumerate(ids):
+        key = str(sid).lower()
+        if not SAMPLE_ID.fullmatch(str(sid)) or len(str(sid)) > 100:
+            return i, "expected letters, digits, '.', '_' or '-' (not starting with '.'), at most 100 characters"
+        if key.endswith(RESERVED_SUFFIX) or key in RESERVED_IDS:
+            return i, (f"'{sid}' is reserved (<id>{RESERVED_SUFFIX}.nii.gz names a sample's mask, grid.png the "
+                       f"call's grid); expected an id not ending in '{RESERVED_SUFFIX}' and not 'grid'")
+        if key in seen:
+            same = "duplicate sample id" if seen[key] == sid else f"same file name as sample {seen[key]!r} up to case"
+            return i, f"{same}; expected ids unique regardless of case"
+        seen[key] = sid
+    return None
+
+
 def _plan_error(path: Path, line: int, sample_id, field: str, problem: str) -> InputError:
     return InputError(f"{path}: line {line} (sample {sample_id}): {field}", problem)
 
@@ -246,14 +267,12 @@ def load_plan(path: str | Path) -> pd.DataFrame:
     missing = [c for c in PLAN_COLUMNS if c not in plan.columns]
     if missing:
         raise InputError(path, f"missing column(s) {', '.join(missing)}; a plan needs {', '.join(PLAN_COLUMNS)}")
-    rows, seen = [], set()
+    bad_id = sample_id_problem(list(plan["sample_id"]))
+    if bad_id is not None:
+        raise _plan_error(path, bad_id[0] + 2, plan["sample_id"][bad_id[0]], "sample_id", bad_id[1])
+    rows = []
     for i, row in enumerate(plan.to_dict("records")):
         line, sid = i + 2, row["sample_id"]
-        if not SAMPLE_ID.fullmatch(sid) or len(sid) > 100:
-            raise _plan_error(path, line, sid, "sample_id", "expected letters, digits, '.', '_' or '-' (not starting with '.')")
-        if sid in seen:
-            raise _plan_error(path, line, sid, "sample_id", "duplicate sample id")
-        seen.add(sid)
         try:
             fields = make_attributes(row["sex"], row["age"], row["bmi"], row["health"], where=f"{path}: line {line}")
             prompt_to_attributes(row["prompt"])

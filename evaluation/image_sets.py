@@ -115,6 +115,13 @@ def load_sample_folder(folder: Path, progress: bool = True) -> ImageSet:
     # '.<name>...' are temp files of a write that was interrupted (atomic writes); they are never samples.
     image_paths = sorted(p for p in folder.glob("*.nii.gz") if not p.name.endswith("_mask.nii.gz")
                          and not p.name.startswith("."))
+    # a sample whose own id ends in _mask (written before such ids were refused) must not pass for a mask file
+    masked_id = next((p for p in sorted(folder.glob("*_mask.nii.gz")) if not p.name.startswith(".")
+                      and (folder / f"{p.name[:-len('.nii.gz')]}.json").is_file()), None)
+    if masked_id is not None:
+        raise InputError(masked_id, f"has a sidecar {masked_id.name[:-len('.nii.gz')]}.json: a sample whose id ends in "
+                                    "'_mask', which names mask files; expected sample ids not ending in '_mask' "
+                                    "(rename the sample's files and its sidecar)")
     if not image_paths:
         raise InputError(folder, "no samples: expected <id>.nii.gz files with <id>.json sidecars (sample.py output)")
     images, masks, ids, records, pixels = [], [], [], [], set()

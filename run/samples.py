@@ -22,7 +22,7 @@ from data.errors import InputError
 from data.json_ready import json_ready
 from data.mask_input import load_control_masks
 from data.nifti import load_nifti, save_nifti
-from data.planner import apply_jitter, SAMPLE_ID
+from data.planner import apply_jitter, sample_id_problem
 from data.preprocess import config_hash
 from data.slices import SliceSet
 from ddpm.checkpoint import file_sha256
@@ -140,11 +140,9 @@ def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Pat
     inputs: files the caller read (a plan, a slice set), besides the checkpoints and mask files: never overwritten."""
     out_dir = Path(out_dir)
     ids = [r.sample_id for r in requests]
-    if len(set(ids)) != len(ids):
-        raise InputError("sample ids", "duplicate sample ids in one call")
-    unsafe = [i for i in ids if not SAMPLE_ID.fullmatch(i)]  # ids become file names: never a path out of out_dir
-    if unsafe:
-        raise InputError("sample ids", f"{unsafe[:3]} are not plain names (letters, digits, '.', '_', '-', not starting with '.')")
+    bad_id = sample_id_problem(ids)  # ids become file names: never a path out of out_dir, never another's file
+    if bad_id is not None:
+        raise InputError(f"sample id {str(ids[bad_id[0]])[:100]!r}", bad_id[1])
     if len({r.mask is None for r in requests}) > 1:
         raise InputError("masks", "mix of masked and unmasked samples in one call; run them separately")
     bad_seed = next((r for r in requests if type(r.seed) is not int or not 0 <= r.seed < SEED_LIMIT), None)

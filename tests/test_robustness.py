@@ -366,7 +366,7 @@ def test_batch_api_refuses_ids_that_leave_the_output_folder(run, tmp_path):
     from run.samples import SampleRequest, run_requests
     from data.errors import InputError
     for bad in ("../x", "/tmp/x", ".hidden", "a/b"):
-        with pytest.raises(InputError, match="not plain names"):
+        with pytest.raises(InputError, match="expected letters, digits"):
             run_requests(None, [SampleRequest(bad, PROMPT, 0)], tmp_path / "out", SampleSettings(), {})
     assert not (tmp_path / "out").exists()
 
