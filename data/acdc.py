@@ -18,6 +18,7 @@ from data.nifti import load_subject
 
 NAME = "acdc"
 LABEL_MAP = {0: BACKGROUND, 1: RV, 2: MYO, 3: LV}
+ORIENTATION = "LPS"  # every ACDC volume is stored so (sform diag(-1, -1, 1)): they load exactly as stored
 GROUP_TO_HEALTH = {
     "DCM": "dilated_cardiomyopathy",
     "HCM": "hypertrophic_cardiomyopathy",
@@ -86,7 +87,8 @@ def load_patient(folder: Path) -> Subject:
     attributes = make_attributes(bmi=bmi, health=_health(info, info_path), where=where)
     image_ed, image_es = folder / f"{name}_frame{ed:02d}.nii.gz", folder / f"{name}_frame{es:02d}.nii.gz"
     mask_ed, mask_es = folder / f"{name}_frame{ed:02d}_gt.nii.gz", folder / f"{name}_frame{es:02d}_gt.nii.gz"
-    return load_subject(name, image_ed, image_es, mask_ed, mask_es, LABEL_MAP, attributes, source=folder)
+    return load_subject(name, image_ed, image_es, mask_ed, mask_es, LABEL_MAP, attributes, source=folder,
+                        orientation=ORIENTATION)
 
 
 def read_acdc(root: str | Path, skip_bad: bool = False) -> tuple[list[Subject], list[tuple[str, str]]]:

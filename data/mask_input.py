@@ -23,10 +23,11 @@ from data.attributes import Attributes
 from data.cohort import LV, MYO, RV, Subject
 from data.errors import InputError, check_regular_file
 from data.limits import MAX_PIXELS, check_shape
-from data.nifti import load_nifti
+from data.nifti import ORIENTATION, load_nifti
 from data.preprocess import PreprocessConfig, lv_slices, preprocess_subject
 
 LABEL_MAPS = {"ukbb": ukbb.LABEL_MAP, "acdc": acdc.LABEL_MAP}
+ORIENTATIONS = {"ukbb": ORIENTATION, "acdc": acdc.ORIENTATION}  # as the layout's cohort reader reorients
 LABEL_MEANINGS = {"ukbb": "0 background, 1 LV blood pool, 2 LV myocardium, 3 RV",
                   "acdc": "0 background, 1 RV, 2 LV myocardium, 3 LV blood pool"}
 PNG_GREY_LEVELS = (0, 85, 170, 255)  # label k drawn as grey k * 85
@@ -74,7 +75,7 @@ def read_mask_file(path: str | Path, labels: str = "ukbb", crop_mm: float = 128.
         raise InputError("labels", f"unknown label convention {labels!r}; expected one of {', '.join(LABEL_MAPS)}")
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        raw, affine, spacing = load_nifti(path, is_mask=True)
+        raw, affine, spacing = load_nifti(path, is_mask=True, orientation=ORIENTATIONS[labels])
     elif name.endswith(".png"):
         raw = _read_png(path)
         pixel = crop_mm / size

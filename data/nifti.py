@@ -11,6 +11,7 @@ from typing import Optional
 
 import nibabel as nib
 import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from data.atomic import atomic_write
 from data.attributes import Attributes
@@ -20,6 +21,9 @@ from data.limits import check_shape, stream_size
 
 Spacing = Optional[tuple[float, float, float]]
 AFFINE_TOLERANCE = 1e-3  # mm; headers store float32, so equal affines can differ in the last digits
+# Voxel axes are reordered and flipped to point this way (nearest world axes); a layout whose files are stored
+# otherwise as standard passes its own (ACDC: LPS), so its standard files load exactly as stored.
+ORIENTATION = "RAS"
 
 
 def _to_3d(data: np.ndarray, path: Path) -> np.ndarray:
@@ -71,8 +75,33 @@ def _first_bad_voxel(bad: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(bad)[0])
 
 
-def load_nifti(path: str | Path, is_mask: bool = False) -> tuple[np.ndarray, np.ndarray, Spacing]:
-    """Read a NIfTI volume -> (data (X, Y, Z), affine (4, 4), spacing in mm or None).
+def _reorient(data: np.ndarray, affine: np.ndarray, spacing: Spacing, header, orientation: str,
+              path: Path) -> tuple[np.ndarray, np.ndarray, Spacing]:
+    """The volume with its voxel axes along `orientation` (e.g. "RAS": x towards Right, ...; nearest world axes),
+    whatever order and flips the file stored them in; the affine follows, so the anatomy in mm is unchanged. A
+    header without a qform or sform (codes 0), or whose spacing was lost (unknown units, unit pixdim: the affine
+    is a placeholder), has no orientation: the data is kept as stored."""
+    if spacing is None or (int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0):
+        return data, affine, spacing
+    current = io_orientation(affine)
+    if np.isnan(current).any():
+        raise InputError(path, "affine has a voxel axis with no direction (singular); expected an invertible affine")
+    transform = ornt_transform(current, axcodes2ornt(tuple(orientation)))
+    if (transform == [[0, 1], [1, 1], [2, 1]]).all():
+        return data, affine, spacing  # already there: the usual case
+    new_affine = affine @ inv_ornt_aff(transform, data.shape)
+    if spacing is not None:
+        moved = [0.0] * 3
+        for old_axis, (new_axis, _) in enumerate(transform):
+            moved[int(new_axis)] = spacing[old_axis]
+        spacing = tuple(moved)
+    return np.ascontiguousarray(apply_orientation(data, transform)), new_affine, spacing
+
+
+def load_nifti(path: str | Path, is_mask: bool = False,
+               orientation: str = ORIENTATION) -> tuple[np.ndarray, np.ndarray, Spacing]:
+    """Read a NIfTI volume -> (data (X, Y, Z), affine (4, 4), spacing in mm or None), voxel axes reoriented to
+    `orientation` (see _reorient): the same anatomy stored flipped or transposed gives the same array.
 
     Images come back float32 and must be finite; masks come back as integers (stored dtype when integral).
     """
@@ -105,7 +134,7 @@ def load_nifti(path: str | Path, is_mask: bool = False) -> tuple[np.ndarray, np.
         bad = ~np.isfinite(data)
         if bad.any():
             raise InputError(path, f"{int(bad.sum())} NaN/Inf voxel(s), first at {_first_bad_voxel(bad)}; expected finite intensities")
-    return data, affine, _spacing(header, path)
+    return _reorient(data, affine, _spacing(header, path), header, orientation, path)
 
 
 def _integer_mask(data: np.ndarray, path: Path) -> np.ndarray:
@@ -163,12 +192,14 @@ def _check_affines(a: np.ndarray, b: np.ndarray, what: str, path_a: Path, path_b
 
 
 def load_subject(subject_id: str, image_ed: Path, image_es: Path, mask_ed: Path, mask_es: Path,
-                 label_map: dict[int, int], attributes: Attributes, source: Optional[Path] = None) -> Subject:
-    """Read and cross-check the four volumes of one patient; masks are mapped to the internal labels."""
-    img_ed, affine, spacing = load_nifti(image_ed)
-    img_es, affine_es, _ = load_nifti(image_es)
-    seg_ed, affine_seg_ed, _ = load_nifti(mask_ed, is_mask=True)
-    seg_es, affine_seg_es, _ = load_nifti(mask_es, is_mask=True)
+                 label_map: dict[int, int], attributes: Attributes, source: Optional[Path] = None,
+                 orientation: str = ORIENTATION) -> Subject:
+    """Read and cross-check the four volumes of one patient (each reoriented to `orientation`); masks are mapped
+    to the internal labels."""
+    img_ed, affine, spacing = load_nifti(image_ed, orientation=orientation)
+    img_es, affine_es, _ = load_nifti(image_es, orientation=orientation)
+    seg_ed, affine_seg_ed, _ = load_nifti(mask_ed, is_mask=True, orientation=orientation)
+    seg_es, affine_seg_es, _ = load_nifti(mask_es, is_mask=True, orientation=orientation)
     _check_shapes(img_ed, seg_ed, "image/mask", image_ed, mask_ed)
     _check_shapes(img_es, seg_es, "image/mask", image_es, mask_es)
     _check_shapes(img_ed, img_es, "ED/ES", image_ed, image_es)

@@ -18,6 +18,7 @@ FIXTURE_AFFINE = np.array([[1.8, 0.0, 0.0, -30.0],
                            [0.0, 1.8, 0.0, 20.0],
                            [0.0, 0.0, 8.0, 5.0],
                            [0.0, 0.0, 0.0, 1.0]])
+ACDC_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0]) @ FIXTURE_AFFINE  # LPS, as every file of the shared ACDC copy
 INTERNAL_TO_ACDC = {BACKGROUND: 0, RV: 1, MYO: 2, LV: 3}
 ACDC_GROUPS = ("DCM", "HCM", "MINF", "NOR", "RV")
 UKBB_HEALTH = ("healthy", "heart_failure", "myocardial_infarction")
@@ -84,7 +85,7 @@ def write_acdc_fixture(tmp_path: Path, n: int = 2, shape: tuple[int, int, int] =
     rng = np.random.default_rng(seed)
     root = Path(tmp_path) / "acdc"
     root.mkdir(parents=True, exist_ok=True)
-    affine, unit = (np.eye(4), "unknown") if spacing_lost else (FIXTURE_AFFINE, "mm")
+    affine, unit = (np.eye(4), "unknown") if spacing_lost else (ACDC_AFFINE, "mm")
     to_acdc = np.array([INTERNAL_TO_ACDC[k] for k in range(4)], dtype=np.uint8)
     for i in range(n):
         name = f"patient{i + 1:03d}"

@@ -10,7 +10,7 @@ from data.errors import InputError
 from data.mask_input import load_control_masks
 from data.nifti import save_nifti
 from data.preprocess import PreprocessConfig, preprocess_subject
-from tests.fixtures import FIXTURE_AFFINE, FIXTURE_SPACING, INTERNAL_TO_ACDC, heart_image, heart_mask
+from tests.fixtures import ACDC_AFFINE, FIXTURE_AFFINE, FIXTURE_SPACING, INTERNAL_TO_ACDC, heart_image, heart_mask
 
 CFG = PreprocessConfig(size=32, crop_mm=128.0, slice_offsets=(-1, 0, 1))
 TO_ACDC = np.array([INTERNAL_TO_ACDC[k] for k in range(4)], dtype=np.uint8)
@@ -39,8 +39,8 @@ def test_same_preprocessing_as_training(masks):
 
 def test_acdc_labels_and_swapped_convention_warning(masks):
     folder, ed, es = masks
-    save_nifti(folder / "ed_acdc.nii.gz", TO_ACDC[ed], FIXTURE_AFFINE)
-    save_nifti(folder / "es_acdc.nii.gz", TO_ACDC[es], FIXTURE_AFFINE)
+    save_nifti(folder / "ed_acdc.nii.gz", TO_ACDC[ed], ACDC_AFFINE)  # the ACDC convention: its labels, stored LPS
+    save_nifti(folder / "es_acdc.nii.gz", TO_ACDC[es], ACDC_AFFINE)
     ukbb = load_control_masks(folder / "ed.nii.gz", folder / "es.nii.gz", CFG)
     acdc = load_control_masks(folder / "ed_acdc.nii.gz", folder / "es_acdc.nii.gz", CFG, labels="acdc")
     assert np.array_equal(ukbb, acdc)
