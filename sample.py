@@ -19,7 +19,7 @@ from pathlib import Path
 from data.errors import InputError, OneLineArgumentParser
 from data.mask_input import load_control_masks
 from data.planner import composition_after, load_plan, plan_rebalancing, planning_attributes, save_plan
-from data.prompts import prompt_from_fields, prompt_to_attributes
+from data.prompts import canonical_prompt, prompt_from_fields
 from data.slices import SliceSet
 from ddpm.checkpoint import read_meta
 from ddpm.distributed import resolve_device
@@ -107,8 +107,7 @@ def _prompt(args) -> str:
     if args.prompt is not None and fields:
         raise InputError("--prompt", f"give a prompt or fields ({', '.join('--' + k for k in fields)}), not both")
     if args.prompt is not None:
-        prompt_to_attributes(args.prompt)  # validates: unknown parts name the vocabulary
-        return args.prompt
+        return canonical_prompt(args.prompt)  # validates (unknown parts name the vocabulary), one spelling
     return prompt_from_fields(**fields)
 
 

@@ -90,3 +90,14 @@ def prompt_to_attributes(prompt: str) -> ParsedPrompt:
             raise InputError("prompt", f"{name} given twice in {prompt!r}")
         fields[name] = value
     return ParsedPrompt(**fields)
+
+
+def canonical_prompt(prompt: str) -> str:
+    """The one spelling of what a prompt says ("heart-failure, age in ٤٠s, female" -> "Female, age in 40s,
+    heart failure"): what the model and the sidecars get, so text that validates as a bin conditions as that bin
+    (the tokenizer would make <unk> or an unseen sequence of anything else). InputError as prompt_to_attributes."""
+    parsed = prompt_to_attributes(prompt)
+    canonical = _compose(parsed.sex, parsed.age_decade, parsed.bmi_category, parsed.health)
+    if prompt_to_attributes(canonical) != parsed:  # a part the composer does not write would be lost: never silently
+        raise InputError("prompt", f"{prompt!r} cannot be written canonically (got {canonical!r})")
+    return canonical

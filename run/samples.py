@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -24,6 +24,7 @@ from data.mask_input import load_control_masks
 from data.nifti import load_nifti, save_nifti
 from data.planner import apply_jitter, sample_id_problem
 from data.preprocess import config_hash
+from data.prompts import canonical_prompt
 from data.slices import SliceSet
 from ddpm.checkpoint import file_sha256
 from ddpm.images import save_grid, to_uint8
@@ -139,6 +140,7 @@ def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Pat
     """Generate every request not complete in out_dir -> (generated ids, skipped ids); then writes grid.png.
     inputs: files the caller read (a plan, a slice set), besides the checkpoints and mask files: never overwritten."""
     out_dir = Path(out_dir)
+    requests = [_canonical(r) for r in requests]  # the model and the sidecar get one spelling of each prompt
     ids = [r.sample_id for r in requests]
     bad_id = sample_id_problem(ids)  # ids become file names: never a path out of out_dir, never another's file
     if bad_id is not None:
@@ -174,6 +176,13 @@ def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Pat
             bar.update(len(batch))
     write_call_grid(out_dir, requests)
     return [r.sample_id for r in todo], skipped
+
+
+def _canonical(request: SampleRequest) -> SampleRequest:
+    try:
+        return replace(request, prompt=canonical_prompt(request.prompt))
+    except InputError as error:
+        raise InputError(f"sample {str(request.sample_id)[:100]!r}: prompt", error.problem) from None
 
 
 def call_outputs(out_dir: Path, requests: Sequence[SampleRequest]) -> list[Path]:
