@@ -238,6 +238,23 @@ def sample_id_problem(ids: list[str]) -> Optional[tuple[int, str]]:
     return None
 
 
+PROMPT_FIELDS = {"sex": "sex", "age": "age_decade", "bmi": "bmi_category", "health": "health"}  # column -> prompt bin
+
+
+def prompt_disagreement(fields: dict, prompt: str) -> Optional[str]:
+    """What a plan row's prompt says differently from its fields (the image is made from the prompt, the row's
+    fields label it), else None: each of sex, age decade, BMI category and condition is in both or in neither,
+    with the same bin."""
+    said, labelled = prompt_to_attributes(prompt), prompt_to_attributes(prompt_from_fields(**fields))
+    for column, part in PROMPT_FIELDS.items():
+        if getattr(said, part) != getattr(labelled, part):
+            in_prompt, in_row = ("nothing" if v is None else repr(v) for v in (getattr(said, part), getattr(labelled, part)))
+            value = f" ({fields[column]!r})" if column in ("age", "bmi") and fields.get(column) is not None else ""
+            return (f"the prompt says {part.replace('_', ' ')} {in_prompt} but the {column} column gives {in_row}"
+                    f"{value}; expected a prompt stating what the row's fields say")
+    return None
+
+
 def _plan_error(path: Path, line: int, sample_id, field: str, problem: str) -> InputError:
     return InputError(f"{path}: line {line} (sample {sample_id}): {field}", problem)
 
@@ -275,9 +292,11 @@ def load_plan(path: str | Path) -> pd.DataFrame:
         line, sid = i + 2, row["sample_id"]
         try:
             fields = make_attributes(row["sex"], row["age"], row["bmi"], row["health"], where=f"{path}: line {line}")
-            prompt_to_attributes(row["prompt"])
+            disagree = prompt_disagreement(fields.to_dict(), row["prompt"])
         except InputError as err:
             raise _plan_error(path, line, sid, err.where.split(": ")[-1], err.problem) from None
+        if disagree is not None:
+            raise _plan_error(path, line, sid, "prompt", disagree)
         has_path = bool(row.get("mask_path", "").strip())
         mask_row = None if has_path and row["mask_row"].strip() == "" else \
             _check_int(row["mask_row"], path, line, sid, "mask_row", 0, 2**62)
