@@ -21,6 +21,9 @@ from data.limits import check_shape, stream_size
 
 Spacing = Optional[tuple[float, float, float]]
 AFFINE_TOLERANCE = 1e-3  # mm; headers store float32, so equal affines can differ in the last digits
+# In-plane voxel size of a cardiac MR volume, mm: outside it the header's unit or pixdim is wrong (a micron or metre
+# unit scales 1.8 mm to 0.0018 or 1800 mm; preprocessing would crop a dot or a fraction of one voxel).
+PLAUSIBLE_PIXEL_MM = (0.1, 20.0)
 # Voxel axes are reordered and flipped to point this way (nearest world axes); a layout whose files are stored
 # otherwise as standard passes its own (ACDC: LPS), so its standard files load exactly as stored.
 ORIENTATION = "RAS"
@@ -191,6 +194,23 @@ def _check_affines(a: np.ndarray, b: np.ndarray, what: str, path_a: Path, path_b
         raise InputError(path_b, f"{what} affine mismatch with {path_a}: differs by up to {worst:.4g} (tolerance {AFFINE_TOLERANCE})")
 
 
+def check_training_subject(seg_ed: np.ndarray, seg_es: np.ndarray, spacing: Spacing, label_map: dict[int, int],
+                           image_ed: Path, mask_ed: Path, mask_es: Path) -> None:
+    """Refuse what would give degenerate training slices (cohort readers skip it under skip_bad): a mask with no
+    heart label, or an in-plane voxel size no cardiac MR volume has (the header's spatial unit or pixdim is wrong).
+    sample.py's masks take the same checks in data/mask_input.py."""
+    background = [label for label, internal in label_map.items() if internal == 0]
+    for seg, path, phase in ((seg_ed, mask_ed, "ED"), (seg_es, mask_es, "ES")):
+        if np.isin(seg, background).all():
+            raise InputError(path, f"{phase} mask is empty (background only); expected LV, MYO and RV labels")
+    if spacing is not None:
+        lo, hi = PLAUSIBLE_PIXEL_MM
+        if not all(lo <= s <= hi for s in spacing[:2]):
+            raise InputError(image_ed, f"in-plane voxel size {spacing[0]:.4g} x {spacing[1]:.4g} mm; expected {lo:g} to "
+                                       f"{hi:g} mm for cardiac MR: is the header's spatial unit (micron, meter) or "
+                                       "pixdim wrong?")
+
+
 def load_subject(subject_id: str, image_ed: Path, image_es: Path, mask_ed: Path, mask_es: Path,
                  label_map: dict[int, int], attributes: Attributes, source: Optional[Path] = None,
                  orientation: str = ORIENTATION) -> Subject:
@@ -206,6 +226,7 @@ def load_subject(subject_id: str, image_ed: Path, image_es: Path, mask_ed: Path,
     _check_affines(affine, affine_seg_ed, "image/mask", image_ed, mask_ed)
     _check_affines(affine_es, affine_seg_es, "image/mask", image_es, mask_es)
     _check_affines(affine, affine_es, "ED/ES", image_ed, image_es)
+    check_training_subject(seg_ed, seg_es, spacing, label_map, image_ed, mask_ed, mask_es)
     return Subject(
         subject_id=subject_id,
         image_ed=img_ed,

@@ -120,7 +120,7 @@ COHORT_FAULTS = {  # name -> (break the cohort at root, fragments of the error l
     "label outside the map": (lambda r: _set_voxel(r / FIRST / "seg_sa_ES.nii.gz", 7),
                               ["seg_sa_ES.nii.gz", "unexpected mask label(s) [7]", "declares labels [0, 1, 2, 3]"]),
     "empty mask": (lambda r: _empty_mask(r / FIRST / "seg_sa_ED.nii.gz"),
-                   [f"cohort/{FIRST})", "ED mask has no LV blood pool"]),
+                   [f"cohort/{FIRST}/seg_sa_ED.nii.gz", "ED mask is empty (background only)"]),
     "CSV missing": (lambda r: (r / "metadata.csv").unlink(), ["metadata.csv", "not found", "expected columns eid"]),
     "CSV not text": (lambda r: (r / "metadata.csv").write_bytes(bytes(range(256)) * 4),
                      ["metadata.csv", "cannot parse CSV"]),
