@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from data.errors import InputError, OneLineArgumentParser
+from data.limits import MAX_SAMPLES
 from data.mask_input import load_control_masks
 from data.planner import composition_after, load_plan, plan_rebalancing, planning_attributes, save_plan
 from data.prompts import canonical_prompt, prompt_from_fields
@@ -104,6 +105,9 @@ def _config(args, ldm: Path | None) -> RunConfig:
 
 def _prompt(args) -> str:
     fields = {k: getattr(args, k) for k in ("sex", "age", "bmi", "health") if getattr(args, k) is not None}
+    for name, value in fields.items():  # a blank value would silently drop the field from the prompt
+        if not value.strip():
+            raise InputError(f"--{name}", "empty value; expected a value, or leave the option out")
     if args.prompt is not None and fields:
         raise InputError("--prompt", f"give a prompt or fields ({', '.join('--' + k for k in fields)}), not both")
     if args.prompt is not None:
@@ -133,8 +137,8 @@ def run(args) -> int:
         return make_plan(args)
     if args.plan is not None and (args.prompt or args.mask or any(getattr(args, k) for k in ("sex", "age", "bmi", "health"))):
         raise InputError("--plan", "the plan gives prompts and masks; pass no --prompt, fields or --mask with it")
-    if args.n < 1:
-        raise InputError("--n", f"expected at least 1 sample, got {args.n}")
+    if not 1 <= args.n <= MAX_SAMPLES:  # the request list is built up front: its size must be bounded
+        raise InputError("--n", f"expected 1..{MAX_SAMPLES} samples, got {args.n}")
     prompt = None if args.plan is not None else _prompt(args)
     plan = None if args.plan is None else load_plan(args.plan)
     paths = _checkpoints(args)

@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except OSError as err:  # read-only or full disk, a name too long, a file where a folder belongs: one line
+        where = err.filename or args.runs
+        print(f"error: {where}: {err.strerror or err}; expected a readable cohort and a writable run folder "
+              f"(--runs {args.runs})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130

@@ -1,10 +1,15 @@
-"""One converter from nested results (numpy, pandas, NaN) to values json.dumps(allow_nan=False) accepts."""
+"""One converter from nested results (numpy, pandas, NaN) to values json.dumps(allow_nan=False) accepts, and one
+reader of the JSON files a run writes (a damaged one is one clear line, not a traceback)."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from data.errors import InputError
 
 
 def json_ready(value):
@@ -21,4 +26,17 @@ def json_ready(value):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    return value
+
+
+def read_json_object(path: str | Path, what: str) -> dict:
+    """The JSON object in `path` -> dict; InputError naming the file when it is unreadable, cut short or not an
+    object (e.g. edited by hand, or written by a process killed before this project wrote files atomically)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(path, f"unreadable {what} ({type(error).__name__}: {str(error)[:80]}); expected the JSON "
+                               "object train.py writes: delete it or rerun the stage with --force") from None
+    if not isinstance(value, dict):
+        raise InputError(path, f"{what} is a JSON {type(value).__name__}; expected an object")
     return value

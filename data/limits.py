@@ -19,6 +19,7 @@ MAX_VOXELS = 1 << 27  # one volume: 128 Mi voxels (512 MiB as float32); an ACDC 
 MAX_PIXELS = 1 << 26  # one 2-D image (a PNG mask): 8192 x 8192
 MAX_ARRAY_BYTES = 1 << 32  # one array of a slice-set .npz (4 GiB); 1,000 slices of 2 x 128^2 float32 are 128 MiB
 MAX_CONFIG_BYTES = 1 << 20  # a config file; the biggest shipped one is ~3 kB
+MAX_SAMPLES = 10**6  # samples of one sample.py call (the requests are built up front); a method-sized plan is ~10^4
 
 # Model sizes (a checkpoint's embedded config builds the model before any weight is read).
 MAX_CHANNELS = 1024  # base channels of a VAE/UNet, width of the text encoder

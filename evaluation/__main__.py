@@ -62,6 +62,13 @@ def _check_args(args) -> None:
                                    "it), e.g. eval/metrics.json")
     check_outputs_spare_inputs(_outputs(args.out), (args.real, args.real_train, args.fake, args.config,
                                                     args.inception_weights))
+    sets = {"--real": args.real, "--real-train": args.real_train, "--fake": args.fake}
+    named = [(flag, path.resolve()) for flag, path in sets.items() if path is not None]
+    for i, (flag, path) in enumerate(named):  # the same images on two sides would report a perfect score
+        for other, other_path in named[i + 1:]:
+            if path == other_path:
+                raise InputError(other, f"is the same as {flag} ({path}); expected different image sets "
+                                        "(real test, real training, generated)")
 
 
 def _outputs(out: Path) -> tuple[Path, Path, Path]:

@@ -15,6 +15,7 @@ from classify.plots import composition_plot, subgroup_bar_plot
 from classify.report import composition_section, experiment_section, rare_section, reproduce_section, write_report
 from data.atomic import atomic_write_bytes
 from data.attributes import age_group
+from data.json_ready import read_json_object
 from data.planner import load_plan, plan_rebalancing, planning_attributes, save_plan
 from data.slices import SliceSet
 from ddpm.checkpoint import file_sha256
@@ -133,7 +134,7 @@ def write_main_report(run: RunState) -> Path:
         grids = (f"{len(synthetic)} synthetic patients; four per health x sex x age group "
                  "(mask ED, ES | generated ED, ES):"
                  "\n\n![samples](samples_by_subgroup.png)")
-    experiment = json.loads((run_dir / "experiment" / "experiment.json").read_text())
+    experiment = read_json_object(run_dir / "experiment" / "experiment.json", "experiment results")
     timing_rows = "\n".join(f"| {name} | {seconds:.0f} |" for name, seconds in timings.items())
     sections = {} if data.rare is None else {"Rare group (data.rare)": rare_section(data.rare, plan)}
     sections |= {

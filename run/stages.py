@@ -19,6 +19,7 @@ import yaml
 
 from data.atomic import atomic_write_bytes
 from data.errors import InputError
+from data.json_ready import read_json_object
 from data.subgroups import format_composition, subgroup_table
 from ddpm.checkpoint import file_sha256, load_checkpoint
 from ddpm.distributed import barrier, init_from_env
@@ -131,7 +132,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, ranks, upto: str, resume: bool, f
     names = tuple(STAGE) if upto == "all" else tuple(STAGE)[:tuple(STAGE).index(upto) + 1]
     check_reusable(cfg, run_dir, tuple(n for n in names if n in TRAINED), set(force))  # before config.yaml changes
     timings_path = run_dir / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    timings = read_json_object(timings_path, "stage timings") if timings_path.is_file() else {}
     run = RunState(cfg, run_dir, prepare(cfg, run_dir, ranks.is_main), resume, set(force), list(commands), timings)
     for stage in (STAGE[n] for n in names):
         if not (stage.trained or ranks.is_main):
