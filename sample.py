@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument("--age", help="years")
     what.add_argument("--bmi", help="kg/m^2")
     what.add_argument("--health", help="e.g. healthy, heart_failure, myocardial_infarction")
+    what.add_argument("--position", help="slice position basal/mid/apical (models trained with all_lv_slices)")
     what.add_argument("--mask", type=Path, metavar="FILE", help="ED mask: NIfTI (2D/3D) or PNG label image; without it the LDM alone")
     what.add_argument("--mask-es", type=Path, metavar="FILE", help="ES mask (default: the ED mask, with a warning)")
     what.add_argument("--labels", default="ukbb", choices=LAYOUT_LABELS,
@@ -91,7 +92,7 @@ def _checkpoints(args) -> dict:
 def _prompt(args) -> str:
     from data.prompts import prompt_from_fields, prompt_to_attributes
 
-    fields = {k: getattr(args, k) for k in ("sex", "age", "bmi", "health") if getattr(args, k) is not None}
+    fields = {k: getattr(args, k) for k in ("sex", "age", "bmi", "health", "position") if getattr(args, k) is not None}
     if args.prompt is not None and fields:
         raise InputError("--prompt", f"give a prompt or fields ({', '.join('--' + k for k in fields)}), not both")
     if args.prompt is not None:
@@ -151,7 +152,7 @@ def run(args) -> int:
 
     if args.make_plan is not None:
         return make_plan(args)
-    if args.plan is not None and (args.prompt or args.mask or any(getattr(args, k) for k in ("sex", "age", "bmi", "health"))):
+    if args.plan is not None and (args.prompt or args.mask or any(getattr(args, k) for k in ("sex", "age", "bmi", "health", "position"))):
         raise InputError("--plan", "the plan gives prompts and masks; pass no --prompt, fields or --mask with it")
     if args.n < 1:
         raise InputError("--n", f"expected at least 1 sample, got {args.n}")

@@ -143,7 +143,7 @@ def cohort_key(subjects: Sequence[Subject]) -> str:
 
 def slice_set_from_samples(samples: Sequence[Sample2D]) -> SliceSet:
     records = [{**sample.attributes.to_dict(), "subject_id": sample.subject_id,
-                "prompt": attributes_to_prompt(sample.attributes)} for sample in samples]
+                "prompt": attributes_to_prompt(sample.attributes, sample.position)} for sample in samples]
     return SliceSet(np.stack([s.image for s in samples]), np.stack([s.mask for s in samples]),
                     [s.subject_id for s in samples], np.array([s.slice_index for s in samples]),
                     attributes_frame(records))
