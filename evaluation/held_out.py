@@ -22,11 +22,11 @@ FEATURE_LABELS = ("health", "slice_position")  # what the realism classifier lea
 
 
 def realism_labels(attributes) -> list[Optional[str]]:
-    """Rows -> 'health|position' labels (None where either is unknown; position alone when health is)."""
+    """Rows -> 'health|position' labels (the known one alone when the other is unknown; None when both are)."""
     table = attribute_labels(attributes, use_numbers=True)
     out = []
     for health, position in zip(table["health"], table["slice_position"]):
-        parts = [p for p in (health, position) if p is not None]
+        parts = [p for p in (health, position) if isinstance(p, str)]  # a missing label may read as NaN
         out.append("|".join(parts) if parts else None)
     return out
 
