@@ -120,3 +120,20 @@ def test_shared_acdc_copy_loads_all_100_patients_with_bmi_and_spacing():
         lv_edge = ((m[1:] == LV) & (m[:-1] == 0)).sum() + ((m[:-1] == LV) & (m[1:] == 0)).sum()
         rv_edge = ((m[1:] == RV) & (m[:-1] == 0)).sum() + ((m[:-1] == RV) & (m[1:] == 0)).sum()
         assert lv_edge <= rv_edge or rv_edge == 0
+
+
+def test_shared_acdc_crop_uses_the_true_spacing():
+    root = _shared_acdc()
+    if not root.is_dir():
+        pytest.skip(f"shared ACDC copy not found at {root} (set CARDIAC_LDM_ACDC to its folder)")
+    from data.acdc import load_patient
+    from data.preprocess import PreprocessConfig, preprocess_subject
+
+    cfg = PreprocessConfig(size=64, crop_mm=128.0, all_lv_slices=True)
+    for name in ("patient001", "patient090"):  # in-plane spacings differ between scanners
+        subject = load_patient(root / name)
+        pixel_mm2 = float(subject.spacing[0] * subject.spacing[1])
+        for sample in preprocess_subject(subject, cfg)[2:4]:
+            raw_mm2 = (subject.mask_ed[:, :, sample.slice_index] == LV).sum() * pixel_mm2
+            crop_mm2 = (sample.mask[0] == LV).sum() * (cfg.crop_mm / cfg.size) ** 2
+            assert crop_mm2 == pytest.approx(raw_mm2, rel=0.1)  # nearest-neighbour resampling of a ~1000 mm^2 pool
