@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument("--age", help="years")
     what.add_argument("--bmi", help="kg/m^2")
     what.add_argument("--health", help="e.g. healthy, heart_failure, myocardial_infarction")
+    what.add_argument("--position", help="slice position basal/mid/apical (models trained with all_lv_slices)")
     what.add_argument("--mask", type=Path, metavar="FILE", help="ED mask: NIfTI (2D/3D) or PNG label image; without it the LDM alone")
     what.add_argument("--mask-es", type=Path, metavar="FILE", help="ES mask (default: the ED mask, with a warning)")
     what.add_argument("--labels", default="ukbb", choices=LAYOUT_LABELS,
@@ -104,7 +105,7 @@ def _config(args, ldm: Path | None) -> RunConfig:
 
 
 def _prompt(args) -> str:
-    fields = {k: getattr(args, k) for k in ("sex", "age", "bmi", "health") if getattr(args, k) is not None}
+    fields = {k: getattr(args, k) for k in ("sex", "age", "bmi", "health", "position") if getattr(args, k) is not None}
     for name, value in fields.items():  # a blank value would silently drop the field from the prompt
         if not value.strip():
             raise InputError(f"--{name}", "empty value; expected a value, or leave the option out")
@@ -135,7 +136,7 @@ def make_plan(args) -> int:
 def run(args) -> int:
     if args.make_plan is not None:
         return make_plan(args)
-    if args.plan is not None and (args.prompt or args.mask or any(getattr(args, k) for k in ("sex", "age", "bmi", "health"))):
+    if args.plan is not None and (args.prompt or args.mask or any(getattr(args, k) for k in ("sex", "age", "bmi", "health", "position"))):
         raise InputError("--plan", "the plan gives prompts and masks; pass no --prompt, fields or --mask with it")
     if not 1 <= args.n <= MAX_SAMPLES:  # the request list is built up front: its size must be bounded
         raise InputError("--n", f"expected 1..{MAX_SAMPLES} samples, got {args.n}")

@@ -1,9 +1,11 @@
 """ACDC layout: one folder per patient with Info.cfg and the ED/ES frames with their masks.
 
-    root/patientNNN/Info.cfg                       ED: 1, ES: 12, Group: DCM, [Height: 184.0, Weight: 95.0, NbFrame: 30]
+    root/patientNNN/Info.cfg                       ED: 1, ES: 12, Group: DCM, Height: 184.0, Weight: 95.0, [NbFrame: 30]
     root/patientNNN/patientNNN_frameXX.nii.gz      XX = zero-padded ED and ES frame numbers
     root/patientNNN/patientNNN_frameXX_gt.nii.gz   labels 1 RV, 2 MYO, 3 LV blood pool
-ACDC has no sex or age; BMI only where Info.cfg gives Height and Weight.
+ACDC has no sex or age; BMI = Weight / Height^2 (both required: the prompt carries the BMI category).
+A user's copy as the challenge distributes it (root/training/patientNNN, root/testing/patientNNN) reads as one
+cohort: patient numbers are unique across the two folders.
 """
 from __future__ import annotations
 
@@ -26,14 +28,15 @@ GROUP_TO_HEALTH = {
     "NOR": "healthy",
     "RV": "abnormal_right_ventricle",
 }
-DESCRIPTION = ("acdc: patientNNN/Info.cfg (ED, ES, Group; optional Height, Weight, NbFrame), "
+DESCRIPTION = ("acdc: [training/, testing/] patientNNN/Info.cfg (ED, ES, Group, Height, Weight; optional NbFrame), "
                "patientNNN/patientNNN_frameXX.nii.gz and patientNNN/patientNNN_frameXX_gt.nii.gz "
                "for XX = the ED and ES frames (labels 1 RV, 2 MYO, 3 LV)")
 PATIENT_FOLDER = re.compile(r"patient\d+")
+SUBSETS = ("training", "testing")  # the challenge's own split folders, read together when present
 
 
 def looks_like(root: Path) -> bool:
-    return any(root.glob("patient*/Info.cfg"))
+    return any(root.glob("patient*/Info.cfg")) or any(any((root / sub).glob("patient*/Info.cfg")) for sub in SUBSETS)
 
 
 def read_info(path: str | Path) -> dict[str, str]:
@@ -69,6 +72,14 @@ def _frame(info: dict[str, str], key: str, path: Path) -> int:
     return frame
 
 
+def _body_size(info: dict[str, str], path: Path) -> tuple[str, str]:
+    """Height (cm) and Weight (kg) strings; InputError naming the file when either is missing."""
+    for key, example in (("Height", "172.0' (cm)"), ("Weight", "70.0' (kg)")):
+        if key not in info or not info[key].strip():
+            raise InputError(f"{path}: {key}", f"missing field {key}; expected e.g. '{key}: {example} for the BMI")
+    return info["Height"], info["Weight"]
+
+
 def _health(info: dict[str, str], path: Path) -> str:
     group = info.get("Group")
     if group not in GROUP_TO_HEALTH:
@@ -82,9 +93,9 @@ def load_patient(folder: Path) -> Subject:
     info_path = folder / "Info.cfg"
     info = read_info(info_path)
     ed, es = _frame(info, "ED", info_path), _frame(info, "ES", info_path)
-    where = str(info_path)
-    bmi: Optional[float] = bmi_from_height_weight(info.get("Height"), info.get("Weight"), where)
-    attributes = make_attributes(bmi=bmi, health=_health(info, info_path), where=where)
+    where, health = str(info_path), _health(info, info_path)
+    bmi: Optional[float] = bmi_from_height_weight(*_body_size(info, info_path), where)
+    attributes = make_attributes(bmi=bmi, health=health, where=where)
     image_ed, image_es = folder / f"{name}_frame{ed:02d}.nii.gz", folder / f"{name}_frame{es:02d}.nii.gz"
     mask_ed, mask_es = folder / f"{name}_frame{ed:02d}_gt.nii.gz", folder / f"{name}_frame{es:02d}_gt.nii.gz"
     return load_subject(name, image_ed, image_es, mask_ed, mask_es, LABEL_MAP, attributes, source=folder,
@@ -92,8 +103,16 @@ def load_patient(folder: Path) -> Subject:
 
 
 def read_acdc(root: str | Path, skip_bad: bool = False) -> tuple[list[Subject], list[tuple[str, str]]]:
-    """Read every patientNNN folder -> (subjects sorted by name, skipped (name, reason))."""
-    folders = sorted(p for p in Path(root).iterdir() if p.is_dir() and PATIENT_FOLDER.fullmatch(p.name))
+    """Read every patientNNN folder (in root, or in root/training and root/testing) -> (subjects sorted by name,
+    skipped (name, reason))."""
+    parents = [Path(root)] + [Path(root) / sub for sub in SUBSETS if (Path(root) / sub).is_dir()]
+    folders = sorted((p for parent in parents for p in parent.iterdir() if p.is_dir() and PATIENT_FOLDER.fullmatch(p.name)),
+                     key=lambda p: p.name)
+    names = [p.name for p in folders]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(root, f"patient folder(s) {', '.join(repeated[:3])} found twice (in root and/or "
+                               f"{' and '.join(SUBSETS)}); keep one copy")
     subjects, skipped = [], []
     for folder in folders:
         try:

@@ -187,8 +187,10 @@ def plan_rebalancing(attributes: pd.DataFrame, target: PlanTarget = PlanTarget()
             bmi = _draw_value(rng, BMI_BINS[cell["bmi_group"]]) if "bmi_group" in cell else donor["bmi"]
             sex = cell.get("sex", donor["sex"])
             fields = make_attributes(sex, age, bmi, cell["health"], where=f"donor {donor['subject_id']}")
+            # the donor slice's position (base/mid/apex) goes with its mask into the prompt
+            position = prompt_to_attributes(str(donor.get("prompt") or "")).position
             rows.append({"sample_id": f"syn-{len(rows):06d}", "sex": fields.sex, "age": fields.age, "bmi": fields.bmi,
-                         "health": fields.health, "prompt": prompt_from_fields(**fields.to_dict()),
+                         "health": fields.health, "prompt": prompt_from_fields(**fields.to_dict(), position=position),
                          "mask_subject_id": str(donor["subject_id"]), "mask_row": int(donor["slice_row"]),
                          "seed": int(rng.integers(MAX_SEED)), "jitter": jitter, "mask_match": match})
     return pd.DataFrame(rows, columns=[*PLAN_COLUMNS, "mask_match"])

@@ -1,4 +1,5 @@
-"""3D subject -> 2D training samples: mid-ventricular short-axis slice, ED and ES stacked as channels.
+"""3D subject -> 2D training samples: short-axis slices (around the mid-ventricular one, or every slice showing
+the LV with its position base/mid/apex), ED and ES stacked as channels.
 
 Each sample is a crop_mm square centred on the heart, resampled to size x size pixels (crop_mm / size mm per
 pixel, whatever the scanner spacing), intensities robustly scaled to [-1, 1], masks in the internal labels.
@@ -9,6 +10,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 from scipy import ndimage
@@ -16,6 +18,8 @@ from scipy import ndimage
 from data.attributes import Attributes
 from data.cohort import LV, MYO, NUM_LABELS, RV, Subject
 from data.errors import InputError
+from data.prompts import SLICE_POSITIONS
+from data.fields import bounded, check_fields
 
 # Bump when the preprocessing code changes meaning, so old caches are not reused.
 PREPROCESS_VERSION = 1
@@ -23,10 +27,12 @@ PREPROCESS_VERSION = 1
 
 @dataclass
 class PreprocessConfig:
-    size: int = 64  # output pixels per side
+    size: int = bounded(64, lo=1, hi=1024)  # output pixels per side (the method: 512)
     crop_mm: float = 128.0  # physical side of the crop; pixel spacing = crop_mm / size
     unknown_spacing_mm: float = 1.5  # in-plane spacing assumed when the subject does not know its own
     slice_offsets: tuple[int, ...] = (0,)  # slices relative to the mid-LV slice (augmentation)
+    # True: every slice whose ED mask shows the LV, its position (basal/mid/apical) in the prompt; slice_offsets unused
+    all_lv_slices: bool = False
     intensity_percentiles: tuple[float, float] = (1.0, 99.0)  # mapped to -1 and 1
 
     def __post_init__(self) -> None:
@@ -35,9 +41,9 @@ class PreprocessConfig:
         self.crop_mm = float(self.crop_mm)
         self.unknown_spacing_mm = float(self.unknown_spacing_mm)
         self.slice_offsets = tuple(int(o) for o in self.slice_offsets)
+        self.all_lv_slices = bool(self.all_lv_slices)
         self.intensity_percentiles = tuple(float(p) for p in self.intensity_percentiles)
-        if self.size < 1:
-            raise InputError("PreprocessConfig.size", f"expected a positive number of pixels, got {self.size}")
+        check_fields(self, "data.preprocess")
         for name in ("crop_mm", "unknown_spacing_mm"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -65,6 +71,7 @@ class Sample2D:
     mask: np.ndarray
     attributes: Attributes
     spacing_assumed: bool = False  # True when cfg.unknown_spacing_mm stood in for a missing spacing
+    position: Optional[str] = None  # basal / mid / apical (cfg.all_lv_slices), else None
 
 
 def _check_subject(subject: Subject) -> None:
@@ -103,6 +110,15 @@ def mid_lv_slice(mask_ed: np.ndarray) -> int:
     return int(slices[(len(slices) - 1) // 2])
 
 
+def slice_position(rank: int, count: int) -> str:
+    """Position of the rank-th of count LV slices (0 = first = base on a base-to-apex stack): thirds of the
+    normalised position rank / (count - 1) -> basal / mid / apical; a single slice is mid."""
+    if count < 1 or not 0 <= rank < count:
+        raise InputError("slice position", f"rank {rank} outside 0..{count - 1}")
+    t = 0.5 if count == 1 else rank / (count - 1)
+    return SLICE_POSITIONS[min(int(t * 3), 2)]
+
+
 def crop_grid(centre: tuple[float, float], spacing: tuple[float, float], cfg: PreprocessConfig) -> np.ndarray:
     """Voxel coordinates (2, S, S) of an S x S grid of crop_mm / S mm pixels centred on centre (voxels)."""
     step = cfg.crop_mm / cfg.size
@@ -125,7 +141,8 @@ def normalise_intensity(planes: np.ndarray, reference: np.ndarray, percentiles: 
 
 
 def preprocess_subject(subject: Subject, cfg: PreprocessConfig) -> list[Sample2D]:
-    """Subject with volumes (X, Y, Z) -> one Sample2D per usable slice offset around the mid-LV slice."""
+    """Subject with volumes (X, Y, Z) -> one Sample2D per usable slice offset around the mid-LV slice, or per LV
+    slice with its position (cfg.all_lv_slices; Z runs base to apex, as in ACDC and UK Biobank)."""
     _check_subject(subject)
     slices = lv_slices(subject.mask_ed)
     if len(slices) == 0:
@@ -135,7 +152,8 @@ def preprocess_subject(subject: Subject, cfg: PreprocessConfig) -> list[Sample2D
     mid = mid_lv_slice(subject.mask_ed)
     mid_planes = np.stack([subject.image_ed[:, :, mid], subject.image_es[:, :, mid]]).astype(np.float64)
     samples = []
-    for z in dict.fromkeys(mid + o for o in cfg.slice_offsets):  # dedupe, keep order
+    wanted = slices if cfg.all_lv_slices else dict.fromkeys(mid + o for o in cfg.slice_offsets)  # dedupe, keep order
+    for z in wanted:
         if z not in slices:
             continue  # neighbour outside the LV: not a short-axis view of the ventricle
         heart = np.isin(subject.mask_ed[:, :, z], (LV, MYO, RV))
@@ -146,5 +164,6 @@ def preprocess_subject(subject: Subject, cfg: PreprocessConfig) -> list[Sample2D
                          _resample(subject.mask_es[:, :, z].astype(np.int16), grid, 0)]).astype(np.uint8)
         # One scale per subject (from the mid slice), so neighbouring slices stay comparable.
         image = normalise_intensity(raw, mid_planes, cfg.intensity_percentiles)
-        samples.append(Sample2D(subject.subject_id, int(z), image, mask, subject.attributes, assumed))
+        position = slice_position(int(np.searchsorted(slices, z)), len(slices)) if cfg.all_lv_slices else None
+        samples.append(Sample2D(subject.subject_id, int(z), image, mask, subject.attributes, assumed, position))
     return samples

@@ -21,6 +21,7 @@ from data.cohort import Subject
 from data.errors import InputError
 from data.preprocess import PreprocessConfig, Sample2D, config_hash, preprocess_subject
 from data.prompts import attributes_to_prompt
+from data.limits import check_npz
 
 FORMAT = "cardiac-ldm-slices-v1"
 ATTRIBUTE_COLUMNS = ("subject_id", "sex", "age", "bmi", "health", "prompt")
@@ -96,6 +97,7 @@ class SliceSet:
         path = Path(path)
         if not path.is_file():
             raise InputError(str(path), "no such slice-set file")
+        check_npz(path)  # header claims before numpy allocates them (sample.py --slices, the caches, evaluation)
         try:
             with np.load(path, allow_pickle=False) as data:
                 if "format" not in data.files or str(data["format"]) != FORMAT:
@@ -131,7 +133,7 @@ def cohort_key(subjects: Sequence[Subject]) -> str:
 
 def slice_set_from_samples(samples: Sequence[Sample2D]) -> SliceSet:
     records = [{**sample.attributes.to_dict(), "subject_id": sample.subject_id,
-                "prompt": attributes_to_prompt(sample.attributes)} for sample in samples]
+                "prompt": attributes_to_prompt(sample.attributes, sample.position)} for sample in samples]
     return SliceSet(np.stack([s.image for s in samples]), np.stack([s.mask for s in samples]),
                     [s.subject_id for s in samples], np.array([s.slice_index for s in samples]),
                     attributes_frame(records))

@@ -1,4 +1,5 @@
-"""Attribute fidelity: small ResNet classifiers, one per attribute (sex, age decade, BMI category, health), trained on
+"""Attribute fidelity: small ResNet classifiers, one per attribute (sex, age decade, BMI category, health, slice
+position where the prompts carry it), trained on
 real images; their accuracy on generated images for the PROMPTED attributes is set next to their accuracy on real
 test images (the ceiling a perfect generator would reach).
 
@@ -23,8 +24,8 @@ from data.attributes import age_decade, age_group, bmi_category
 from data.errors import InputError
 from data.prompts import prompt_to_attributes
 
-DEFAULT_ATTRIBUTES = ("sex", "age_decade", "bmi_category", "health")
-KNOWN_ATTRIBUTES = ("sex", "age_decade", "age_group", "bmi_category", "health")
+DEFAULT_ATTRIBUTES = ("sex", "age_decade", "bmi_category", "health", "slice_position")
+KNOWN_ATTRIBUTES = ("sex", "age_decade", "age_group", "bmi_category", "health", "slice_position")
 
 
 def _number(value) -> Optional[float]:
@@ -57,6 +58,7 @@ def attribute_labels(attributes: pd.DataFrame, use_numbers: bool = True) -> pd.D
             "age_group": age_group(age) if age is not None else _group_of_decade(parsed.age_decade),
             "bmi_category": bmi_category(bmi) if bmi is not None else parsed.bmi_category,
             "health": (rec.get("health") if use_numbers else None) or parsed.health,
+            "slice_position": parsed.position,  # a slice's, not a patient's: only ever in the prompt
         })
     return pd.DataFrame(rows, columns=list(KNOWN_ATTRIBUTES), dtype=object)
 

@@ -28,6 +28,7 @@ from evaluation.diversity import mean_pairwise_ms_ssim, nearest_real_distance
 from evaluation.features import make_extractor
 from evaluation.fid import real_vs_real_bound, repeated_fid
 from evaluation.fidelity import descriptor_errors, dice_per_structure
+from evaluation.held_out import classifier_extractor, disjoint_fid, ef_abs_errors, target_checks
 from evaluation.image_sets import ImageSet, as_image_set
 from evaluation.kid import kernel_inception_distance
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
@@ -49,14 +50,15 @@ class EvalConfig:
     max_ms_ssim_pairs: int = bounded(500, lo=1)  # per MS-SSIM set
     segmenter_base: int = bounded(16, lo=1, hi=1024)  # width of the domain segmenter
     segmenter_batch_size: int = bounded(16, lo=1)
+    # FID features: "auto" = Inception when weights are given, else the segmenter's encoder; "classifier" = a
+    # health x slice-position classifier trained on the real training slices (independent of the Dice check)
+    features: str = "auto"
+    samples_per_mask: int = bounded(1, lo=1)  # generated images per held-out mask (seeds): more generated images
 
     def __post_init__(self) -> None:
+        if self.features not in ("auto", "classifier"):
+            raise InputError("evaluation.features", f"expected 'auto' or 'classifier', got {self.features!r}")
         check_fields(self, "evaluation")
-
-    def __post_init__(self) -> None:
-        for name in ("fid_n", "fid_repeats", "kid_subsets", "kid_subset_size", "segmenter_steps", "attribute_epochs"):
-            if getattr(self, name) < 1:
-                raise InputError(name, f"expected a positive integer, got {getattr(self, name)}")
 
 
 def _mean_std(pair: tuple[float, float]) -> dict:
@@ -113,8 +115,10 @@ def control_fidelity(model, real_test: ImageSet, fake: ImageSet, spacing_mm: flo
             out[name] = {"skipped": "no masks (e.g. samples generated without a conditioning mask)"}
             continue
         pred = segment(model, data.images)
+        ef = ef_abs_errors(pred, data.masks, spacing_mm)
         out[name] = {"dice": dice_per_structure(pred, data.masks),
-                     "descriptor_mae": descriptor_errors(pred, data.masks, spacing_mm)}
+                     "descriptor_mae": descriptor_errors(pred, data.masks, spacing_mm),
+                     "ef_proxy_abs_error_median": float(np.nanmedian(ef)) if np.isfinite(ef).any() else None}
     return out
 
 
@@ -155,8 +159,10 @@ def _log(message: str, progress: bool) -> None:
 def evaluate(real_train, real_test, fake, cfg: Optional[EvalConfig] = None,
              inception_weights: Optional[Union[str, Path]] = None, progress: bool = True,
              spacing_mm: Optional[float] = None, attrs=DEFAULT_ATTRIBUTES,
-             device: Union[str, torch.device] = "cpu") -> dict:
+             device: Union[str, torch.device] = "cpu", fake_subjects=None) -> dict:
     """All metrics of generated images `fake` against real images (ImageSet or SliceSet, (N, 2, S, S) in [-1, 1]).
+
+    fake_subjects: the real_test subject whose masks made each fake; adds a subject-disjoint FID ("fid_disjoint").
 
     spacing_mm: pixel size of the preprocessed grid for descriptor errors (default: the samples' sidecars, else
     2.0 mm). Returns a JSON-ready dict (NaN where undefined).
@@ -182,7 +188,11 @@ def evaluate(real_train, real_test, fake, cfg: Optional[EvalConfig] = None,
         seg_model = train_segmenter(real_train.images, real_train.masks, SegmenterConfig(base=cfg.segmenter_base),
                                     steps=cfg.segmenter_steps, seed=cfg.seed, batch_size=cfg.segmenter_batch_size,
                                     device=device)
-    extractor = make_extractor("auto", inception_weights, seg_model, len(real_train), device, progress)
+    extractor = None
+    if cfg.features == "classifier" and inception_weights is None:
+        _log("training the realism classifier (FID features)", progress)
+        extractor = classifier_extractor(real_train, cfg.attribute_epochs, cfg.seed, device, progress)
+    extractor = extractor or make_extractor("auto", inception_weights, seg_model, len(real_train), device, progress)
     notes += [extractor.note, f"subgroup FIDs use n = min({cfg.fid_n}, images on each side) and FID grows as n "
                               "shrinks: compare subgroups by KID, or at equal n"]
     real_feats = extractor(real_test.images, "real_test features")
@@ -195,6 +205,9 @@ def evaluate(real_train, real_test, fake, cfg: Optional[EvalConfig] = None,
                "config": asdict(cfg),
                "fid": fid_block(real_feats, real_test.subject_ids, fake_feats, cfg),
                "subgroup_fid": subgroup_fid(real_feats, real_labels, fake_feats, fake_labels, cfg)}
+    if fake_subjects is not None:
+        metrics["fid_disjoint"] = disjoint_fid(real_feats, real_test.subject_ids, fake_feats, list(fake_subjects),
+                                               cfg.fid_n, cfg.fid_repeats, cfg.seed)
     if seg_model is None:
         metrics["control_fidelity"] = {"skipped": "the real training images carry no masks to train a segmenter"}
     else:
@@ -207,6 +220,7 @@ def evaluate(real_train, real_test, fake, cfg: Optional[EvalConfig] = None,
         "fake": attribute_accuracy(models, fake.images, fake.attributes, prompted=True)}
     _log("diversity and memorisation", progress)
     metrics.update(diversity(fake, real_train, real_test, cfg))
+    metrics["targets"] = target_checks(metrics)
     metrics["notes"] = notes
     return metrics
 
@@ -248,6 +262,11 @@ def markdown_table(m: dict) -> str:
         lines += [f"| FID (n={fid['n_per_side']}/side, {fid['repeats']} repeats) | {_pm(fid['fake_vs_real'])} | "
                   f"{_pm(fid['real_vs_real_bound'])} (real vs real, subject split) |",
                   f"| KID (subsets of {fid['kid']['subset_size']}) | {_pm(fid['kid'])} | |"]
+    if "fid_disjoint" in m:
+        d = m["fid_disjoint"]
+        lines.append(f"| FID, subject-disjoint (fakes from half A's masks vs real half B; n={d['n_per_side']}/side, "
+                     f"{d['repeats']} repeats) | {_pm(d['fake_vs_real'])} | {_pm(d['real_vs_real_bound'])} "
+                     f"(real A vs real B; ratio {_num(d['ratio'])}) |")
     control = m["control_fidelity"]
     sides = [control.get(side, control) for side in ("fake", "real_test")]  # a skip may sit at either level
     for name in ("LV", "MYO", "RV"):
@@ -256,6 +275,8 @@ def markdown_table(m: dict) -> str:
     for key in ("ed_lv_area_mm2", "ed_wall_thickness_mm", "ef_proxy"):
         cells = [c.get("skipped") or _num(c["descriptor_mae"][f"{key}_mae"]) for c in sides]
         lines.append(f"| MAE {key} | {cells[0]} | {cells[1]} |")
+    cells = [c.get("skipped") or _num(c.get("ef_proxy_abs_error_median")) for c in sides]
+    lines.append(f"| median abs error ef_proxy | {cells[0]} | {cells[1]} |")
     attrs = m["attribute_fidelity"]
     for name, entry in attrs["fake"].items():
         lines.append(f"| accuracy {name} | {_acc(entry)} | {_acc(attrs['real_test'][name])} |")
@@ -273,6 +294,10 @@ def markdown_table(m: dict) -> str:
         for value, g in groups.items():
             lines.append(f"| {key} | {value} | {g['n_real']} | {g['n_fake']} | "
                          f"{g.get('skipped') or _pm(g['fid'])} | {'' if 'skipped' in g else _pm(g['kid'])} |")
+    if m.get("targets"):
+        lines += ["", "## Targets (issue 12)", "", "| check | value | target | met |", "|---|---|---|---|"]
+        lines += [f"| {k} | {_num(t['value'])} | {t['target']} | {'yes' if t['met'] else 'no'} |"
+                  for k, t in m["targets"].items()]
     return "\n".join(lines + ["", "Notes:"] + [f"- {note}" for note in m.get("notes", [])]) + "\n"
 
 

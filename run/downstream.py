@@ -71,14 +71,19 @@ def load_planned(run_dir: Path) -> tuple[pd.DataFrame, SliceSet | None]:
     return plan, _sample_set(run_dir / "samples", list(plan["sample_id"]), attributes)
 
 
-def mirror_of_test(cfg, data: PreparedData, ckpts: dict, run_dir: Path, overwrite: bool) -> SliceSet:
-    """One generated image per held-out test slice, from its own prompt and masks: realism and control
-    fidelity are then measured on patients no generative stage saw, at the test set's composition."""
-    ids = [f"mirror-{i:05d}" for i in range(len(data.test))]
-    requests = [SampleRequest(sid, prompt, 10_000 + i, data.test.masks[i], {"kind": "test", "subject_id": sub})
-                for i, (sid, prompt, sub) in enumerate(zip(ids, data.test.prompts, data.test.subject_ids))]
+def mirror_of_test(cfg, data: PreparedData, ckpts: dict, run_dir: Path, overwrite: bool) -> tuple[SliceSet, list[str]]:
+    """evaluation.samples_per_mask generated images per held-out test slice, from its own prompt and masks:
+    realism and control fidelity are then measured on patients no generative stage saw, at the test set's
+    composition. Also returns the held-out subject behind each generated image."""
+    k, n = int(cfg.evaluation.samples_per_mask), len(data.test)
+    ids = [f"mirror-{i:05d}" if k == 1 else f"mirror-{i:05d}-{s}" for s in range(k) for i in range(n)]
+    rows = [i for _ in range(k) for i in range(n)]
+    requests = [SampleRequest(sid, data.test.prompts[i], 10_000 + j, data.test.masks[i],
+                              {"kind": "test", "subject_id": data.test.subject_ids[i]})
+                for j, (sid, i) in enumerate(zip(ids, rows))]
     _generate(cfg, ckpts, requests, run_dir / "mirror", overwrite)
-    return _sample_set(run_dir / "mirror", ids, data.test.attributes.assign(subject_id=ids))
+    attributes = data.test.attributes.iloc[rows].reset_index(drop=True).assign(subject_id=ids)
+    return _sample_set(run_dir / "mirror", ids, attributes), [data.test.subject_ids[i] for i in rows]
 
 
 def subgroup_grids(synthetic: SliceSet, path: Path, per_group: int = 4) -> Path:
@@ -102,10 +107,10 @@ def evaluation_stage(run: RunState) -> Path:
     """Realism and control fidelity of the mirror samples; they resume inside run_requests."""
     cfg, data, run_dir = run.cfg, run.data, run.dir
     metrics_path = run_dir / "evaluation" / "metrics.json"
-    mirror = mirror_of_test(cfg, data, run.checkpoints, run_dir, "evaluation" in run.force)
+    mirror, sources = mirror_of_test(cfg, data, run.checkpoints, run_dir, "evaluation" in run.force)
     pixel_mm = cfg.data.preprocess.crop_mm / cfg.data.preprocess.size
     metrics = evaluate(data.train, data.test, mirror, cfg.evaluation, spacing_mm=pixel_mm,
-                       device=resolve_device(cfg.device))
+                       device=resolve_device(cfg.device), fake_subjects=sources)
     write_outputs(metrics, metrics_path, run_dir / "evaluation" / "metrics.md", run_dir / "evaluation" / "metrics.png")
     return metrics_path
 

@@ -11,6 +11,8 @@ import numpy as np
 from data.atomic import atomic_write_bytes
 from data.rare import describe, make_rare, members
 from data.reader import attributes_table, read_cohort
+from data.errors import InputError
+from data.preprocess import config_hash
 from data.slices import SliceSet, build_slice_set
 from data.split import subject_split
 from data.subgroups import save_composition, subgroup_table
@@ -41,18 +43,40 @@ def prepare_data(cfg, run_dir: Path, progress: bool = True) -> PreparedData:
     if cfg.root is None:
         return _prepare_synthetic(cfg, run_dir, progress)
     root = Path(cfg.root)
+    if root.is_file() and root.suffix == ".npz":
+        return _prepare_from_slices(cfg, root, run_dir)
     # Read and preprocess before writing anything: a bad cohort leaves no half-made run folder.
     cohort = read_cohort(root, cfg.layout, cfg.metadata, cfg.skip_bad)
     if cfg.rare is not None:  # a group the cohort lacks fails here, before anything is written
         members(attributes_table(cohort), cfg.rare, "cohort's subjects")
     # The slice cache holds the whole cohort: the split and data.rare select from it, so neither changes its key.
     slices = build_slice_set(cohort.subjects, cfg.preprocess, run_dir / "cache", progress=progress)
+    return _split(cfg, slices, attributes_table(cohort), root, cohort.layout, cohort.skipped, run_dir)
+
+
+def _prepare_from_slices(cfg, path: Path, run_dir: Path) -> PreparedData:
+    """A run's cached slice set (<run>/cache/slices-*.npz) as the cohort: small enough to carry to another
+    machine when the raw cohort cannot travel. Its preprocessing must be this config's."""
+    slices = SliceSet.load(path)
+    if not path.name.startswith(f"slices-{config_hash(cfg.preprocess)}-"):
+        raise InputError(path, f"was not made with this config's data.preprocess (expected a name starting "
+                               f"slices-{config_hash(cfg.preprocess)}-); rebuild it from the cohort folder")
+    table = slices.attributes.drop_duplicates("subject_id")[["subject_id", "sex", "age", "bmi", "health"]]
+    if cfg.rare is not None:
+        members(table, cfg.rare, "slice set's subjects")
+    (run_dir / "cache").mkdir(parents=True, exist_ok=True)
+    slices.save(run_dir / "cache" / path.name)  # sample.py --run finds the plan's mask rows here
+    return _split(cfg, slices, table.reset_index(drop=True), path, "slice set", [], run_dir)
+
+
+def _split(cfg, slices: SliceSet, subjects, root: Path, layout: str, skipped: list, run_dir: Path) -> PreparedData:
+    """Split by subject (stratified by health), apply data.rare to the training part, write composition/split."""
     strata = slices.attributes["health"].fillna("unknown").astype(str)
     train_idx, test_idx = subject_split(slices.subject_ids, strata, cfg.test_fraction, cfg.split_seed)
     # data.rare drops training subjects only, after the split: the test set is the one a run without it holds.
     train, rare = _make_rare(slices.select(np.asarray(train_idx)), cfg)
-    save_composition(subgroup_table(attributes_table(cohort)), run_dir / "composition.csv")
-    prepared = PreparedData(train, slices.select(np.asarray(test_idx)), root, cohort.layout, cohort.skipped, rare)
+    save_composition(subgroup_table(subjects), run_dir / "composition.csv")
+    prepared = PreparedData(train, slices.select(np.asarray(test_idx)), root, layout, skipped, rare)
     _save_split(prepared, run_dir)
     return prepared
 

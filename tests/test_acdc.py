@@ -35,13 +35,37 @@ def test_fixture_loads_with_internal_labels_health_and_bmi(tmp_path):
         assert subject.spacing == pytest.approx(FIXTURE_SPACING)
 
 
-def test_lost_spacing_gives_none_and_missing_height_gives_no_bmi(tmp_path):
+def test_lost_spacing_gives_none(tmp_path):
     root = write_acdc_fixture(tmp_path, n=1, spacing_lost=True)
-    cfg = root / "patient001" / "Info.cfg"
-    cfg.write_text("\n".join(line for line in cfg.read_text().splitlines() if not line.startswith("Height")))
     (subject,) = read_cohort(root, layout="acdc").subjects
-    assert subject.spacing is None and subject.attributes.bmi is None
+    assert subject.spacing is None and subject.attributes.bmi is not None
     np.testing.assert_array_equal(subject.affine, np.eye(4))
+
+
+@pytest.mark.parametrize("key", ["Height", "Weight"])
+def test_missing_height_or_weight_names_the_file_or_is_skipped(tmp_path, key):
+    root = write_acdc_fixture(tmp_path, n=2)
+    cfg = root / "patient002" / "Info.cfg"
+    cfg.write_text("\n".join(line for line in cfg.read_text().splitlines() if not line.startswith(key)))
+    with pytest.raises(InputError, match=f"patient002/Info.cfg: {key}: missing field {key}"):
+        read_cohort(root)
+    cohort = read_cohort(root, skip_bad=True)
+    assert [s.subject_id for s in cohort.subjects] == ["patient001"]
+    assert cohort.skipped[0][0] == "patient002" and key in cohort.skipped[0][1]
+
+
+def test_training_and_testing_folders_read_as_one_cohort(tmp_path):
+    root = write_acdc_fixture(tmp_path / "a", n=3)
+    user = tmp_path / "ACDC"
+    (user / "training").mkdir(parents=True)
+    (user / "testing").mkdir()
+    for name, sub in (("patient001", "training"), ("patient002", "training"), ("patient003", "testing")):
+        (root / name).rename(user / sub / name)
+    cohort = read_cohort(user)
+    assert cohort.layout == "acdc" and [s.subject_id for s in cohort.subjects] == ["patient001", "patient002", "patient003"]
+    (user / "testing" / "patient001").mkdir()
+    with pytest.raises(InputError, match="patient001 found twice"):
+        read_cohort(user)
 
 
 @pytest.mark.parametrize("info,expected", [
@@ -51,7 +75,8 @@ def test_lost_spacing_gives_none_and_missing_height_gives_no_bmi(tmp_path):
     ("ED: 1\nES: 12\nGroup: XYZ\n", "Info.cfg: Group: unknown group 'XYZ'"),
     ("ED: 1\nES: 12\nGroup: DCM\nHeight: 18.4\nWeight: 95\n", "Info.cfg: height: impossible value"),
     ("ED 1\n", "Info.cfg: line 1: expected 'Key: value'"),
-    ("ED: 1\nES: 2\nGroup: DCM\n", "patient001_frame02.nii.gz: file not found"),
+    ("ED: 1\nES: 12\nGroup: DCM\nWeight: 95\n", "Info.cfg: Height: missing field Height"),
+    ("ED: 1\nES: 2\nGroup: DCM\nHeight: 184\nWeight: 95\n", "patient001_frame02.nii.gz: file not found"),
 ])
 def test_bad_info_cfg_names_file_and_field(tmp_path, info, expected):
     root = write_acdc_fixture(tmp_path, n=2, ed=1, es=12)
@@ -96,3 +121,20 @@ def test_shared_acdc_copy_loads_all_100_patients_with_bmi_and_spacing():
         lv_edge = ((m[1:] == LV) & (m[:-1] == 0)).sum() + ((m[:-1] == LV) & (m[1:] == 0)).sum()
         rv_edge = ((m[1:] == RV) & (m[:-1] == 0)).sum() + ((m[:-1] == RV) & (m[1:] == 0)).sum()
         assert lv_edge <= rv_edge or rv_edge == 0
+
+
+def test_shared_acdc_crop_uses_the_true_spacing():
+    root = _shared_acdc()
+    if not root.is_dir():
+        pytest.skip(f"shared ACDC copy not found at {root} (set CARDIAC_LDM_ACDC to its folder)")
+    from data.acdc import load_patient
+    from data.preprocess import PreprocessConfig, preprocess_subject
+
+    cfg = PreprocessConfig(size=64, crop_mm=128.0, all_lv_slices=True)
+    for name in ("patient001", "patient090"):  # in-plane spacings differ between scanners
+        subject = load_patient(root / name)
+        pixel_mm2 = float(subject.spacing[0] * subject.spacing[1])
+        for sample in preprocess_subject(subject, cfg)[2:4]:
+            raw_mm2 = (subject.mask_ed[:, :, sample.slice_index] == LV).sum() * pixel_mm2
+            crop_mm2 = (sample.mask[0] == LV).sum() * (cfg.crop_mm / cfg.size) ** 2
+            assert crop_mm2 == pytest.approx(raw_mm2, rel=0.1)  # nearest-neighbour resampling of a ~1000 mm^2 pool

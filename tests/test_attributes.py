@@ -23,15 +23,16 @@ def test_labels_come_from_numbers_for_patients_and_from_the_prompt_for_generated
          "prompt": "Female, age in 40s, obese BMI, healthy"},
         {"subject_id": "b", "sex": None, "age": None, "bmi": None, "health": None,
          "prompt": "Male, age in 50s, normal BMI, heart failure"},
-        {"subject_id": "c", "sex": None, "age": None, "bmi": None, "health": None, "prompt": "age in 70s"},
+        {"subject_id": "c", "sex": None, "age": None, "bmi": None, "health": None, "prompt": "age in 70s, apical slice"},
     ])
     labels = attribute_labels(frame)
     assert labels.iloc[0].to_dict() == {"sex": "female", "age_decade": "40s", "age_group": "<55",
-                                        "bmi_category": "obese", "health": "healthy"}
+                                        "bmi_category": "obese", "health": "healthy", "slice_position": None}
     # the 50s straddle the 55 cut, so the prompt does not fix the age group; the 70s lie wholly in 65+
     assert labels.iloc[1].to_dict() == {"sex": "male", "age_decade": "50s", "age_group": None,
-                                        "bmi_category": "normal", "health": "heart_failure"}
+                                        "bmi_category": "normal", "health": "heart_failure", "slice_position": None}
     assert labels.iloc[2]["age_group"] == "65+" and labels.iloc[2]["sex"] is None
+    assert labels.iloc[2]["slice_position"] == "apical"  # a slice's position is only ever in the prompt
     # prompt only: a patient row's exact age (47) is not used, the prompt's decade is
     assert attribute_labels(frame, use_numbers=False).iloc[0]["age_group"] == "<55"
 

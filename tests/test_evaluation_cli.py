@@ -114,7 +114,8 @@ def test_cli_writes_metrics_markdown_and_figure(toy, tmp_path, capsys):
     assert set(metrics["control_fidelity"]["fake"]["dice"]) == {"LV", "MYO", "RV"}
     assert metrics["data"]["spacing_mm"] == 2.0 and metrics["data"]["fake"]["n_images"] == len(fake)
     assert metrics["ms_ssim"]["n_condition_groups"] == 0  # every toy fake has its own mask
-    assert set(metrics["attribute_fidelity"]["fake"]) == {"sex", "age_decade", "bmi_category", "health"}
+    assert set(metrics["attribute_fidelity"]["fake"]) == {"sex", "age_decade", "bmi_category", "health", "slice_position"}
+    assert "skipped" in metrics["attribute_fidelity"]["fake"]["slice_position"]  # toy prompts carry no position
     assert metrics["subgroup_fid"]["sex"]["female"]["n_fake"] == 24
     assert "skipped" in metrics["subgroup_fid"]["bmi_category"].get("underweight", {"skipped": ""})
     table = out.with_suffix(".md").read_text()

@@ -202,3 +202,18 @@ def test_apply_jitter_is_small_rigid_and_deterministic():
         lv_shift = np.argwhere(m[0] == LV).mean(0) - np.argwhere(mask[0] == LV).mean(0)
         assert np.abs(lv_shift).max() <= 3.0  # a few pixels at most
     assert (apply_jitter(mask, np.random.default_rng(1)) == moved[1]).all()
+
+
+def test_a_donor_slice_position_goes_into_the_prompt_with_its_mask():
+    health = ["healthy"] * 6 + ["myocardial_infarction"] * 3
+    positions = ["basal", "mid", "apical"] * 3
+    real = pd.DataFrame({"subject_id": [f"s{i // 3}" for i in range(9)], "slice_row": range(9), "sex": None,
+                         "age": np.nan, "bmi": 27.0, "health": health,
+                         "prompt": [prompt_from_fields(bmi=27.0, health=h, position=p) for h, p in zip(health, positions)]})
+    plan = plan_rebalancing(real, PlanTarget(keys=("health",)), seed=0)
+    assert len(plan) == 3
+    for row in plan.itertuples():
+        donor = real.set_index("slice_row").loc[row.mask_row]
+        assert row.prompt == f"overweight BMI, myocardial infarction, {positions[row.mask_row]} slice" == donor["prompt"]
+    no_prompt = plan_rebalancing(real.drop(columns="prompt"), PlanTarget(keys=("health",)), seed=0)
+    assert not no_prompt["prompt"].str.contains("slice").any()

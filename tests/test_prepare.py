@@ -64,3 +64,16 @@ def test_shared_acdc_keeps_a_quarter_of_the_training_infarcts(tmp_path):
     assert train[MINF] == 4 and all(n == 15 for h, n in train.items() if h != MINF)  # 15 training patients per group
     assert set(test.values()) == {5} and len(test) == 5  # the held-out patients are all there
     assert len(data.rare["dropped"]) == 11
+
+
+def test_a_cached_slice_set_stands_in_for_the_cohort_folder(acdc_root, tmp_path):
+    cfg = DataConfig(root=str(acdc_root), layout="acdc", preprocess=PreprocessConfig(size=32, all_lv_slices=True))
+    direct = prepare_data(cfg, tmp_path / "direct", progress=False)
+    (cache,) = (tmp_path / "direct" / "cache").glob("slices-*.npz")
+    from_cache = prepare_data(DataConfig(root=str(cache), preprocess=cfg.preprocess), tmp_path / "carried", progress=False)
+    for a, b in ((direct.train, from_cache.train), (direct.test, from_cache.test)):
+        assert a.subject_ids == b.subject_ids and (a.images == b.images).all() and a.prompts == b.prompts
+    assert json.loads((tmp_path / "carried" / "split.json").read_text()) == json.loads((tmp_path / "direct" / "split.json").read_text())
+    assert all(p.endswith(" slice") for p in direct.train.prompts)
+    with pytest.raises(InputError, match="data.preprocess"):
+        prepare_data(DataConfig(root=str(cache), preprocess=PreprocessConfig(size=32)), tmp_path / "other", progress=False)

@@ -6,7 +6,7 @@ import pytest
 from data.attributes import Attributes
 from data.cohort import LV, MYO, RV, Subject
 from data.errors import InputError
-from data.preprocess import PreprocessConfig, config_hash, mid_lv_slice, preprocess_subject
+from data.preprocess import PreprocessConfig, config_hash, mid_lv_slice, preprocess_subject, slice_position
 
 BG, LV_INT, MYO_INT, RV_INT = 0.1, 1.0, 0.3, 0.8
 
@@ -135,3 +135,15 @@ def test_config_hash_is_stable_and_sensitive():
         PreprocessConfig(intensity_percentiles=(99.0, 1.0))
     with pytest.raises(InputError, match="crop_mm"):
         PreprocessConfig(crop_mm=0.0)
+
+
+def test_all_lv_slices_carry_their_position_base_to_apex():
+    subject = heart_subject(lv_z=range(2, 11), rv=False)  # 9 LV slices: thirds of 3
+    samples = preprocess_subject(subject, PreprocessConfig(all_lv_slices=True, slice_offsets=(0,)))
+    assert [s.slice_index for s in samples] == list(range(2, 11))
+    assert [s.position for s in samples] == ["basal"] * 3 + ["mid"] * 3 + ["apical"] * 3
+    assert [s.position for s in preprocess_subject(subject, PreprocessConfig())] == [None]
+    assert slice_position(0, 1) == "mid" and [slice_position(r, 2) for r in (0, 1)] == ["basal", "apical"]
+    with pytest.raises(InputError):
+        slice_position(3, 3)
+    assert config_hash(PreprocessConfig(all_lv_slices=True)) != config_hash(PreprocessConfig())

@@ -88,3 +88,17 @@ def test_attributes_prompt_attributes_recovers_bins(sex, age, bmi, health):
     attrs = Attributes(sex, age, bmi, health)
     parsed = prompt_to_attributes(attributes_to_prompt(attrs))
     assert parsed == ParsedPrompt(sex, age_decade(age), bmi_category(bmi), health)
+
+
+def test_slice_position_closes_the_prompt_and_parses_back():
+    attrs = Attributes(bmi=27.0, health="dilated_cardiomyopathy")
+    prompt = attributes_to_prompt(attrs, "basal")
+    assert prompt == "overweight BMI, dilated cardiomyopathy, basal slice"
+    assert prompt_to_attributes(prompt) == ParsedPrompt(None, None, "overweight", "dilated_cardiomyopathy", "basal")
+    assert prompt_from_fields(bmi=17.0, health="healthy", position="Apical") == "underweight BMI, healthy, apical slice"
+    assert prompt_to_attributes("MID SLICE").position == "mid"
+    for bad in ("top slice", "basal"):
+        with pytest.raises(InputError, match="unknown part"):
+            prompt_to_attributes(f"healthy, {bad}")
+    with pytest.raises(InputError, match="position: unknown slice position 'top'"):
+        prompt_from_fields(health="healthy", position="top")

@@ -173,10 +173,32 @@ def test_npz_array_claims_are_checked_before_numpy_allocates(tmp_path, capsys, s
     from evaluation.__main__ import main as evaluate_main
 
     real = _npz(tmp_path / "real.npz", shape, payload)
-    peak, code = peak_bytes(lambda: evaluate_main(["--real", str(real), "--fake", str(real), "--out",
+    fake = _npz(tmp_path / "fake.npz", shape, payload)  # --real is read first: the error names it
+    peak, code = peak_bytes(lambda: evaluate_main(["--real", str(real), "--fake", str(fake), "--out",
                                                    str(tmp_path / "metrics")]))
     assert_refused(code, capsys.readouterr().err, ["real.npz", *fragments])
     assert peak < 64 * MiB and not (tmp_path / "metrics").exists(), f"{peak / MiB:.0f} MiB"
+
+
+def test_slice_set_load_checks_npz_claims_for_every_caller(tmp_path):
+    """SliceSet.load (sample.py --slices, the run's caches) runs the same header check as the evaluation CLI."""
+    from data.slices import SliceSet
+
+    bomb = _npz(tmp_path / "slices.npz", (1 << 20, 2, 1024, 1024))
+    tracemalloc.start()
+    with pytest.raises(InputError, match=r"slices.npz.*\(images.npy\).*8,796,093,022,208 bytes"):
+        SliceSet.load(bomb)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 * MiB, f"{peak / MiB:.0f} MiB"
+
+
+@pytest.mark.parametrize("size", ["0", "1025", "1000000"])
+def test_preprocess_size_has_a_declared_range(size):
+    from run.config import load_run_config
+
+    with pytest.raises(InputError, match=rf"data.preprocess.size: expected an integer in \[1, 1024\], got {size}"):
+        load_run_config(None, [f"data.preprocess.size={size}"])
 
 
 # -------------------------------------------------------------------------------------------- class 11: YAML
