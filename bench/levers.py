@@ -19,6 +19,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from data.slices import SliceSet
+from ddpm.checkpoint import load_checkpoint, model_state
+from evaluation.report import evaluate, write_outputs
+from run.config import load_run_config
+from run.pipeline import load_pipeline
+from run.prepare_data import prepare_data
 
 
 def main(argv=None) -> int:
@@ -27,19 +35,11 @@ def main(argv=None) -> int:
     p.add_argument("--controlnet", type=Path, help="a step checkpoint of the run's ControlNet (its EMA weights)")
     p.add_argument("--guidance", type=float)
     p.add_argument("--control-scale", type=float)
+    p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), help="sampling timestep spacing")
+    p.add_argument("--steps-offset", type=int, help="added to every sampling timestep (leading + 1 = Stable Diffusion)")
     p.add_argument("--samples-per-mask", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-
-    import torch
-
-    from data.prepare import prepare_data
-    from data.slices import SliceSet
-    from ddpm.checkpoint import load_checkpoint, model_state
-    from ddpm.pipeline import load_pipeline
-    from ddpm.run_config import load_run_config
-    from evaluation.report import evaluate, write_outputs
-
     cfg = load_run_config(str(args.run / "config.yaml"))
     (cache,) = sorted((args.run / "cache").glob("slices-*.npz"))
     with tempfile.TemporaryDirectory() as scratch:
@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     s = cfg.sample
     guidance = s.guidance if args.guidance is None else args.guidance
     scale = s.control_scale if args.control_scale is None else args.control_scale
+    spacing = s.spacing if args.spacing is None else args.spacing
+    offset = s.steps_offset if args.steps_offset is None else args.steps_offset
     n, k = len(data.test), args.samples_per_mask
     rows = [i for _ in range(k) for i in range(n)]
     tic = time.perf_counter()
@@ -58,7 +60,8 @@ def main(argv=None) -> int:
         idx = rows[start:start + s.batch_size]
         seeds = [10_000 + j for j in range(start, start + len(idx))]  # the run's mirror seeds
         images.append(pipe.generate([data.test.prompts[i] for i in idx], data.test.masks[idx], seed=seeds,
-                                    sampler=s.sampler, steps=s.steps, eta=s.eta, guidance=guidance, control_scale=scale))
+                                    sampler=s.sampler, steps=s.steps, eta=s.eta, guidance=guidance, control_scale=scale,
+                                    spacing=spacing, steps_offset=offset))
     seconds = time.perf_counter() - tic
     ids = [f"lever-{j:05d}" for j in range(len(rows))]
     fake = SliceSet(np.concatenate(images), data.test.masks[rows], ids, np.zeros(len(rows)),
@@ -67,7 +70,8 @@ def main(argv=None) -> int:
     metrics = evaluate(data.train, data.test, fake, cfg.evaluation, progress=False, spacing_mm=pixel_mm,
                        fake_subjects=[data.test.subject_ids[i] for i in rows])
     metrics["lever"] = {"controlnet": str(args.controlnet or args.run / "controlnet.safetensors"), "guidance": guidance,
-                        "control_scale": scale, "samples_per_mask": k, "sampling_seconds": round(seconds, 1),
+                        "control_scale": scale, "spacing": spacing,
+                        "steps_offset": offset, "samples_per_mask": k, "sampling_seconds": round(seconds, 1),
                         "threads": torch.get_num_threads()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_outputs(metrics, args.out, args.out.with_suffix(".md"))
