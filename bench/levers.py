@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from controlnet.model import ControlNet
 from data.slices import SliceSet
 from ddpm.checkpoint import load_checkpoint, model_state
 from evaluation.report import evaluate, write_outputs
@@ -44,9 +45,12 @@ def main(argv=None) -> int:
     (cache,) = sorted((args.run / "cache").glob("slices-*.npz"))
     with tempfile.TemporaryDirectory() as scratch:
         data = prepare_data(replace(cfg.data, root=str(cache)), Path(scratch), progress=False)
-    pipe = load_pipeline(args.run / "vae.safetensors", args.run / "ldm.safetensors", args.run / "controlnet.safetensors")
-    if args.controlnet is not None:
-        pipe.controlnet.load_state_dict(model_state(load_checkpoint(args.controlnet)[0], "ema"))
+    final = args.run / "controlnet.safetensors"
+    pipe = load_pipeline(args.run / "vae.safetensors", args.run / "ldm.safetensors", final if args.controlnet is None else None)
+    if args.controlnet is not None:  # a step checkpoint: the run's ControlNet architecture, its EMA weights
+        net = ControlNet(pipe.ldm.unet, cfg.controlnet, cfg.vae.downsample_factor)
+        net.load_state_dict(model_state(load_checkpoint(args.controlnet)[0], "ema"))
+        pipe.controlnet = net.eval().requires_grad_(False)
     s = cfg.sample
     guidance = s.guidance if args.guidance is None else args.guidance
     scale = s.control_scale if args.control_scale is None else args.control_scale
