@@ -7,11 +7,12 @@ our UNet / ControlNet step time vs diffusers at equal architecture.
 
 Writes DIR/gpu_check.json (every number) and DIR/gpu_check.md (the tables, also printed). Models are randomly
 initialised (seed 0) and fed random batches: speed, memory and bf16-vs-fp32 parity do not need trained weights.
-Needs no data. Imports what the project imports (through ddpm.run_config: nibabel, fairlearn + narwhals beside
-torch, numpy, pandas, scipy, scikit-learn, safetensors, pyyaml, tqdm, Pillow); diffusers (+ huggingface-hub,
-httpx2, httpcore2, h11, anyio, truststore, hf-xet, click, requests, urllib3, idna, certifi, charset-normalizer,
-regex, importlib-metadata, zipp, packaging, typing-extensions) only for the last table, skipped with a line
-when it is not importable.
+Needs no data. Imports what the project imports (through run.config: nibabel, fairlearn + narwhals beside
+torch, numpy, pandas, scipy, scikit-learn, safetensors, pyyaml, tqdm, Pillow); diffusers (+ importlib-metadata,
+zipp; huggingface-hub, regex, requests, ... as installed) only for the last table, skipped with a line when it is
+not importable. On a machine that already has torch and the scientific stack, carry only the missing wheels:
+a carried huggingface-hub newer than the machine's transformers accepts breaks `import diffusers` (seen on the
+lent H200: hub 2.4 vs transformers' < 2.0 pin).
 """
 from __future__ import annotations
 
