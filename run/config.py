@@ -71,6 +71,29 @@ class DiffusionConfig:
 
 
 @dataclass
+class GeneratorsConfig:
+    """More separately trained generators, so the experiment's intervals include generator variance."""
+    # each seed s trains a complete generator (VAE, LDM, ControlNet, all with seed s) on the same data and config in
+    # generators/seed-<s>/, which samples the same plan; () = the run's own generator only
+    extra_seeds: tuple = ()
+
+    def __post_init__(self) -> None:
+        seeds = list(self.extra_seeds)
+        if len(set(seeds)) != len(seeds) or not all(isinstance(s, int) and 0 <= s < 2**31 for s in seeds):
+            raise InputError("generators.extra_seeds", f"expected distinct integer seeds in [0, 2**31), got {seeds}")
+
+
+@dataclass
+class FreshTestConfig:
+    """A fresh embedded test cohort for the experiment's final numbers: drawn with a seed no other stage used."""
+    n: int = bounded(0, lo=0, hi=900_000)  # subjects; 0 = score on the run's own test set
+    seed: int = bounded(1000, lo=0, hi=2**31 - 1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "fresh_test")
+
+
+@dataclass
 class RunConfig:
     name: str = "default"
     device: str = "cpu"
@@ -89,6 +112,8 @@ class RunConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     classifier_train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    generators: GeneratorsConfig = field(default_factory=GeneratorsConfig)
+    fresh_test: FreshTestConfig = field(default_factory=FreshTestConfig)
 
     def __post_init__(self) -> None:
         if self.unet.in_channels != self.vae.latent_channels or self.unet.out_channels != self.vae.latent_channels:
@@ -106,6 +131,18 @@ class RunConfig:
                              f"{error.problem} (diffusion.num_train_steps = {self.diffusion.num_train_steps})") from None
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
             raise InputError("device", f"expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
+        own = {self.vae_train.seed, self.ldm_train.seed, self.controlnet_train.seed}
+        if len(own) == 1 and own & set(self.generators.extra_seeds):
+            raise InputError("generators.extra_seeds", f"seed {own.pop()} is the run's own generator's seed; expected "
+                                                       "other seeds (a repeat would train the same generator)")
+        if self.fresh_test.n:
+            if self.data.root is not None:
+                raise InputError("fresh_test.n", "a fresh test cohort is drawn from the embedded phantom only; on a "
+                                                 "real cohort (data.root) the held-out subjects are the test set: "
+                                                 "set fresh_test.n=0")
+            if self.fresh_test.seed in (self.data.synthetic_seed, self.data.synthetic_seed + 1):
+                raise InputError("fresh_test.seed", f"{self.fresh_test.seed} drew the run's training or test cohort; "
+                                                    "expected a seed no earlier stage used")
         # runs/<name> must be a new folder inside runs/: no separators, and not '', '.' or '..'.
         if self.name != "".join(c for c in self.name if c.isalnum() or c in "-_.") or self.name.strip(".") == "":
             raise InputError("name", f"run name {self.name!r} may only contain letters, digits, '-', '_' and '.' "

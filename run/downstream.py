@@ -25,7 +25,8 @@ from evaluation.image_sets import load_sample_folder
 from evaluation.report import evaluate, write_outputs
 from run.loader import to_dict
 from run.pipeline import load_pipeline
-from run.prepare_data import PreparedData
+from run.generators import generator_folders
+from run.prepare_data import PreparedData, fresh_test_set
 from run.provenance import verify_stage
 from run.samples import SampleRequest, checkpoint_record, plan_requests, run_requests
 from run.state import RunState
@@ -118,9 +119,10 @@ def evaluation_stage(run: RunState) -> Path:
 def experiment_stage(run: RunState) -> Path:
     """The debiasing arms, trained on real (+ the plan's synthetic) slices, scored on the held-out test set."""
     cfg, run_dir = run.cfg, run.dir
-    synthetic = load_planned(run_dir)[1]
-    result = run_experiment(run.data.train, run.data.test, synthetic, cfg.experiment, cfg.classifier,
-                            cfg.classifier_train)
+    # one synthetic set per separately trained generator (the run's own first), all from the same plan
+    synthetic = [s for s in (load_planned(folder)[1] for folder in generator_folders(cfg, run_dir)) if s is not None]
+    test = fresh_test_set(cfg.data, cfg.fresh_test, run_dir) if cfg.fresh_test.n else run.data.test
+    result = run_experiment(run.data.train, test, synthetic, cfg.experiment, cfg.classifier, cfg.classifier_train)
     result.save(run_dir / "experiment")
     subgroup_bar_plot(result, run_dir / "experiment" / "subgroup_balanced_accuracy.png")
     return run_dir / "experiment" / "experiment.json"

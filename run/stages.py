@@ -24,6 +24,7 @@ from data.subgroups import format_composition, subgroup_table
 from ddpm.checkpoint import file_sha256, load_checkpoint
 from ddpm.distributed import barrier, init_from_env
 from run.config import RunConfig
+from run.generators import train_generators
 from run.downstream import evaluation_stage, experiment_stage, plan_stage, write_main_report
 from run.loader import to_dict
 from run.prepare_data import PreparedData, prepare_data
@@ -58,8 +59,11 @@ STAGES = (  # in run order; `python train.py --stage X` runs every stage up to X
           lambda r: train_controlnet(r.cfg, r.data.train, r.data.test, r.checkpoints["vae"], r.checkpoints["ldm"],
                                      r.dir, r.resume)),
     Stage("plan", "samples.json", "controlnet", ("plan", "sample"), plan_stage),
+    Stage("generators", "generators/generators.json", "plan", ("generators",),
+          lambda r: train_generators(r, run_stages)),
     Stage("evaluation", "evaluation/metrics.json", "controlnet", ("sample", "evaluation"), evaluation_stage),
-    Stage("experiment", "experiment/experiment.json", "plan", ("classifier", "classifier_train", "experiment"),
+    Stage("experiment", "experiment/experiment.json", "generators",
+          ("classifier", "classifier_train", "experiment", "fresh_test"),
           experiment_stage),
 )
 STAGE = {stage.name: stage for stage in STAGES}
@@ -121,6 +125,9 @@ def run_stages(cfg: RunConfig, run_dir: Path, upto: str = "all", resume: bool = 
                commands: tuple[str, ...] = ()) -> Path:
     """Run every stage up to `upto` (a stage name, or all = every stage + report.md); returns the run folder."""
     ranks = init_from_env(cfg.device)
+    if ranks.world > 1 and cfg.generators.extra_seeds:  # they train after the plan, where rank 0 runs alone
+        raise InputError("generators.extra_seeds", "extra generators train in a single process; run without torchrun "
+                                                   "or train each as its own run")
     for section in ("vae_train", "ldm_train", "controlnet_train"):  # before anything is written
         ranks.rows(getattr(cfg, section).batch_size, where=f"{section}.batch_size")
     with run_lock(run_dir) if ranks.is_main else contextlib.nullcontext():  # one writer per run folder
