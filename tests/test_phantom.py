@@ -79,7 +79,7 @@ def test_the_appearance_sign_is_in_the_rendered_myocardium():
 
 
 def test_preserved_ef_cohort_keeps_the_label_and_a_healthy_ejection_fraction(tmp_path):
-    out = generate_cohort(tmp_path / "p", 40, seed=0, shape=(64, 64, 8), knobs=PhantomKnobs(preserved_ef=1.0))
+    out = generate_cohort(tmp_path / "p", 24, seed=0, shape=(64, 64, 8), knobs=PhantomKnobs(preserved_ef=1.0))
     meta = pd.read_csv(out / "metadata.csv")
     preserved = json.loads((out / MARKER).read_text())["preserved_ef"]
     hf = meta.loc[meta["health"] == "heart_failure", "eid"].tolist()
@@ -90,8 +90,8 @@ def test_preserved_ef_cohort_keeps_the_label_and_a_healthy_ejection_fraction(tmp
 
 
 def test_levels_share_subjects_and_the_preserved_set_grows(tmp_path):
-    half = generate_cohort(tmp_path / "h", 60, seed=1, shape=SMALL, knobs=PhantomKnobs(preserved_ef=0.5))
-    full = generate_cohort(tmp_path / "f", 60, seed=1, shape=SMALL, knobs=PhantomKnobs(preserved_ef=1.0))
+    half = generate_cohort(tmp_path / "h", 30, seed=1, shape=SMALL, knobs=PhantomKnobs(preserved_ef=0.5))
+    full = generate_cohort(tmp_path / "f", 30, seed=1, shape=SMALL, knobs=PhantomKnobs(preserved_ef=1.0))
     sets = [set(json.loads((d / MARKER).read_text())["preserved_ef"]) for d in (half, full)]
     assert sets[0] < sets[1]  # common random numbers: a subject preserved at 0.5 is preserved at 1.0
     a, b = _files(half), _files(full)
