@@ -46,6 +46,9 @@ def prepare_data(cfg, run_dir: Path, progress: bool = True) -> PreparedData:
     """cfg: run.config.DataConfig. Writes composition.csv and split.json into run_dir."""
     if cfg.root is None:
         return _prepare_synthetic(cfg, run_dir, progress)
+    if not cfg.phantom.off:
+        raise InputError("data.phantom", "the phantom's knobs shape the embedded synthetic cohort only; "
+                                         f"data.root is set ({cfg.root}): remove data.phantom")
     root = Path(cfg.root)
     if root.is_file() and root.suffix == ".npz":
         return _prepare_from_slices(cfg, root, run_dir)

@@ -14,7 +14,8 @@ from data.cohort import LV, MYO
 from data.errors import InputError
 from data.phantom import PhantomKnobs, anatomy_from_attributes, render
 from data.synthetic import MARKER, generate_cohort, render_subject
-from run.prepare_data import synthetic_cohort
+from run.config import load_run_config
+from run.prepare_data import prepare_data, synthetic_cohort
 
 SMALL = (48, 48, 4)
 GEOMETRY = ("lv_radius", "wall", "ef", "rv_depth", "rv_ef", "lv_length", "infarct_depth")
@@ -130,3 +131,9 @@ def test_attribute_geometry_moves_the_lv_in_the_declared_direction():
 def test_bad_knobs_are_one_clear_error(bad):
     with pytest.raises(InputError, match="data.phantom"):
         PhantomKnobs(**bad)
+
+
+def test_knobs_refuse_a_real_cohort(tmp_path):
+    cfg = load_run_config("configs/smoke.yaml", [f"data.root={tmp_path}", "data.phantom.preserved_ef=0.5"])
+    with pytest.raises(InputError, match="data.phantom"):
+        prepare_data(cfg.data, tmp_path / "run")
