@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/knobs"), help="one run folder per level in here")
     parser.add_argument("--warm-start", type=Path, default=None,
                         help="a trained run folder: its VAE is shared, its LDM/ControlNet continued per level")
+    parser.add_argument("--vae", type=Path, default=None,
+                        help="a VAE checkpoint shared by every level (default: --warm-start's, else trained at the first level)")
     parser.add_argument("--ldm-steps", type=int, default=300, help="with --warm-start: LDM steps per level")
     parser.add_argument("--controlnet-steps", type=int, default=150, help="with --warm-start: ControlNet steps per level")
     parser.add_argument("--out", type=Path, default=Path("docs/results/knobs"))
@@ -218,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tic, results = time.perf_counter(), []
         configs = [level_config(args.config, args.overrides, args.knob, level) for level in args.levels]  # all checked first
-        vae = None if args.warm_start is None else args.warm_start / "vae.safetensors"
+        vae = args.vae or (None if args.warm_start is None else args.warm_start / "vae.safetensors")
+        if vae is not None and not vae.is_file():
+            raise InputError(vae, "no such VAE checkpoint")
         for level, cfg in zip(args.levels, configs):
             run_dir = args.runs / cfg.name
             results.append(run_level(cfg, run_dir, vae, args.warm_start,
