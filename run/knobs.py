@@ -45,6 +45,7 @@ from data.slices import SliceSet
 from ddpm.trainer import checkpoint_paths
 from run.config import RunConfig, load_run_config
 from run.loader import to_dict
+from run.lock import run_lock
 from run.downstream import load_planned
 from run.stages import STAGE, prepare
 from run.state import RunState
@@ -70,7 +71,11 @@ def _continue_from(warm: Path, run_dir: Path, stage: str) -> int:
 
 def run_level(cfg: RunConfig, run_dir: Path, vae: Path | None, warm: Path | None, extra: dict[str, int]) -> dict:
     """The stages of one level; a stage whose output exists is kept (a rerun continues). Seconds per stage."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):  # one writer per run folder, as train.py: levels may run in parallel processes
+        return _run_level(cfg, run_dir, vae, warm, extra)
+
+
+def _run_level(cfg: RunConfig, run_dir: Path, vae: Path | None, warm: Path | None, extra: dict[str, int]) -> dict:
     timings, tic = {}, time.perf_counter()
     data = prepare(cfg, run_dir, True)
     timings["data"] = time.perf_counter() - tic
