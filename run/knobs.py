@@ -18,7 +18,6 @@ seed mean (as the experiment's own comparisons). Writes <out>/knobs.json, knobs.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
@@ -33,6 +32,7 @@ import numpy as np
 import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from sklearn.metrics import roc_auc_score
 
 from classify.bootstrap import bootstrap_ci
 from classify.experiment import THRESHOLD, _verdict, _worst_gain
@@ -43,6 +43,7 @@ from data.errors import InputError, OneLineArgumentParser
 from data.json_ready import json_ready, read_json_object
 from data.slices import SliceSet
 from ddpm.trainer import checkpoint_paths
+from geometry.descriptors import describe_ed_es
 from run.config import RunConfig, load_run_config
 from run.loader import to_dict
 from run.lock import run_lock
@@ -69,16 +70,22 @@ def _continue_from(warm: Path, run_dir: Path, stage: str) -> int:
     return int(theirs[-1].stem.rsplit("step", 1)[1])
 
 
-def run_level(cfg: RunConfig, run_dir: Path, vae: Path | None, warm: Path | None, extra: dict[str, int]) -> dict:
+def run_level(cfg: RunConfig, run_dir: Path, vae: Path | None, warm: Path | None, extra: dict[str, int],
+              data_only: bool = False) -> dict:
     """The stages of one level; a stage whose output exists is kept (a rerun continues). Seconds per stage."""
     with run_lock(run_dir):  # one writer per run folder, as train.py: levels may run in parallel processes
-        return _run_level(cfg, run_dir, vae, warm, extra)
+        return _run_level(cfg, run_dir, vae, warm, extra, data_only)
 
 
-def _run_level(cfg: RunConfig, run_dir: Path, vae: Path | None, warm: Path | None, extra: dict[str, int]) -> dict:
+def _run_level(cfg: RunConfig, run_dir: Path, vae: Path | None, warm: Path | None, extra: dict[str, int],
+               data_only: bool) -> dict:
     timings, tic = {}, time.perf_counter()
     data = prepare(cfg, run_dir, True)
     timings["data"] = time.perf_counter() - tic
+    pixel_mm = cfg.data.preprocess.crop_mm / cfg.data.preprocess.size
+    cohort = {"train": cohort_summary(data.train, pixel_mm), "test": cohort_summary(data.test, pixel_mm)}
+    if data_only:
+        return {"seconds": timings, "cohort": cohort}
     if vae is not None and not (run_dir / "vae.safetensors").is_file():
         shutil.copy2(vae, run_dir / "vae.safetensors")
     for name in ("vae", "ldm", "controlnet", "plan", "experiment"):
@@ -93,7 +100,8 @@ def _run_level(cfg: RunConfig, run_dir: Path, vae: Path | None, warm: Path | Non
         STAGE[name].fn(RunState(stage_cfg, run_dir, data, resume=True))
         timings[name] = time.perf_counter() - tic
         print(f"[knobs] {run_dir.name}: {name} in {timings[name]:.0f} s", flush=True)
-    return {"seconds": timings, "gains": arm_gains(cfg, run_dir, data.test), "sign": appearance_sign(data.train, run_dir)}
+    return {"seconds": timings, "cohort": cohort, "gains": arm_gains(cfg, run_dir, data.test),
+            "sign": appearance_sign(data.train, run_dir)}
 
 
 def arm_gains(cfg: RunConfig, run_dir: Path, test: SliceSet) -> dict:
@@ -119,15 +127,45 @@ def arm_gains(cfg: RunConfig, run_dir: Path, test: SliceSet) -> dict:
     return out
 
 
-def _myo_contrast(slices: SliceSet, rows: np.ndarray) -> float:
-    """Mean over slices of (myocardium mean / LV blood mean) on [0, 1] intensities: the appearance sign lives here."""
-    values = []
-    for image, mask in zip(slices.images[rows], slices.masks[rows]):
+def _myo_contrasts(slices: SliceSet) -> np.ndarray:
+    """(N,) myocardium mean / LV blood mean of each slice's ED frame on [0, 1] intensities (NaN without both):
+    the appearance sign lives in this ratio."""
+    values = np.full(len(slices), np.nan)
+    for i, (image, mask) in enumerate(zip(slices.images[:, 0], slices.masks[:, 0])):
         image = (np.asarray(image, dtype=np.float64) + 1.0) / 2.0  # slices are scaled to [-1, 1]
         myo, blood = image[mask == MYO], image[mask == LV]
         if myo.size and blood.size and float(blood.mean()) != 0.0:
-            values.append(float(myo.mean()) / float(blood.mean()))
-    return float(np.mean(values)) if values else float("nan")
+            values[i] = float(myo.mean()) / float(blood.mean())
+    return values
+
+
+def _myo_contrast(slices: SliceSet, rows: np.ndarray) -> float:
+    values = _myo_contrasts(slices)[rows]
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def _auroc(labels: np.ndarray, score: np.ndarray) -> float:
+    keep = np.isfinite(score)
+    if len(np.unique(labels[keep])) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels[keep], score[keep]))
+
+
+def cohort_summary(slices: SliceSet, pixel_mm: float) -> dict:
+    """What a knob did to the real data: per label, the median EF proxy and LV ED area of the slices, and how well
+    each alone tells heart failure from the rest (AUROC): geometry (low EF proxy) vs appearance (the contrast)."""
+    hf = (slices.attributes["health"] == "heart_failure").to_numpy()
+    rows = [describe_ed_es(mask[0], mask[1], pixel_mm) for mask in slices.masks]
+    ef = np.array([r["ef_proxy"] for r in rows], dtype=float)
+    area = np.array([r["ed_lv_area_mm2"] for r in rows], dtype=float)
+    contrast = _myo_contrasts(slices)
+    out = {label: {"n_slices": int(rows_.sum()), "ef_proxy_median": float(np.nanmedian(ef[rows_])),
+                   "lv_ed_area_mm2_median": float(np.nanmedian(area[rows_])),
+                   "myo_contrast_mean": float(np.nanmean(contrast[rows_]))}
+           for label, rows_ in (("heart_failure", hf), ("other", ~hf)) if rows_.any()}
+    out["auroc_geometry"] = _auroc(hf, -ef)
+    out["auroc_appearance"] = _auroc(hf, contrast)
+    return out
 
 
 def appearance_sign(train: SliceSet, run_dir: Path) -> dict:
@@ -178,7 +216,21 @@ def _fmt(g: dict) -> str:
     return f"{g['worst_group_balanced_accuracy']:.3f}{extra}"
 
 
-def write_report(out: Path, knob: str, levels: list[float], results: list[dict], command: str, wall: float) -> Path:
+def _cohort_rows(levels: list[float], results: list[dict]) -> list[str]:
+    rows = []
+    for level, r in zip(levels, results):
+        for split, c in r["cohort"].items():
+            hf, other = c.get("heart_failure", {}), c.get("other", {})
+            rows.append(f"| {level:g} | {split} | {hf.get('n_slices', 0)} / {other.get('n_slices', 0)} | "
+                        f"{hf.get('ef_proxy_median', float('nan')):.2f} / {other.get('ef_proxy_median', float('nan')):.2f} | "
+                        f"{hf.get('lv_ed_area_mm2_median', float('nan')):.0f} / "
+                        f"{other.get('lv_ed_area_mm2_median', float('nan')):.0f} | "
+                        f"{hf.get('myo_contrast_mean', float('nan')):.3f} / {other.get('myo_contrast_mean', float('nan')):.3f} | "
+                        f"{c['auroc_geometry']:.3f} | {c['auroc_appearance']:.3f} |")
+    return rows
+
+
+def _gain_section(levels: list[float], results: list[dict]) -> list[str]:
     arms = list(dict.fromkeys(arm for r in results for arm in r["gains"]))
     rows = [f"| {level:g} | " + " | ".join(_fmt(r["gains"][a]) if a in r["gains"] else "-" for a in arms) + " |"
             for level, r in zip(levels, results)]
@@ -187,19 +239,28 @@ def write_report(out: Path, knob: str, levels: list[float], results: list[dict],
         cells = [f"{r['sign'][s]['heart_failure'] - r['sign'][s]['other']:+.3f}" if s in r["sign"] else "-"
                  for s in ("real", "synthetic")]
         sign_rows.append(f"| {level:g} | {cells[0]} | {cells[1]} |")
-    seconds = [f"| {level:g} | " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()) + " |"
-               for level, r in zip(levels, results)]
-    text = "\n".join([
-        f"# Knob sweep: data.phantom.{knob}", "",
-        f"Command (wall time {wall / 60:.1f} min, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC):", "",
-        f"```\n{command}\n```", "",
+    return [
         "Worst-group balanced accuracy per arm (seed mean); for each arm but real-only, its gain over real-only "
         "[95 % paired bootstrap over test subjects] and the verdict that interval gives:", "",
         "| level | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms), *rows, "",
         "![gain per arm vs knob level](knobs.png)", "",
         "Appearance sign (myocardium / LV blood contrast, heart failure minus the rest) in the real training slices "
         "and in the plan's synthetic slices:", "",
-        "| level | real | synthetic |", "|---|---|---|", *sign_rows, "",
+        "| level | real | synthetic |", "|---|---|---|", *sign_rows, ""]
+
+
+def write_report(out: Path, knob: str, levels: list[float], results: list[dict], command: str, wall: float) -> Path:
+    seconds = [f"| {level:g} | " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()) + " |"
+               for level, r in zip(levels, results)]
+    gains = _gain_section(levels, results) if all("gains" in r for r in results) else []
+    text = "\n".join([
+        f"# Knob sweep: data.phantom.{knob}", "",
+        f"Command (wall time {wall / 60:.1f} min, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC):", "",
+        f"```\n{command}\n```", "", *gains,
+        "The real cohort at each level (slices as the pipeline sees them): heart failure / the rest; AUROC of heart "
+        "failure from the EF proxy alone (geometry) and from the myocardium/blood contrast alone (appearance):", "",
+        "| level | split | slices | EF proxy (median) | LV ED area mm² (median) | myo/blood contrast | AUROC geometry "
+        "| AUROC appearance |", "|---|---|---|---|---|---|---|---|", *_cohort_rows(levels, results), "",
         "Seconds per stage:", "", "| level | seconds |", "|---|---|", *seconds, "",
         "Config of every level: `config.yaml` with the knob set to the level; all numbers in `knobs.json`.", ""])
     atomic_write_bytes(out / "report.md", text.encode())
@@ -218,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a VAE checkpoint shared by every level (default: --warm-start's, else trained at the first level)")
     parser.add_argument("--ldm-steps", type=int, default=300, help="with --warm-start: LDM steps per level")
     parser.add_argument("--controlnet-steps", type=int, default=150, help="with --warm-start: ControlNet steps per level")
+    parser.add_argument("--data-only", action="store_true",
+                        help="only make each level's cohort and describe it (no training): what the knob does to the data")
     parser.add_argument("--out", type=Path, default=Path("docs/results/knobs"))
     parser.add_argument("overrides", nargs="*", help="section.key=value, applied to every level")
     args = parser.parse_args(argv)
@@ -231,13 +294,14 @@ def main(argv: list[str] | None = None) -> int:
         for level, cfg in zip(args.levels, configs):
             run_dir = args.runs / cfg.name
             results.append(run_level(cfg, run_dir, vae, args.warm_start,
-                                     {"ldm": args.ldm_steps, "controlnet": args.controlnet_steps}))
+                                     {"ldm": args.ldm_steps, "controlnet": args.controlnet_steps}, args.data_only))
             vae = vae or run_dir / "vae.safetensors"  # no warm start: the first level's VAE serves every level
             args.out.mkdir(parents=True, exist_ok=True)  # results so far, after every level
             atomic_write_bytes(args.out / "knobs.json", json.dumps(json_ready(
                 {"knob": args.knob, "command": command, "levels": args.levels[:len(results)], "results": results}),
                 indent=1).encode())
-            plot(args.levels[:len(results)], results, args.knob, args.out / "knobs.png")
+            if not args.data_only:
+                plot(args.levels[:len(results)], results, args.knob, args.out / "knobs.png")
             write_report(args.out, args.knob, args.levels[:len(results)], results, command, time.perf_counter() - tic)
         atomic_write_bytes(args.out / "config.yaml", yaml.safe_dump(to_dict(configs[0]), sort_keys=False).encode())
     except InputError as err:

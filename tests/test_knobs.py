@@ -9,7 +9,7 @@ import pytest
 from data.cohort import LV, MYO
 from data.errors import InputError
 from data.slices import SliceSet, attributes_frame
-from run.knobs import _myo_contrast, arm_gains, level_config
+from run.knobs import _myo_contrast, arm_gains, cohort_summary, level_config
 
 ROOT_CONFIG = "configs/smoke.yaml"
 
@@ -57,3 +57,22 @@ def test_myo_contrast_is_myocardium_over_blood_on_unit_intensities():
     image = np.where(mask == LV, 1.0, -0.5)  # [0, 1]: blood 1.0, myocardium 0.25
     slices = SliceSet(image, mask, ["a"], np.zeros(1), attributes_frame([{"subject_id": "a"}]))
     assert _myo_contrast(slices, np.array([True])) == pytest.approx(0.25)
+
+
+def test_cohort_summary_separates_geometry_from_appearance():
+    """Heart failure here is a low EF only: geometry tells it perfectly, the (equal) contrast not at all."""
+    yy, xx = np.mgrid[:32, :32]
+    radius = np.hypot(yy - 15.5, xx - 15.5)
+    images, masks, records = [], [], []
+    for i, (health, ef) in enumerate([("heart_failure", 0.3), ("healthy", 0.6)] * 4):
+        frames = []
+        for r_lv in (8.0, 8.0 * np.sqrt(1 - ef)):  # ED, ES: area ratio 1 - ef
+            frames.append(np.where(radius < r_lv, LV, np.where(radius < r_lv + 3, MYO, 0)).astype(np.uint8))
+        masks.append(frames)
+        images.append([np.where(m == LV, 1.0, np.where(m == MYO, -0.4, -1.0)) for m in frames])
+        records.append({"subject_id": f"s{i}", "health": health})
+    summary = cohort_summary(SliceSet(images, masks, [r["subject_id"] for r in records], np.zeros(8),
+                                      attributes_frame(records)), pixel_mm=2.0)
+    assert summary["auroc_geometry"] == 1.0 and summary["auroc_appearance"] == 0.5
+    assert summary["heart_failure"]["ef_proxy_median"] < summary["other"]["ef_proxy_median"]
+    assert summary["heart_failure"]["myo_contrast_mean"] == pytest.approx(0.3)
