@@ -2,18 +2,22 @@
 
 Sensitive attributes leave APPEARANCE cues the masks do not carry (body size, fat, tissue signal/texture);
 heart failure shows mainly in GEOMETRY (dilated LV, thin wall, low ejection fraction).
-docs/synthetic-cohort.md lists every number below and why.
+docs/synthetic-cohort.md lists every number below and why. PhantomKnobs (`data.phantom`, all off by default)
+make the task harder: heart failure without the geometric sign, per-subgroup presentation, attribute geometry.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from data.attributes import Attributes
+from data.attributes import Attributes, age_group, bmi_group
 from data.cohort import LV, MYO, RV
 from data.errors import InputError
+from data.fields import bounded, check_fields
+from data.planner import KEY_VALUES
 
 FOV_MM = 172.8  # in-plane field of view (96 px x 1.8 mm); a shape only changes the resolution
 SLAB_MM = 80.0  # base-to-apex coverage (8 slices x 10 mm)
@@ -22,6 +26,65 @@ RENDERED_HEALTH = ("healthy", "heart_failure", "myocardial_infarction")
 # Painter's order: each class overwrites the ones before it.
 AIR, TISSUE, FAT, LUNG, EPI_FAT, RV_WALL, RV_BLOOD, LV_MYO, LV_BLOOD = range(9)
 CLASS_LABEL = np.array([0, 0, 0, 0, 0, 0, RV, MYO, LV], dtype=np.uint8)
+
+
+GROUP_VALUES = {key: values for key, values in KEY_VALUES.items() if key != "health"}  # the plan's cell keys
+
+
+@dataclass(frozen=True)
+class PhantomKnobs:
+    """Difficulty knobs of the phantom cohort (`data.phantom`). All off (the defaults) = the original cohort, bit
+    for bit: no extra random draws, same numbers.
+
+    preserved_ef: fraction of heart-failure subjects rendered with HEALTHY geometry (LV size, wall, EF, RV), the
+      disease then showing only as `sign`, a diffuse rise of the myocardial signal (relative to blood ~1.0; the
+      age cue spans ~0.08 of it over 40 years), as preserved-EF heart failure with diffuse fibrosis/oedema would.
+    group_key / group_value / group_preserved_ef: subgroup-specific presentation; inside that subgroup (e.g.
+      age_group "<55") group_preserved_ef replaces preserved_ef.
+    attribute_geometry: 0 = off; 1 = sex, age and BMI move LV size (+8 % male, +4 % per 5 BMI, +3 % per decade
+      over 60), wall (+5 % per 5 BMI, +4 % per decade) and EF (-0.02 per 5 BMI, -0.03 per decade): healthy old,
+      obese men then look partly dilated, so geometry is confounded with the attributes that predict the label.
+    """
+
+    preserved_ef: float = bounded(0.0, lo=0, hi=1)
+    sign: float = bounded(0.06, lo=0, hi=0.5)
+    group_key: Optional[str] = None  # sex | age_group | bmi_group
+    group_value: Optional[str] = None
+    group_preserved_ef: float = bounded(0.0, lo=0, hi=1)
+    attribute_geometry: float = bounded(0.0, lo=0, hi=2)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "data.phantom")
+        if (self.group_key is None) != (self.group_value is None):
+            raise InputError("data.phantom.group_key", "set group_key and group_value together (or neither)")
+        if self.group_key is not None and self.group_key not in GROUP_VALUES:
+            raise InputError("data.phantom.group_key",
+                             f"unknown key {self.group_key!r}; expected one of {', '.join(GROUP_VALUES)}")
+        if self.group_key is not None and self.group_value not in GROUP_VALUES[self.group_key]:
+            raise InputError("data.phantom.group_value", f"unknown {self.group_key} {self.group_value!r}; "
+                                                         f"expected one of {', '.join(GROUP_VALUES[self.group_key])}")
+
+    @property
+    def off(self) -> bool:
+        """True when the cohort is the original one (no knob changes any subject)."""
+        grouped = self.group_key is not None and self.group_preserved_ef > 0
+        return self.preserved_ef == 0 and not grouped and self.attribute_geometry == 0
+
+    def preserved_ef_rate(self, attrs: Attributes) -> float:
+        """P(rendered without the geometric sign | heart failure, this subject's attributes)."""
+        if self.group_key is not None:
+            value = {"sex": attrs.sex, "age_group": age_group(attrs.age), "bmi_group": bmi_group(attrs.bmi)}
+            if value[self.group_key] == self.group_value:
+                return self.group_preserved_ef
+        return self.preserved_ef
+
+    def is_preserved_ef(self, attrs: Attributes, rng: np.random.Generator) -> bool:
+        """Draw whether a subject is preserved-EF heart failure; rng is a stream of its own (one draw, HF only),
+        so the other draws, and the subjects at another knob level, stay as they are."""
+        return attrs.health == "heart_failure" and rng.random() < self.preserved_ef_rate(attrs)
+
+
+KNOBS_OFF = PhantomKnobs()
 
 
 @dataclass(frozen=True)
@@ -56,8 +119,13 @@ def _lognormal(rng: np.random.Generator, sd: float) -> float:
     return float(np.exp(sd * rng.standard_normal()))
 
 
-def anatomy_from_attributes(attrs: Attributes, rng: np.random.Generator) -> Anatomy:
-    """Attributes (sex, age, bmi, health all set) -> Anatomy; rng draws the within-group variability."""
+def anatomy_from_attributes(attrs: Attributes, rng: np.random.Generator, knobs: PhantomKnobs = KNOBS_OFF,
+                            preserved_ef: bool = False) -> Anatomy:
+    """Attributes (sex, age, bmi, health all set) -> Anatomy; rng draws the within-group variability.
+
+    preserved_ef (heart failure only): healthy geometry plus knobs.sign on the myocardium. The draws are the same
+    in number and order whatever the knobs, so a knob changes only what it names.
+    """
     if attrs.sex is None or attrs.age is None or attrs.bmi is None or attrs.health is None:
         raise InputError("attributes", f"rendering needs sex, age, bmi and health; got {attrs}")
     if attrs.health not in RENDERED_HEALTH:
@@ -65,6 +133,9 @@ def anatomy_from_attributes(attrs: Attributes, rng: np.random.Generator) -> Anat
                          f"cannot render {attrs.health!r}; expected one of {', '.join(RENDERED_HEALTH)}")
     male, age, bmi = float(attrs.sex == "male"), float(attrs.age), float(attrs.bmi)
     hf, mi = attrs.health == "heart_failure", attrs.health == "myocardial_infarction"
+    if preserved_ef and not hf:
+        raise InputError("attributes: health", f"preserved_ef applies to heart_failure only, got {attrs.health!r}")
+    hf = hf and not preserved_ef  # from here on: heart failure WITH its geometric sign
     body_a = float(np.clip(60.0 + 5.0 * male + 1.5 * (bmi - 27.0), 48.0, 82.0)) * _lognormal(rng, 0.03)
     body_b = 0.8 * body_a * _lognormal(rng, 0.03)
     fat = float(np.clip(1.0 + 0.75 * (bmi - 18.0), 1.0, 18.0)) * _lognormal(rng, 0.10)
@@ -79,7 +150,7 @@ def anatomy_from_attributes(attrs: Attributes, rng: np.random.Generator) -> Anat
     rv_ef = float(np.clip((0.35 if hf else 0.50 if mi else 0.55) + 0.05 * rng.standard_normal(), 0.15, 0.70))
     infarct_angle = float(rng.uniform(-np.pi, np.pi))
     tissue = 0.45 - 0.0025 * (age - 60.0) + 0.015 * rng.standard_normal()
-    myo = 0.30 - 0.0020 * (age - 60.0) + 0.010 * rng.standard_normal()
+    myo = 0.30 - 0.0020 * (age - 60.0) + 0.010 * rng.standard_normal() + (knobs.sign if preserved_ef else 0.0)
     texture = 0.03 + 0.0035 * (age - 40.0)
     angle = float(np.deg2rad(8.0) * rng.standard_normal())
     rv_angle = float(np.deg2rad(200.0 + 10.0 * rng.standard_normal())) + angle
@@ -88,6 +159,11 @@ def anatomy_from_attributes(attrs: Attributes, rng: np.random.Generator) -> Anat
     gain = float(rng.uniform(0.85, 1.15))
     bias = tuple(float(v) for v in 0.12 * rng.standard_normal(5))
     noise = float(rng.uniform(0.03, 0.05))
+    if knobs.attribute_geometry:  # after every draw: the same subject, only its geometry moved
+        g, decades, bmi5 = knobs.attribute_geometry, (age - 60.0) / 10.0, (bmi - 27.0) / 5.0
+        lv_radius *= 1.0 + g * (0.08 * male + 0.04 * bmi5 + 0.03 * decades)
+        wall *= 1.0 + g * (0.05 * bmi5 + 0.04 * decades)
+        ef = float(np.clip(ef - g * (0.02 * bmi5 + 0.03 * decades), 0.10, 0.80))
     return Anatomy(body_a, body_b, fat, epi_fat, lv_radius, wall, lv_length, ef,
                    rv_depth, rv_ef, infarct_angle, 0.55 if mi else 0.0, tissue, myo, texture, angle, rv_angle,
                    shift, tilt, gain, bias, noise)
@@ -220,7 +296,8 @@ def render(anatomy: Anatomy, shape: tuple[int, int, int], rng: np.random.Generat
     return {key: out[key] for key in ("sa_ED", "sa_ES", "seg_sa_ED", "seg_sa_ES")}
 
 
-def render_subject(attrs: Attributes, rng: np.random.Generator,
-                   shape: tuple[int, int, int] = (96, 96, 8)) -> dict[str, np.ndarray]:
+def render_subject(attrs: Attributes, rng: np.random.Generator, shape: tuple[int, int, int] = (96, 96, 8),
+                   knobs: PhantomKnobs = KNOBS_OFF, preserved_ef: bool = False) -> dict[str, np.ndarray]:
     """Attributes -> the four volumes of one subject (see render); all randomness comes from rng."""
-    return render(anatomy_from_attributes(attrs, rng), tuple(int(s) for s in shape), rng)
+    anatomy = anatomy_from_attributes(attrs, rng, knobs, preserved_ef)
+    return render(anatomy, tuple(int(s) for s in shape), rng)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nib
@@ -24,7 +25,7 @@ from data.atomic import atomic_write_bytes
 from data.attributes import Attributes
 from data.errors import InputError, OneLineArgumentParser
 from data.limits import check_shape
-from data.phantom import cohort_affine, render_subject
+from data.phantom import KNOBS_OFF, PhantomKnobs, cohort_affine, render_subject
 from data.subgroups import format_composition, subgroup_table
 
 __all__ = ["generate_cohort", "sample_metadata", "render_subject", "hf_probability", "main"]
@@ -66,7 +67,7 @@ def mi_probability(sex: str, age: float) -> float:
 
 
 def _subject_rng(seed: int, k: int, stream: int) -> np.random.Generator:
-    """Stream 0 = metadata, 1 = images of subject k.
+    """Stream 0 = metadata, 1 = images, 2 = the PhantomKnobs draws of subject k (used only when a knob is on).
 
     SeedSequence(seed, spawn_key=(k,)) == SeedSequence(seed).spawn(n)[k] for any n > k: subject k ignores n.
     """
@@ -169,10 +170,12 @@ def _remove_stale_subjects(out_dir: Path, owned: dict[str, str], keep: set[str])
 
 
 def generate_cohort(out_dir: Path, n: int, seed: int = 0, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
-                    progress: bool = False, prevalence: str = "biased", first_eid: int = FIRST_EID) -> Path:
+                    progress: bool = False, prevalence: str = "biased", first_eid: int = FIRST_EID,
+                    knobs: PhantomKnobs = KNOBS_OFF) -> Path:
     """Write n synthetic subjects + metadata.csv under out_dir (UK Biobank layout); returns out_dir.
 
     Images int16 (X, Y, Z), masks uint8 (0 bg, 1 LV, 2 MYO, 3 RV); (96, 96, 8) -> 1.8 x 1.8 x 10 mm voxels.
+    knobs: the phantom's difficulty knobs; off, the cohort (marker included) is byte for byte the original one.
     """
     out_dir = Path(out_dir)
     _check_n_seed(n, seed)
@@ -182,6 +185,8 @@ def generate_cohort(out_dir: Path, n: int, seed: int = 0, *, shape: tuple[int, i
     out_dir.mkdir(parents=True, exist_ok=True)
     provenance = {"generator": "data.synthetic", "n": int(n), "seed": int(seed), "shape": list(dims),
                   "prevalence": prevalence, "first_eid": int(first_eid)}
+    if not knobs.off:
+        provenance["phantom"] = asdict(knobs)
     # The marker keeps listing what earlier runs wrote until this run has finished: a killed run forgets nothing.
     _write_marker(out_dir, {**provenance, "files": owned})
     (out_dir / "metadata.csv").unlink(missing_ok=True)  # an earlier run's table must not describe a half-new folder
@@ -189,9 +194,12 @@ def generate_cohort(out_dir: Path, n: int, seed: int = 0, *, shape: tuple[int, i
     affine = cohort_affine(dims)
     rows = tqdm(metadata.itertuples(index=False), total=n, desc="subjects", unit="subj", disable=not progress)
     written: dict[str, str] = {}  # the manifest: '<eid>/<file>' -> sha256 of the bytes this run wrote
+    preserved_ef: list[int] = []  # heart-failure subjects rendered without the geometric sign
     for k, row in enumerate(rows):
         attrs = Attributes(sex=row.sex, age=float(row.age), bmi=float(row.bmi), health=row.health)
-        volumes = render_subject(attrs, _subject_rng(int(seed), k, 1), dims)
+        preserved = not knobs.off and knobs.is_preserved_ef(attrs, _subject_rng(int(seed), k, 2))
+        preserved_ef += [int(row.eid)] if preserved else []
+        volumes = render_subject(attrs, _subject_rng(int(seed), k, 1), dims, knobs, preserved)
         folder = out_dir / str(row.eid)
         folder.mkdir(exist_ok=True)
         for name in SUBJECT_FILES:
@@ -199,7 +207,7 @@ def generate_cohort(out_dir: Path, n: int, seed: int = 0, *, shape: tuple[int, i
             atomic_write_bytes(folder / name, data)
             written[f"{row.eid}/{name}"] = hashlib.sha256(data).hexdigest()
     _remove_stale_subjects(out_dir, owned, set(written))
-    _write_marker(out_dir, {**provenance, "files": written})
+    _write_marker(out_dir, {**provenance, "files": written, **({} if knobs.off else {"preserved_ef": preserved_ef})})
     # metadata.csv last: a folder with it is a complete cohort.
     csv = metadata.to_csv(index=False, float_format="%.1f", lineterminator="\n")
     atomic_write_bytes(out_dir / "metadata.csv", csv.encode())

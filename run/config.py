@@ -11,6 +11,7 @@ from classify.train import ClassifierTrainConfig
 from controlnet.model import ControlNetConfig
 from data.errors import InputError
 from data.fields import bounded, check_fields
+from data.phantom import PhantomKnobs
 from data.planner import PlanTarget
 from data.preprocess import PreprocessConfig
 from data.rare import RareGroup
@@ -41,6 +42,8 @@ class DataConfig:
     # myocardial_infarction, keep: 0.25}: the setting of the real-data debiasing arm (data/rare.py). None = off.
     rare: Optional[RareGroup] = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    # Synthetic cohort only: the phantom's difficulty knobs (data/phantom.py:PhantomKnobs), all off by default.
+    phantom: PhantomKnobs = field(default_factory=PhantomKnobs)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +16,7 @@ from data.preprocess import config_hash
 from data.slices import SliceSet, build_slice_set
 from data.split import subject_split
 from data.subgroups import save_composition, subgroup_table
+from data.phantom import KNOBS_OFF, PhantomKnobs
 from data.synthetic import generate_cohort
 
 
@@ -29,11 +30,14 @@ class PreparedData:
     rare: Optional[dict] = None  # data.rare's summary (kept and dropped training subjects), None when off
 
 
-def synthetic_cohort(out_dir: Path, n: int, seed: int, prevalence: str = "biased", first_eid: int = 1000001) -> Path:
-    """Generate the embedded cohort once; a marker file makes a half-written or different cohort regenerate."""
-    marker, key = out_dir / ".complete", f"{n} {seed} {prevalence} {first_eid}"
+def synthetic_cohort(out_dir: Path, n: int, seed: int, prevalence: str = "biased", first_eid: int = 1000001,
+                     knobs: PhantomKnobs = KNOBS_OFF) -> Path:
+    """Generate the embedded cohort once; a marker file makes a half-written or different cohort regenerate.
+    Knobs off leave the key as it was, so cohorts made before the knobs existed are reused."""
+    key = f"{n} {seed} {prevalence} {first_eid}" + ("" if knobs.off else f" {json.dumps(asdict(knobs), sort_keys=True)}")
+    marker = out_dir / ".complete"
     if not marker.is_file() or marker.read_text() != key:
-        generate_cohort(out_dir, n, seed, prevalence=prevalence, first_eid=first_eid, progress=True)
+        generate_cohort(out_dir, n, seed, prevalence=prevalence, first_eid=first_eid, progress=True, knobs=knobs)
         marker.write_text(key)
     return out_dir
 
@@ -42,6 +46,9 @@ def prepare_data(cfg, run_dir: Path, progress: bool = True) -> PreparedData:
     """cfg: run.config.DataConfig. Writes composition.csv and split.json into run_dir."""
     if cfg.root is None:
         return _prepare_synthetic(cfg, run_dir, progress)
+    if not cfg.phantom.off:
+        raise InputError("data.phantom", "the phantom's knobs shape the embedded synthetic cohort only; "
+                                         f"data.root is set ({cfg.root}): remove data.phantom")
     root = Path(cfg.root)
     if root.is_file() and root.suffix == ".npz":
         return _prepare_from_slices(cfg, root, run_dir)
@@ -91,9 +98,10 @@ def _make_rare(train: SliceSet, cfg) -> tuple[SliceSet, Optional[dict]]:
 
 def _prepare_synthetic(cfg, run_dir: Path, progress: bool) -> PreparedData:
     """Biased training cohort + a separate balanced test cohort (disjoint ids, different seed)."""
-    train_root = synthetic_cohort(run_dir / "cohort", cfg.synthetic_n, cfg.synthetic_seed)
+    # the knobs act on both cohorts: the test population shows the disease the way the training one does
+    train_root = synthetic_cohort(run_dir / "cohort", cfg.synthetic_n, cfg.synthetic_seed, knobs=cfg.phantom)
     test_root = synthetic_cohort(run_dir / "cohort-test", cfg.synthetic_test_n, cfg.synthetic_seed + 1,
-                                 prevalence="balanced", first_eid=2000001)
+                                 prevalence="balanced", first_eid=2000001, knobs=cfg.phantom)
     train_cohort = read_cohort(train_root, "ukbb")
     test_cohort = read_cohort(test_root, "ukbb")
     save_composition(subgroup_table(attributes_table(train_cohort)), run_dir / "composition.csv")
