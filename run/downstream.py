@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from classify.experiment import run_experiment
+from classify.experiment import labels_of, run_experiment
 from classify.plots import composition_plot, subgroup_bar_plot
 from classify.report import composition_section, experiment_section, rare_section, reproduce_section, write_report
 from data.atomic import atomic_write_bytes
 from data.attributes import age_group
 from data.json_ready import read_json_object
 from data.planner import load_plan, plan_rebalancing, planning_attributes, save_plan
+from data.prevalence import prevalence_subsample
 from data.slices import SliceSet
 from ddpm.checkpoint import file_sha256
 from ddpm.distributed import resolve_device
@@ -115,12 +116,22 @@ def evaluation_stage(run: RunState) -> Path:
     return metrics_path
 
 
+def at_prevalence(slices: SliceSet, prevalence: float | None, positive: tuple, seed: int, where: str) -> SliceSet:
+    """The slices of a subject subsample whose positive share is `prevalence` (None: all of them)."""
+    if prevalence is None:
+        return slices
+    return slices.select(prevalence_subsample(slices.subject_ids, labels_of(slices, positive), prevalence, seed, where))
+
+
 def experiment_stage(run: RunState) -> Path:
-    """The debiasing arms, trained on real (+ the plan's synthetic) slices, scored on the held-out test set."""
-    cfg, run_dir = run.cfg, run.dir
+    """The debiasing arms, trained on real (+ the plan's synthetic) slices, scored on the held-out test set; the
+    real training and test subjects are first subsampled to experiment.train_prevalence / test_prevalence."""
+    cfg, run_dir, exp = run.cfg, run.dir, run.cfg.experiment
     synthetic = load_planned(run_dir)[1]
-    result = run_experiment(run.data.train, run.data.test, synthetic, cfg.experiment, cfg.classifier,
-                            cfg.classifier_train)
+    train, test = (at_prevalence(s, getattr(exp, f"{side}_prevalence"), tuple(exp.positive), cfg.data.split_seed,
+                                 f"experiment.{side}_prevalence")
+                   for s, side in ((run.data.train, "train"), (run.data.test, "test")))
+    result = run_experiment(train, test, synthetic, exp, cfg.classifier, cfg.classifier_train)
     result.save(run_dir / "experiment")
     subgroup_bar_plot(result, run_dir / "experiment" / "subgroup_balanced_accuracy.png")
     return run_dir / "experiment" / "experiment.json"
