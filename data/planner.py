@@ -110,7 +110,7 @@ def cell_keys(attributes: pd.DataFrame, keys: tuple) -> pd.DataFrame:
                "sex": [None if missing(s) else s for s in attributes["sex"]],
                "age_group": [None if missing(a) else age_group(float(a)) for a in attributes["age"]],
                "bmi_group": [None if missing(b) else bmi_group(float(b)) for b in attributes["bmi"]]}
-    return pd.DataFrame({k: pd.Series(columns[k], dtype=object) for k in keys}, index=attributes.index)
+    return pd.DataFrame({k: pd.Series(columns[k], dtype=object, index=attributes.index) for k in keys})
 
 
 def _check_attributes(attributes: pd.DataFrame) -> None:

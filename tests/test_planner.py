@@ -7,7 +7,7 @@ from data.cohort import LV, MYO, RV
 from data.errors import InputError
 from scipy import stats
 
-from data.planner import (KEY_VALUES, PLAN_COLUMNS, PlanTarget, apply_jitter, composition_after,
+from data.planner import (KEY_VALUES, PLAN_COLUMNS, PlanTarget, apply_jitter, cell_keys, composition_after,
                           inverse_frequency_weights, load_plan, plan_rebalancing, save_plan)
 from data.prompts import prompt_from_fields
 
@@ -96,6 +96,14 @@ def test_balanced_gives_every_condition_of_a_cell_the_cells_largest_deficit():
     # deficit: inside the cells that need heart failure nearly every synthetic sample is heart failure
     deficit_share = (needed["heart_failure"] / needed.sum(axis=1)).dropna()
     assert deficit_share.max() == 1.0 and deficit_share.nunique() > 1
+
+
+def test_cell_keys_follow_the_rows_of_any_index():
+    real = cohort(n=20)
+    stacked = pd.concat([real, real.iloc[::-1]])  # duplicate, unordered labels, as after concatenating real and plan
+    keyed = cell_keys(stacked, tuple(CELL_KEYS))
+    assert list(keyed.index) == list(stacked.index)
+    assert (keyed.to_numpy() == cells(stacked).to_numpy()).all()
 
 
 def test_balanced_cap_shares_out_whole_cells():
