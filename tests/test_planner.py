@@ -100,7 +100,7 @@ def test_balanced_gives_every_condition_of_a_cell_the_cells_largest_deficit():
 
 def test_cell_keys_follow_the_rows_of_any_index():
     real = cohort(n=20)
-    stacked = pd.concat([real, real.iloc[::-1]])  # duplicate, unordered labels, as after concatenating real and plan
+    stacked = pd.concat([real, cohort(n=20, seed=1)])  # labels 0..19 twice, as after concatenating real and a plan
     keyed = cell_keys(stacked, tuple(CELL_KEYS))
     assert list(keyed.index) == list(stacked.index)
     assert (keyed.to_numpy() == cells(stacked).to_numpy()).all()
