@@ -10,16 +10,17 @@ while the pool lasts, then with replacement and jitter=1 (batch sampling perturb
 
 Synthetic labels within a cell (synthetic_labels, equalise and min_count): "deficit" generates each condition's
 own deficit, so inside an under-represented cell nearly every synthetic sample has the rare condition (on the tiny
-cohort P(heart failure | synthetic, cell) was 0.88-1.00 against 0.04-0.20 among the real) and "looks synthetic"
-predicts the label. "balanced" (default) gives every planned condition of a cell (the non-health keys) the same
+training cohort P(heart failure | synthetic, cell) spans 0.00-1.00 over the 18 cells, against 0.04-0.74 among the
+real) and "looks synthetic" predicts the label. "balanced" (default) gives every planned condition of a cell (the non-health keys) the same
 number of synthetic samples, the cell's largest deficit, so every cell and condition still reaches its goal.
 Balanced rather than matched to the real within-cell prevalence: matched would copy the bias into the synthetic
 set (no cell's label share would move), while balanced makes P(label | synthetic, cell) the same 1/k in every cell,
 so the synthetic look cannot act differently across subgroups, and under metagroup-weighted sampling (the method's
 baseline; real rows then also weigh 1/k per label in every cell) it predicts nothing. The price: a balanced
 addition moves a cell's label share towards 1/k, not to the condition's share elsewhere, so after the plan the
-label share is closer to equal across cells but not equal as under "deficit" (the two cannot both hold in general),
-and up to k times as many samples. With health as the only key there is no cell besides the label and balancing
+label share is closer to equal across cells but not equal as under "deficit" (the two cannot both hold in general;
+tiny cohort: P(heart failure | cell) 0.32-0.60 balanced, 0.42-0.45 deficit), and up to k times as many samples
+(tiny: 966 against 704). With health as the only key there is no cell besides the label and balancing
 would leave the rare condition rare, so deficits stand there. Under max_total a balanced plan rounds the cap down to
 a multiple of k.
 
