@@ -36,6 +36,7 @@ from classify.train import ClassifierTrainConfig, predict_proba, train_classifie
 from data.json_ready import json_ready
 from data.attributes import is_positive
 from data.errors import InputError
+from data.fields import bounded, check_fields
 from data.planner import KEY_VALUES
 from data.prompts import prompt_to_attributes
 from data.slices import SliceSet
@@ -60,6 +61,11 @@ class ExperimentConfig:
     n_boot: int = 500
     val_fraction: float = 0.2  # of each arm's own training subjects, for best-epoch selection
     groups: tuple = SENSITIVE_COLUMNS  # per-group metrics over these (sex, age_group, bmi_group, health)
+    # prevalence control (the method: 0.25 / 0.10 / 0.01): positive share of the real training, validation and test
+    # subjects after subsampling them (data/prevalence.py, run/downstream.py); None keeps the split as drawn
+    train_prevalence: Optional[float] = bounded(None, lo=0, hi=1, lo_open=True, hi_open=True)
+    val_prevalence: Optional[float] = bounded(None, lo=0, hi=1, lo_open=True, hi_open=True)
+    test_prevalence: Optional[float] = bounded(None, lo=0, hi=1, lo_open=True, hi_open=True)
 
     def __post_init__(self) -> None:
         check_experiment_config(self)
@@ -77,6 +83,7 @@ def check_experiment_config(cfg: ExperimentConfig) -> None:
         raise InputError("experiment", f"expected n_boot >= 1 and val_fraction in [0, 1), got {cfg.n_boot}, "
                                        f"{cfg.val_fraction}")
     check_columns(cfg.groups, "experiment.groups")
+    check_fields(cfg, "experiment")
 
 
 def is_missing(value) -> bool:
@@ -329,7 +336,8 @@ def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Optiona
             continue
         for seed in exp_cfg.seeds:
             bar.set_postfix(arm=arm, seed=seed)
-            cfg = replace(train_cfg, seed=int(seed), balanced_sampling=balanced, val_fraction=exp_cfg.val_fraction)
+            cfg = replace(train_cfg, seed=int(seed), balanced_sampling=balanced, val_fraction=exp_cfg.val_fraction,
+                          val_prevalence=exp_cfg.val_prevalence)
             model, history = train_classifier(images, labels, groups, cfg, progress=False, model_cfg=clf_cfg,
                                               metagroups=columns)
             scores = predict_proba(model, real_test.images)

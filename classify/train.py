@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from classify.fairness import SENSITIVE_COLUMNS, balanced_accuracy, sensitive_frame
 from classify.resnet import ClassifierConfig, ResNetClassifier
+from data.prevalence import prevalence_subsample
 from data.split import subject_split
 from data.errors import InputError
 from data.fields import bounded, check_fields
@@ -37,6 +38,8 @@ class ClassifierTrainConfig:
     seed: int = bounded(0, lo=0, hi=2 ** 32, hi_open=True)
     # held out by subject when no explicit validation set is given; 0 keeps the last epoch
     val_fraction: float = bounded(0.2, lo=0, hi=1, hi_open=True)
+    # positive share of that held-out part after subsampling its subjects (data/prevalence.py); None keeps it all
+    val_prevalence: Optional[float] = bounded(None, lo=0, hi=1, lo_open=True, hi_open=True)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -117,7 +120,7 @@ def train_classifier(images, labels, groups_df: pd.DataFrame, cfg: ClassifierTra
 
     Returns the model of the epoch with the best validation balanced accuracy (ties: lowest validation loss), in
     eval mode, and a history dict: per-epoch lists epoch, train_loss, val_balanced_accuracy, val_loss, plus
-    best_epoch and best_val_balanced_accuracy.
+    best_epoch, best_val_balanced_accuracy and the validation rows n_val, n_val_positive.
     """
     x, y = _as_data(images, labels, "train")
     if len(groups_df) != len(x):
@@ -130,6 +133,9 @@ def train_classifier(images, labels, groups_df: pd.DataFrame, cfg: ClassifierTra
     elif cfg.val_fraction > 0:
         ids = groups_df["subject_id"].to_numpy() if "subject_id" in groups_df else np.arange(len(x))
         train_idx, val_idx = subject_split(ids, y.numpy(), cfg.val_fraction, cfg.seed)
+        if cfg.val_prevalence is not None:  # the surplus subjects of the held-out part are left out of both sides
+            val_idx = val_idx[prevalence_subsample(ids[val_idx], y.numpy()[val_idx], cfg.val_prevalence, cfg.seed,
+                                                   "classifier_train.val_prevalence")]
         val_x, val_y = x[val_idx], y[val_idx]
         x, y, groups_df = x[train_idx], y[train_idx], groups_df.iloc[train_idx].reset_index(drop=True)
     else:
@@ -139,7 +145,8 @@ def train_classifier(images, labels, groups_df: pd.DataFrame, cfg: ClassifierTra
     device = resolve_device(cfg.device, "classifier_train.device")
     model_cfg = model_cfg or ClassifierConfig(in_channels=x.shape[1])
     history = {"epoch": [], "train_loss": [], "val_balanced_accuracy": [], "val_loss": [], "best_epoch": None,
-               "best_val_balanced_accuracy": float("nan")}
+               "best_val_balanced_accuracy": float("nan"), "n_val": 0 if val_y is None else len(val_y),
+               "n_val_positive": 0 if val_y is None else int(val_y.sum())}
     # fork_rng: seeding init and dropout must not change the caller's global RNG
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else None):
         torch.manual_seed(cfg.seed)

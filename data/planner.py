@@ -7,6 +7,27 @@ the largest one (ACDC's groups, or a group made rare by data.rare); a min_count 
 "min_count": every cell of each condition is filled up to min_count. Geometry comes from a real mask of the same
 health and sex (same health only when no real subject of that sex has the condition), drawn without replacement
 while the pool lasts, then with replacement and jitter=1 (batch sampling perturbs a reused mask geometrically).
+
+Synthetic labels within a cell (synthetic_labels, equalise and min_count): "deficit" generates each condition's
+own deficit, so inside an under-represented cell nearly every synthetic sample has the rare condition (on the tiny
+training cohort P(heart failure | synthetic, cell) spans 0.00-1.00 over the 18 cells, against 0.04-0.74 among the
+real) and "looks synthetic" predicts the label. "balanced" (default) gives every planned condition of a cell (the non-health keys) the same
+number of synthetic samples, the cell's largest deficit, so every cell and condition still reaches its goal.
+Balanced rather than matched to the real within-cell prevalence: matched would copy the bias into the synthetic
+set (no cell's label share would move), while balanced makes P(label | synthetic, cell) the same 1/k in every cell,
+so the synthetic look cannot act differently across subgroups, and under metagroup-weighted sampling (the method's
+baseline; real rows then also weigh 1/k per label in every cell) it predicts nothing. The price: a balanced
+addition moves a cell's label share towards 1/k, not to the condition's share elsewhere, so after the plan the
+label share is closer to equal across cells but not equal as under "deficit" (the two cannot both hold in general;
+tiny cohort: P(heart failure | cell) 0.32-0.60 balanced, 0.42-0.45 deficit), and up to k times as many samples
+(tiny: 966 against 704). With health as the only key there is no cell besides the label and balancing
+would leave the rare condition rare, so deficits stand there. Under max_total a balanced plan rounds the cap down to
+a multiple of k.
+
+"copies" (the method's own recipe, Skorupko et al.): `copies` synthetic copies of training rows, each keeping its
+own prompt, fields and mask (jitter 0; the seed makes the copy), rows drawn with replacement with probability
+proportional to 1 / (number of training rows with the same prompt), so every distinct prompt is drawn equally
+often in expectation. keys, min_count and max_total do not apply; conditions restricts the donors.
 """
 from __future__ import annotations
 
@@ -32,7 +53,8 @@ KEY_VALUES = {"health": HEALTH_CONDITIONS, "sex": SEXES, "age_group": ("<55", "5
 # Concrete values are drawn uniformly inside a bin, clipped to a plausible adult range (age 40-80, BMI 18.5-40).
 AGE_BINS = {"<55": (40.0, 55.0), "55-64": (55.0, 65.0), "65+": (65.0, 80.0)}
 BMI_BINS = {"<25": (18.5, 25.0), "25-30": (25.0, 30.0), ">30": (30.0, 40.0)}
-MODES = ("equalise", "min_count")
+MODES = ("equalise", "min_count", "copies")
+SYNTHETIC_LABELS = ("balanced", "deficit")
 PLAN_COLUMNS = ("sample_id", "sex", "age", "bmi", "health", "prompt", "mask_subject_id", "mask_row", "seed", "jitter")
 SAMPLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Names the sample writer derives (run/samples.py): <id>_mask.nii.gz is a sample's mask, grid.png the call's grid.
@@ -47,6 +69,8 @@ class PlanTarget:
     min_count: int = 0  # mode min_count: every cell's target; mode equalise: a floor (0 = none)
     conditions: Optional[tuple] = None  # health conditions to synthesise; None = every condition in the data
     max_total: Optional[int] = None  # cap: deficits are then shared out proportionally
+    synthetic_labels: str = "balanced"  # balanced | deficit: per-condition counts inside a cell (module docstring)
+    copies: int = 0  # mode copies: number of synthetic copies of training rows to draw
 
     def __post_init__(self) -> None:
         unknown = [k for k in self.keys if k not in KEY_VALUES]
@@ -54,6 +78,11 @@ class PlanTarget:
             raise InputError("target.keys", f"got {self.keys}; expected distinct keys from {', '.join(KEY_VALUES)}, including health")
         if self.mode not in MODES:
             raise InputError("target.mode", f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        if self.synthetic_labels not in SYNTHETIC_LABELS:
+            raise InputError("target.synthetic_labels", f"unknown value {self.synthetic_labels!r}; expected one of "
+                                                        f"{', '.join(SYNTHETIC_LABELS)}")
+        if self.copies < (1 if self.mode == "copies" else 0):
+            raise InputError("target.copies", f"expected a count >= 1 for mode copies (>= 0 otherwise), got {self.copies}")
         lowest = 1 if self.mode == "min_count" else 0
         if self.min_count < lowest:
             raise InputError("target.min_count", f"expected a count >= {lowest} for mode {self.mode}, "
@@ -82,7 +111,7 @@ def cell_keys(attributes: pd.DataFrame, keys: tuple) -> pd.DataFrame:
                "sex": [None if missing(s) else s for s in attributes["sex"]],
                "age_group": [None if missing(a) else age_group(float(a)) for a in attributes["age"]],
                "bmi_group": [None if missing(b) else bmi_group(float(b)) for b in attributes["bmi"]]}
-    return pd.DataFrame({k: pd.Series(columns[k], dtype=object) for k in keys}, index=attributes.index)
+    return pd.DataFrame({k: pd.Series(columns[k], dtype=object, index=attributes.index) for k in keys})
 
 
 def _check_attributes(attributes: pd.DataFrame) -> None:
@@ -118,8 +147,15 @@ def cell_deficits(attributes: pd.DataFrame, target: PlanTarget, seed: int = 0) -
             goal = max(max(real) if others else largest, target.min_count)
         rows += [{"health": health, **c, "real": r, "deficit": max(goal - r, 0)} for c, r in zip(combos, real)]
     table = pd.DataFrame(rows, columns=[*target.keys, "real", "deficit"])
-    if target.max_total is not None and table["deficit"].sum() > target.max_total:
-        table["deficit"] = _share_out(table["deficit"].to_numpy(), target.max_total, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    if target.synthetic_labels == "balanced" and others:
+        # rows are one block of len(combos) cells per condition: each cell gets its largest deficit in every block
+        per_cell = table["deficit"].to_numpy().reshape(len(conditions), len(combos)).max(axis=0)
+        if target.max_total is not None and per_cell.sum() * len(conditions) > target.max_total:
+            per_cell = _share_out(per_cell, target.max_total // len(conditions), rng)
+        table["deficit"] = np.tile(per_cell, len(conditions))
+    elif target.max_total is not None and table["deficit"].sum() > target.max_total:
+        table["deficit"] = _share_out(table["deficit"].to_numpy(), target.max_total, rng)
     return table
 
 
@@ -175,6 +211,8 @@ def plan_rebalancing(attributes: pd.DataFrame, target: PlanTarget = PlanTarget()
     """
     _check_attributes(attributes)
     attributes = attributes.reset_index(drop=True)
+    if target.mode == "copies":
+        return plan_copies(attributes, target, seed)
     rng = np.random.default_rng(seed)
     pools = _MaskPools(attributes, rng)
     rows = []
@@ -193,6 +231,46 @@ def plan_rebalancing(attributes: pd.DataFrame, target: PlanTarget = PlanTarget()
                          "health": fields.health, "prompt": prompt_from_fields(**fields.to_dict(), position=position),
                          "mask_subject_id": str(donor["subject_id"]), "mask_row": int(donor["slice_row"]),
                          "seed": int(rng.integers(MAX_SEED)), "jitter": jitter, "mask_match": match})
+    return pd.DataFrame(rows, columns=[*PLAN_COLUMNS, "mask_match"])
+
+
+def _prompt_of(row) -> str:
+    """A real row's own prompt; built from its fields where the table has none (e.g. a bare attributes table)."""
+    prompt = row.get("prompt")
+    if isinstance(prompt, str) and prompt.strip():
+        return prompt
+    fields = make_attributes(row["sex"], row["age"], row["bmi"], row["health"], where=f"donor {row['subject_id']}")
+    return prompt_from_fields(**fields.to_dict())
+
+
+def inverse_frequency_weights(prompts: list[str]) -> np.ndarray:
+    """(N,) draw probabilities proportional to 1 / (count of the row's prompt): each of the P distinct prompts
+    gets total probability 1 / P, shared equally by its rows."""
+    if not len(prompts):
+        raise InputError("attributes", "no real rows to draw copies from")
+    series = pd.Series(list(prompts), dtype=object)
+    weights = 1.0 / series.map(series.value_counts()).to_numpy(dtype=np.float64)
+    return weights / weights.sum()
+
+
+def plan_copies(attributes: pd.DataFrame, target: PlanTarget, seed: int = 0) -> pd.DataFrame:
+    """Mode copies: target.copies rows drawn by inverse prompt frequency (with replacement), each a copy of its
+    donor row: the donor's fields, prompt and mask (jitter 0), a fresh seed."""
+    pool = attributes.reset_index(drop=True)
+    if target.conditions is not None:
+        pool = pool[pool["health"].isin(target.conditions)].reset_index(drop=True)
+    records = pool.to_dict("records")
+    prompts = [_prompt_of(r) for r in records]
+    rng = np.random.default_rng(seed)
+    drawn = rng.choice(len(records), size=target.copies, replace=True, p=inverse_frequency_weights(prompts))
+    rows = []
+    for pos in drawn:
+        donor = records[int(pos)]
+        fields = make_attributes(donor["sex"], donor["age"], donor["bmi"], donor["health"],
+                                 where=f"donor {donor['subject_id']}")
+        rows.append({"sample_id": f"syn-{len(rows):06d}", **fields.to_dict(), "prompt": prompts[int(pos)],
+                     "mask_subject_id": str(donor["subject_id"]), "mask_row": int(donor["slice_row"]),
+                     "seed": int(rng.integers(MAX_SEED)), "jitter": 0, "mask_match": "self"})
     return pd.DataFrame(rows, columns=[*PLAN_COLUMNS, "mask_match"])
 
 

@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from classify.experiment import run_experiment
+from classify.experiment import labels_of, run_experiment
 from classify.plots import composition_plot, subgroup_bar_plot
 from classify.report import composition_section, experiment_section, rare_section, reproduce_section, write_report
 from data.atomic import atomic_write_bytes
 from data.attributes import age_group
 from data.json_ready import read_json_object
 from data.planner import load_plan, plan_rebalancing, planning_attributes, save_plan
+from data.prevalence import prevalence_subsample
 from data.slices import SliceSet
 from ddpm.checkpoint import file_sha256
 from ddpm.distributed import resolve_device
@@ -45,6 +46,20 @@ def _sample_set(out_dir: Path, ids: list[str], attributes: pd.DataFrame) -> Slic
     return SliceSet(loaded.images[order], loaded.masks[order], ids, np.zeros(len(ids)), attributes.reset_index(drop=True))
 
 
+def at_prevalence(slices: SliceSet, prevalence: float | None, positive: tuple, seed: int, where: str) -> SliceSet:
+    """The slices of a subject subsample whose positive share is `prevalence` (None: all of them)."""
+    if prevalence is None:
+        return slices
+    return slices.select(prevalence_subsample(slices.subject_ids, labels_of(slices, positive), prevalence, seed, where))
+
+
+def real_split(cfg, data: PreparedData, side: str) -> SliceSet:
+    """data.train or data.test at experiment.{side}_prevalence: what the plan's donors and the arms see."""
+    exp = cfg.experiment
+    return at_prevalence(getattr(data, side), getattr(exp, f"{side}_prevalence"), tuple(exp.positive),
+                         cfg.data.split_seed, f"experiment.{side}_prevalence")
+
+
 def plan_and_generate(cfg, data: PreparedData, ckpts: dict, run_dir: Path, overwrite: bool) -> Path:
     """Write plan.csv for the under-represented subgroups and generate its samples (arm c's extra patients);
     samples.json, written last, marks both done."""
@@ -53,10 +68,12 @@ def plan_and_generate(cfg, data: PreparedData, ckpts: dict, run_dir: Path, overw
     # of its remaining training subjects (reused masks jittered). Another group's masks would give the prompted
     # condition the wrong anatomy (the label is in the geometry: a dilated LV, a thinned infarcted wall), and the
     # dropped or test subjects are the ones the data is pretending not to have.
-    save_plan(plan_rebalancing(planning_attributes(data.train), cfg.plan, seed=cfg.data.split_seed), plan_path)
+    # Under experiment.train_prevalence they are the subjects arm (a) keeps: no arm sees a patient another drops.
+    train = real_split(cfg, data, "train")
+    save_plan(plan_rebalancing(planning_attributes(train), cfg.plan, seed=cfg.data.split_seed), plan_path)
     plan = load_plan(plan_path)
     if len(plan):
-        _generate(cfg, ckpts, plan_requests(plan, cfg, slices=data.train), run_dir / "samples", overwrite)
+        _generate(cfg, ckpts, plan_requests(plan, cfg, slices=train), run_dir / "samples", overwrite)
     manifest = {"plan": str(plan_path), "plan_sha256": file_sha256(plan_path), "n_samples": len(plan)}
     atomic_write_bytes(run_dir / "samples.json", json.dumps(manifest, indent=1).encode())
     return run_dir / "samples.json"
@@ -117,12 +134,16 @@ def evaluation_stage(run: RunState) -> Path:
 
 
 def experiment_stage(run: RunState) -> Path:
-    """The debiasing arms, trained on real (+ the plan's synthetic) slices, scored on the held-out test set."""
+    """The debiasing arms, trained on real (+ the plan's synthetic) slices, scored on the held-out test set; the
+    real training and test subjects are first subsampled to experiment.train_prevalence / test_prevalence."""
     cfg, run_dir = run.cfg, run.dir
     # one synthetic set per separately trained generator (the run's own first), all from the same plan
     synthetic = [s for s in (load_planned(folder)[1] for folder in generator_folders(cfg, run_dir)) if s is not None]
+    exp = cfg.experiment
     test = fresh_test_set(cfg.data, cfg.fresh_test, run_dir) if cfg.fresh_test.n else run.data.test
-    result = run_experiment(run.data.train, test, synthetic, cfg.experiment, cfg.classifier, cfg.classifier_train)
+    test = at_prevalence(test, exp.test_prevalence, tuple(exp.positive), cfg.data.split_seed, "experiment.test_prevalence")
+    result = run_experiment(real_split(cfg, run.data, "train"), test, synthetic, exp, cfg.classifier,
+                            cfg.classifier_train)
     result.save(run_dir / "experiment")
     subgroup_bar_plot(result, run_dir / "experiment" / "subgroup_balanced_accuracy.png")
     return run_dir / "experiment" / "experiment.json"

@@ -67,6 +67,19 @@ def test_training_is_deterministic_for_a_seed_and_leaves_global_rng_alone():
     assert len(hist["train_loss"]) == 2 and hist["best_epoch"] in (0, 1)
 
 
+def test_val_prevalence_subsamples_the_held_out_subjects():
+    images, _ = _random_data(n=60)
+    labels = np.array([1] * 30 + [0] * 30)
+    cfg = ClassifierTrainConfig(epochs=1, batch_size=8, val_fraction=0.5, seed=0)
+    _, full = train_classifier(images, labels, _groups(60), cfg, model_cfg=TINY)
+    assert (full["n_val"], full["n_val_positive"]) == (30, 15)  # stratified half
+    _, low = train_classifier(images, labels, _groups(60), ClassifierTrainConfig(**{**cfg.__dict__, "val_prevalence": 0.1}),
+                              model_cfg=TINY)
+    assert (low["n_val"], low["n_val_positive"]) == (17, 2)  # all 15 negatives, round(15 / 9) positives
+    with pytest.raises(InputError, match="val_prevalence"):
+        ClassifierTrainConfig(val_prevalence=1.0)
+
+
 def test_tiny_classifier_learns_bright_vs_dark():
     rng = np.random.default_rng(0)
     n, size = 96, 16

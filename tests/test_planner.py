@@ -5,8 +5,10 @@ import pytest
 from data.attributes import age_group, bmi_group
 from data.cohort import LV, MYO, RV
 from data.errors import InputError
-from data.planner import (KEY_VALUES, PLAN_COLUMNS, PlanTarget, apply_jitter, composition_after, load_plan,
-                          plan_rebalancing, save_plan)
+from scipy import stats
+
+from data.planner import (KEY_VALUES, PLAN_COLUMNS, PlanTarget, apply_jitter, cell_keys, composition_after,
+                          inverse_frequency_weights, load_plan, plan_rebalancing, save_plan)
 from data.prompts import prompt_from_fields
 
 CELL_KEYS = ["health", "sex", "age_group", "bmi_group"]
@@ -40,9 +42,9 @@ def full_grid(health):
     return pd.MultiIndex.from_product([[health], *(KEY_VALUES[k] for k in CELL_KEYS[1:])], names=CELL_KEYS)
 
 
-def test_equalise_fills_every_cell_to_the_conditions_largest():
+def test_equalise_deficit_fills_every_cell_to_the_conditions_largest():
     real = cohort()
-    plan = plan_rebalancing(real, PlanTarget(mode="equalise"), seed=1)
+    plan = plan_rebalancing(real, PlanTarget(mode="equalise", synthetic_labels="deficit"), seed=1)
     after = counts(pd.concat([real, plan]))
     expected_total = 0
     for health in ("healthy", "heart_failure"):
@@ -66,11 +68,50 @@ def test_min_count_and_conditions_and_cap():
     added = counts(plan).reindex(full_grid("heart_failure"), fill_value=0)
     assert ((before + added) >= 3).all()
     assert (added == np.maximum(3 - before, 0)).all()  # cells already at 3 get nothing
-    capped = plan_rebalancing(real, PlanTarget(mode="min_count", min_count=3, max_total=7), seed=0)
+    capped = plan_rebalancing(real, PlanTarget(mode="min_count", min_count=3, max_total=7, synthetic_labels="deficit"),
+                              seed=0)
     assert len(capped) == 7
-    full = plan_rebalancing(real, PlanTarget(mode="min_count", min_count=3), seed=0)
+    full = plan_rebalancing(real, PlanTarget(mode="min_count", min_count=3, synthetic_labels="deficit"), seed=0)
     capped_cells, full_cells = counts(capped), counts(full)
     assert all(capped_cells[c] <= full_cells[c] for c in capped_cells.index)
+
+
+def test_balanced_gives_every_condition_of_a_cell_the_cells_largest_deficit():
+    real = cohort(n=200)
+    deficit = plan_rebalancing(real, PlanTarget(synthetic_labels="deficit"), seed=1)
+    plan = plan_rebalancing(real, PlanTarget(), seed=1)  # balanced is the default
+    others = CELL_KEYS[1:]
+    grid = pd.MultiIndex.from_product([("healthy", "heart_failure"), *(KEY_VALUES[k] for k in others)], names=CELL_KEYS)
+    needed = counts(deficit).reindex(grid, fill_value=0).unstack("health")  # cells x conditions: each one's deficit
+    added = counts(plan).reindex(grid, fill_value=0).unstack("health")
+    assert (added["healthy"] == added["heart_failure"]).all()  # P(heart failure | synthetic, cell) = 1/2 everywhere
+    assert (added["healthy"] == needed.max(axis=1)).all()  # the least that brings every condition to its goal
+    assert len(plan) == 2 * int(needed.max(axis=1).sum()) > len(deficit)
+    share = added["heart_failure"] / added.sum(axis=1)
+    assert share.dropna().nunique() == 1 and len(share.dropna()) > 0
+    before = counts(real).reindex(grid, fill_value=0).unstack("health")
+    after = before + added
+    for health in ("healthy", "heart_failure"):
+        assert (after[health] >= before[health].max()).all()  # every cell still reaches the condition's largest
+    # deficit: inside the cells that need heart failure nearly every synthetic sample is heart failure
+    deficit_share = (needed["heart_failure"] / needed.sum(axis=1)).dropna()
+    assert deficit_share.max() == 1.0 and deficit_share.nunique() > 1
+
+
+def test_cell_keys_follow_the_rows_of_any_index():
+    real = cohort(n=20)
+    stacked = pd.concat([real, cohort(n=20, seed=1)])  # labels 0..19 twice, as after concatenating real and a plan
+    keyed = cell_keys(stacked, tuple(CELL_KEYS))
+    assert list(keyed.index) == list(stacked.index)
+    assert (keyed.to_numpy() == cells(stacked).to_numpy()).all()
+
+
+def test_balanced_cap_shares_out_whole_cells():
+    real = cohort(n=200)
+    capped = plan_rebalancing(real, PlanTarget(max_total=31), seed=0)
+    assert len(capped) == 30  # rounded down to a multiple of the two conditions
+    added = counts(capped).unstack("health", fill_value=0)
+    assert (added["healthy"] == added["heart_failure"]).all()
 
 
 def test_masks_same_health_and_sex_drawn_without_replacement_first():
@@ -142,7 +183,7 @@ def test_keys_the_cohort_lacks():
     real = cohort().assign(sex=None, age=np.nan)  # like ACDC: no sex, no age
     with pytest.raises(InputError, match="no real row has all of"):
         plan_rebalancing(real, PlanTarget())
-    plan = plan_rebalancing(real, PlanTarget(keys=("health", "bmi_group")), seed=0)
+    plan = plan_rebalancing(real, PlanTarget(keys=("health", "bmi_group"), synthetic_labels="deficit"), seed=0)
     after = cells(pd.concat([real, plan]).assign(sex="female", age=50.0)).groupby(["health", "bmi_group"]).size()
     for health in ("healthy", "heart_failure"):
         assert after[health].nunique() == 1 and len(after[health]) == 3  # 3 BMI groups, equal
@@ -167,7 +208,50 @@ def test_health_alone_fills_every_condition_to_the_largest_from_its_own_masks():
         PlanTarget(min_count=-1)
 
 
+def test_inverse_frequency_weights_give_every_prompt_the_same_mass():
+    prompts = ["a"] * 6 + ["b"] * 3 + ["c"]
+    p = inverse_frequency_weights(prompts)
+    assert np.allclose(p, [1 / 18] * 6 + [1 / 9] * 3 + [1 / 3])  # 1 / (P * count), P = 3 distinct prompts
+    assert np.isclose(p.sum(), 1.0)
+
+
+def test_copies_draw_by_inverse_prompt_frequency_and_keep_prompt_and_mask():
+    real = cohort(n=120)
+    plan = plan_rebalancing(real, PlanTarget(mode="copies", copies=6000), seed=0)
+    assert len(plan) == 6000 and plan["sample_id"].is_unique and (plan["jitter"] == 0).all()
+    donors = real.set_index("slice_row").loc[plan["mask_row"]]
+    assert (donors["subject_id"].to_numpy() == plan["mask_subject_id"].to_numpy()).all()
+    for column in ("sex", "age", "bmi", "health"):  # a copy is its donor: fields, prompt and mask
+        assert (donors[column].to_numpy() == plan[column].to_numpy()).all()
+    own = [prompt_from_fields(r.sex, r.age, r.bmi, r.health) for r in donors.itertuples()]
+    assert list(plan["prompt"]) == own
+    # every distinct prompt is drawn equally often in expectation: chi-square against the uniform over prompts
+    distinct = sorted(set(prompt_from_fields(r.sex, r.age, r.bmi, r.health) for r in real.itertuples()))
+    observed = plan["prompt"].value_counts().reindex(distinct, fill_value=0).to_numpy()
+    assert stats.chisquare(observed).pvalue > 1e-3
+    frequent = pd.Series(own).map(pd.Series([prompt_from_fields(r.sex, r.age, r.bmi, r.health)
+                                             for r in real.itertuples()]).value_counts())
+    assert frequent.max() > 1  # the table has repeated prompts, so inverse frequency differs from uniform rows
+    uniform_rows = real.assign(prompt=[prompt_from_fields(r.sex, r.age, r.bmi, r.health) for r in real.itertuples()])
+    row_expected = uniform_rows["prompt"].value_counts().reindex(distinct).to_numpy() / len(real) * 6000
+    assert stats.chisquare(observed, row_expected).pvalue < 1e-6  # a uniform draw over rows is rejected
+    only_hf = plan_rebalancing(real, PlanTarget(mode="copies", copies=50, conditions=("heart_failure",)), seed=0)
+    assert (only_hf["health"] == "heart_failure").all()
+
+
+def test_copies_take_the_donors_own_prompt_with_its_position(tmp_path):
+    real = cohort(n=10).assign(prompt=lambda f: [prompt_from_fields(r.sex, r.age, r.bmi, r.health, position="basal")
+                                                 for r in f.itertuples()])
+    plan = plan_rebalancing(real, PlanTarget(mode="copies", copies=20), seed=0)
+    assert plan["prompt"].str.endswith("basal slice").all()
+    assert len(load_plan(save_plan(plan, tmp_path / "plan.csv"))) == 20  # a copy passes the plan's checks
+
+
 def test_target_validation():
+    with pytest.raises(InputError, match="copies"):
+        PlanTarget(mode="copies")
+    with pytest.raises(InputError, match="synthetic_labels"):
+        PlanTarget(synthetic_labels="matched")
     with pytest.raises(InputError, match="mode"):
         PlanTarget(mode="balance")
     with pytest.raises(InputError, match="min_count"):
