@@ -57,3 +57,97 @@ def mean_std_over_seeds(values) -> tuple[float, float]:
         raise InputError("mean_std_over_seeds", "expected at least one value")
     std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
     return float(np.mean(values)), std
+
+
+# Hierarchical bootstrap of an experiment with nested variance sources. Levels are resampled outermost first;
+# "subjects" alone is the classic test-set bootstrap, each further level adds that source's spread.
+LEVELS = ("subjects", "seeds", "generators")
+LEVEL_SETS = {"subjects": ("subjects",), "subjects+seeds": ("subjects", "seeds"),
+              "subjects+seeds+generators": LEVELS}
+ColumnMetric = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _check_grid(preds: dict) -> tuple[int, int]:
+    """-> (n_generators, n_seeds) shared by the arms; each arm has 1 or that many of each (a one-off arm, e.g.
+    one without synthetic data or a deterministic rule, is constant along that level)."""
+    if not preds:
+        raise InputError("hierarchical_bootstrap: preds", "expected at least one arm")
+    shapes = {arm: np.shape(p) for arm, p in preds.items()}
+    n_rows = {s[0] for s in shapes.values()}
+    if any(len(s) != 3 for s in shapes.values()) or len(n_rows) != 1:
+        raise InputError("hierarchical_bootstrap: preds", f"expected (N_test, n_generators, n_seeds) arrays with one "
+                                                          f"N_test, got {shapes}")
+    n_gen, n_seeds = max(s[1] for s in shapes.values()), max(s[2] for s in shapes.values())
+    bad = [a for a, s in shapes.items() if s[1] not in (1, n_gen) or s[2] not in (1, n_seeds)]
+    if bad:
+        raise InputError("hierarchical_bootstrap: preds", f"arm(s) {bad} have neither 1 nor {n_gen} generators / "
+                                                          f"1 nor {n_seeds} seeds: {shapes}")
+    return n_gen, n_seeds
+
+
+def _combine(values: np.ndarray, w_gen: np.ndarray, w_seed: np.ndarray) -> np.ndarray:
+    """(M, G, S) per-run metrics -> (M,) mean over runs weighted by how often each generator / seed was drawn
+    (an arm with one generator or seed is constant along that level), NaN runs left out."""
+    w_g = w_gen if values.shape[1] > 1 else np.ones(1)
+    w_s = w_seed if values.shape[2] > 1 else np.ones(1)
+    w = w_g[:, None] * w_s[None, :]
+    ok = ~np.isnan(values)
+    total = (w * ok).sum(axis=(1, 2))
+    weighted = (np.where(ok, values, 0.0) * w).sum(axis=(1, 2))
+    return np.where(total > 0, weighted / np.where(total > 0, total, 1.0), np.nan)
+
+
+def hierarchical_bootstrap(column_metric: ColumnMetric, preds: dict, subject_ids, n_boot: int = 1000,
+                           seed: int = 0) -> tuple[dict, dict]:
+    """Paired hierarchical bootstrap of every arm: test subjects, then classifier seeds, then generators.
+
+    column_metric(row_weights (N,), y_pred (N, C)) -> (M, C): M metrics per prediction column, the rows counted
+    with the given weights (a subject drawn k times counts k times; NaN where undefined).
+    preds: arm -> (N, n_generators, n_seeds) 0/1 predictions on the same N test rows.
+    subject_ids: (N,) the cluster of each row (a subject's rows stay together); None = one row per subject.
+    Each replicate draws subjects, seeds and generators with replacement ONCE and applies the same draw to every
+    arm (paired: a gain is the difference of two arms' numbers in one replicate). Its value per arm is the mean
+    of the per-run metric over the drawn (generator, seed) runs on the drawn subjects.
+    -> (point: arm -> (M,) mean over all runs on all rows,
+        replicates: LEVEL_SETS name -> arm -> (n_boot, M)), the three level sets sharing their subject draws (and
+        seed draws), so widths differ only by the levels added.
+    """
+    n_gen, n_seeds = _check_grid(preds)
+    n = next(iter(preds.values())).shape[0]
+    if n_boot < 1:
+        raise InputError("hierarchical_bootstrap", f"expected n_boot >= 1, got {n_boot}")
+    codes, uniques = pd.factorize(np.arange(n) if subject_ids is None else np.asarray(subject_ids))
+    if len(codes) != n:
+        raise InputError("hierarchical_bootstrap: subject_ids", f"expected {n} ids (one per row), got {len(codes)}")
+    flat = {arm: np.asarray(p).reshape(n, -1) for arm, p in preds.items()}
+    shape = {arm: np.shape(p)[1:] for arm, p in preds.items()}
+
+    def per_run(weights):  # arm -> (M, G, S)
+        return {arm: np.asarray(column_metric(weights, flat[arm]), dtype=float).reshape(-1, *shape[arm])
+                for arm in preds}
+
+    ones_gen, ones_seed = np.ones(n_gen), np.ones(n_seeds)
+    point = {arm: _combine(v, ones_gen, ones_seed) for arm, v in per_run(np.ones(n)).items()}
+    rng_subjects, rng_seeds, rng_gens = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    reps = {name: {arm: np.empty((n_boot, len(point[arm]))) for arm in preds} for name in LEVEL_SETS}
+    for b in range(n_boot):
+        drawn = np.bincount(rng_subjects.integers(0, len(uniques), len(uniques)), minlength=len(uniques))
+        w_seed = np.bincount(rng_seeds.integers(0, n_seeds, n_seeds), minlength=n_seeds).astype(float)
+        w_gen = np.bincount(rng_gens.integers(0, n_gen, n_gen), minlength=n_gen).astype(float)
+        values = per_run(drawn[codes].astype(float))
+        for name, levels in LEVEL_SETS.items():
+            wg = w_gen if "generators" in levels else ones_gen
+            ws = w_seed if "seeds" in levels else ones_seed
+            for arm, v in values.items():
+                reps[name][arm][b] = _combine(v, wg, ws)
+    return point, reps
+
+
+def percentile_interval(replicates: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """(lo, hi) percentile interval over axis 0, NaN replicates dropped; (nan, nan) when none is left."""
+    replicates = np.asarray(replicates, dtype=float)
+    replicates = replicates[~np.isnan(replicates)]
+    if len(replicates) == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(replicates, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)

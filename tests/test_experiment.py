@@ -119,7 +119,7 @@ def spied_run(monkeypatch, real, test, syn, cfg):
 def test_arms_differ_only_in_their_training_set(monkeypatch):
     real, test, syn = toy_problem()
     cfg = ExperimentConfig(seeds=(3, 5), n_boot=20, val_fraction=0.25)
-    spy, result = spied_run(monkeypatch, real, test, syn, cfg)
+    spy, result = spied_run(monkeypatch, real, test, [syn], cfg)
     assert len(spy.train_calls) == len(ARMS) * 2 and result.arms == list(ARMS)
     assert all(images is test.images for images in spy.predict_calls)  # one and the same test set
     for i, call in enumerate(spy.train_calls):
@@ -137,13 +137,13 @@ def test_arms_differ_only_in_their_training_set(monkeypatch):
 def test_skipped_arms_are_recorded_with_a_reason(monkeypatch):
     real, test, syn = toy_problem()
     cfg = ExperimentConfig(seeds=(0,), n_boot=10)
-    _, result = spied_run(monkeypatch, real, test, None, cfg)
+    _, result = spied_run(monkeypatch, real, test, [], cfg)
     assert result.arms == ["real", "reweighted"] and result.comparison == {}
     assert set(result.skipped) == {"real+synthetic", "synthetic"}
     assert all("synthetic" in reason for reason in result.skipped.values())
     positives_only = syn.select(labels_of(syn) == 1)
     cfg = ExperimentConfig(arms=("real+synthetic", "synthetic"), seeds=(0,), n_boot=10)
-    _, result = spied_run(monkeypatch, real, test, positives_only, cfg)
+    _, result = spied_run(monkeypatch, real, test, [positives_only], cfg)
     assert result.arms == ["real+synthetic"]
     assert "only class 1" in result.skipped["synthetic"]
     assert json.loads(result.to_json())["skipped"] == result.skipped
@@ -152,7 +152,7 @@ def test_skipped_arms_are_recorded_with_a_reason(monkeypatch):
 def test_test_subjects_seen_in_training_and_bad_configs_are_refused(monkeypatch):
     real, test, syn = toy_problem()
     with pytest.raises(InputError, match="unseen"):
-        spied_run(monkeypatch, real, real.select(np.arange(4)), syn, ExperimentConfig())
+        spied_run(monkeypatch, real, real.select(np.arange(4)), [syn], ExperimentConfig())
     for bad in ({"arms": ("real", "smote")}, {"seeds": ()}, {"n_boot": 0}, {"groups": ("ethnicity",)},
                 {"groups": ()}):
         with pytest.raises(InputError, match="experiment") as err:  # refused when the config is read
@@ -164,7 +164,7 @@ def test_test_subjects_seen_in_training_and_bad_configs_are_refused(monkeypatch)
 def toy_result():
     torch.set_num_threads(1)
     real, test, syn = toy_problem()
-    result = run_experiment(real, test, syn, ExperimentConfig(seeds=(0, 1), n_boot=60), TINY, TRAIN, progress=False)
+    result = run_experiment(real, test, [syn], ExperimentConfig(seeds=(0, 1), n_boot=60), TINY, TRAIN, progress=False)
     return result, test
 
 
@@ -207,11 +207,16 @@ def test_comparison_of_arm_c_against_both_baselines(toy_result):
     assert set(result.comparison) == {"real+synthetic vs real", "real+synthetic vs reweighted"}
     for comp in result.comparison.values():
         base = result.aggregate[comp["baseline"]]
-        gain = comp["worst_group_gain"]
+        gain = comp["gain"]
         expected = result.aggregate["real+synthetic"]["worst_group_balanced_accuracy"]["mean"] \
             - base["worst_group_balanced_accuracy"]["mean"]
         assert gain["point"] == pytest.approx(expected) and gain["lo"] <= gain["point"] <= gain["hi"]
-        assert comp["verdict"] in ("helped", "hurt", "no clear difference")
+        assert gain["verdict"] in ("helped", "hurt", "inconclusive") and 0 < gain["p"] <= 1
+        if comp["primary"]:  # the declared endpoint: its verdict is the primary one, outside the Holm family
+            assert comp["baseline"] == "reweighted" and gain["verdict"] == result.primary["verdict"]
+            assert (result.primary["point"], result.primary["lo"]) == (gain["point"], gain["lo"])
+        else:
+            assert gain["p_holm"] >= gain["p"]
         assert comp["disparity_change"]["sex"]["balanced_accuracy_gap"] == pytest.approx(
             result.aggregate["real+synthetic"]["sex"]["balanced_accuracy_gap"]["mean"]
             - base["sex"]["balanced_accuracy_gap"]["mean"])
@@ -251,7 +256,7 @@ def test_health_groups_give_per_group_accuracy_worst_group_and_gains(monkeypatch
     spy = Spy(labels_of(test, ACDC_POSITIVE), vary=True)  # every run scores differently: the arms differ
     monkeypatch.setattr(experiment, "train_classifier", spy.train)
     monkeypatch.setattr(experiment, "predict_proba", spy.predict)
-    result = run_experiment(real, test, syn, cfg, TINY, TRAIN, progress=False)
+    result = run_experiment(real, test, [syn], cfg, TINY, TRAIN, progress=False)
     assert all(call["metagroups"] == ("health",) for call in spy.train_calls)  # arm (b) balances health groups
     y, health = labels_of(test, ACDC_POSITIVE), test.attributes["health"].to_numpy()
     for arm in ARMS:

@@ -26,7 +26,7 @@ def toy():
         patch.setattr(experiment, "train_classifier", spy.train)
         patch.setattr(experiment, "predict_proba", spy.predict)
         cfg = ExperimentConfig(arms=("real", "reweighted", "real+synthetic"), seeds=(0, 1), n_boot=30)
-        result = run_experiment(real, test, syn, cfg, TINY, TRAIN, progress=False)
+        result = run_experiment(real, test, [syn], cfg, TINY, TRAIN, progress=False)
     return result, real, syn
 
 
@@ -146,7 +146,7 @@ def test_rare_group_setting_and_health_groups_are_reported(tmp_path):
         patch.setattr(experiment, "train_classifier", spy.train)
         patch.setattr(experiment, "predict_proba", spy.predict)
         cfg = ExperimentConfig(seeds=(0, 1), n_boot=20, positive=ACDC_POSITIVE, groups=("health",))
-        data = json.loads(run_experiment(real, test, syn, cfg, TINY, TRAIN, progress=False).to_json())
+        data = json.loads(run_experiment(real, test, [syn], cfg, TINY, TRAIN, progress=False).to_json())
     text = experiment_section(data, rare=summary)
     for comparison in data["comparison"].values():
         gain = next(g for g in comparison["group_gains"] if g["group"] == "myocardial_infarction")
