@@ -93,8 +93,11 @@ def _combine(values: np.ndarray, w_gen: np.ndarray, w_seed: np.ndarray) -> np.nd
     w = w_g[:, None] * w_s[None, :]
     ok = ~np.isnan(values)
     total = (w * ok).sum(axis=(1, 2))
-    weighted = (np.where(ok, values, 0.0) * w).sum(axis=(1, 2))
-    return np.where(total > 0, weighted / np.where(total > 0, total, 1.0), np.nan)
+    # offsets from one run's value: runs that all agree give that value exactly, whatever the grid (exact zero gains)
+    flat = values.reshape(len(values), -1)
+    ref = flat[np.arange(len(flat)), np.argmax(~np.isnan(flat), axis=1)]
+    weighted = (np.where(ok, values - ref[:, None, None], 0.0) * w).sum(axis=(1, 2))
+    return np.where(total > 0, ref + weighted / np.where(total > 0, total, 1.0), np.nan)
 
 
 def hierarchical_bootstrap(column_metric: ColumnMetric, preds: dict, subject_ids, n_boot: int = 1000,
@@ -128,7 +131,10 @@ def hierarchical_bootstrap(column_metric: ColumnMetric, preds: dict, subject_ids
 
     ones_gen, ones_seed = np.ones(n_gen), np.ones(n_seeds)
     point = {arm: _combine(v, ones_gen, ones_seed) for arm, v in per_run(np.ones(n)).items()}
-    rng_subjects, rng_seeds, rng_gens = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    # subjects are drawn exactly as bootstrap_ci draws them (same generator and seed): with no seed or generator
+    # variance the two give the same interval
+    rng_subjects = np.random.default_rng(seed)
+    rng_seeds, rng_gens = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     reps = {name: {arm: np.empty((n_boot, len(point[arm]))) for arm in preds} for name in LEVEL_SETS}
     for b in range(n_boot):
         drawn = np.bincount(rng_subjects.integers(0, len(uniques), len(uniques)), minlength=len(uniques))

@@ -285,3 +285,38 @@ def test_health_groups_give_per_group_accuracy_worst_group_and_gains(monkeypatch
             assert gain["lo"] <= gain["point"] <= gain["hi"]
         assert set(comparison["disparity_change"]) == {"health"}
     assert json.loads(result.to_json())["config"]["experiment"]["groups"] == ["health"]
+
+
+def test_every_generator_x_seed_runs_and_identical_arms_give_a_zero_gain(monkeypatch):
+    """Synthetic arms run once per generator x seed; with every run scoring alike (Spy without vary) the arms are
+    identical, so every paired gain is exactly 0 and no verdict may claim an effect."""
+    real, test, syn = toy_problem()
+    second = toy_slices(12, 0.15, 3, "", per_subject=1)  # a second, separately "trained" generator's samples
+    cfg = ExperimentConfig(arms=("real", "reweighted", "real+synthetic"), seeds=(0, 1, 2), n_boot=40)
+    spy, result = spied_run(monkeypatch, real, test, [syn, second], cfg)
+    assert len(spy.train_calls) == 2 * 3 + 2 * 3 and result.config["n_generators"] == 2
+    runs = [(r["arm"], r["generator"], r["seed"]) for r in result.runs]
+    assert runs[6:] == [("real+synthetic", g, s) for g in (0, 1) for s in (0, 1, 2)]
+    assert runs[:3] == [("real", None, s) for s in (0, 1, 2)]
+    assert np.array_equal(spy.train_calls[9]["images"][len(real):], second.images)  # generator 1's own samples
+    assert result.intervals["real+synthetic"]["n_generators"] == 2 and result.intervals["real"]["n_generators"] == 1
+    primary = result.primary
+    assert (primary["arm"], primary["baseline"], primary["metric"]) == ("real+synthetic", "reweighted",
+                                                                        "worst_group_balanced_accuracy")
+    assert (primary["point"], primary["lo"], primary["hi"], primary["se"]) == (0.0, 0.0, 0.0, 0.0)
+    assert primary["verdict"] == "inconclusive" and primary["p"] == 1.0
+    assert result.secondary and all(s["verdict"] == "inconclusive" and s["p_holm"] == 1.0 for s in result.secondary)
+    assert {s["comparison"] for s in result.secondary} == {"real+synthetic vs real", "real+synthetic vs reweighted"}
+    assert not any(s["baseline"] == "reweighted" and s["group"] is None for s in result.secondary)  # primary is apart
+    counts = result.intervals["real"]["counts"]
+    y = labels_of(test)
+    assert counts["tp"] + counts["fn"] == y.sum() and counts["tn"] + counts["fp"] == len(y) - y.sum()
+    for row in result.intervals["real"]["subgroups"].itertuples():
+        assert row.tp + row.fn == row.n_positive and row.tn + row.fp == row.count - row.n_positive
+
+
+def test_primary_endpoint_is_checked_when_the_config_is_read():
+    for bad in ({"primary_metric": "auroc"}, {"primary_arm": "smote"}, {"primary_baseline": "real+synthetic"},
+                {"alpha": 0.7}):
+        with pytest.raises(InputError, match="experiment.(primary|alpha)"):
+            ExperimentConfig(**bad)
