@@ -118,9 +118,9 @@ def evaluation_stage(run: RunState) -> Path:
 def experiment_stage(run: RunState) -> Path:
     """The debiasing arms, trained on real (+ the plan's synthetic) slices, scored on the held-out test set."""
     cfg, run_dir = run.cfg, run.dir
-    synthetic = load_planned(run_dir)[1]
-    result = run_experiment(run.data.train, run.data.test, synthetic, cfg.experiment, cfg.classifier,
-                            cfg.classifier_train)
+    synthetic = load_planned(run_dir)[1]  # one generator per run: a list of one (none planned: no synthetic arms)
+    result = run_experiment(run.data.train, run.data.test, [] if synthetic is None else [synthetic], cfg.experiment,
+                            cfg.classifier, cfg.classifier_train)
     result.save(run_dir / "experiment")
     subgroup_bar_plot(result, run_dir / "experiment" / "subgroup_balanced_accuracy.png")
     return run_dir / "experiment" / "experiment.json"
@@ -148,7 +148,7 @@ def write_main_report(run: RunState) -> Path:
         "Synthetic patients per subgroup": grids,
         "Realism and control fidelity (generated from held-out test masks and prompts)":
             _demote((run_dir / "evaluation" / "metrics.md").read_text()) + "\n\n![evaluation](evaluation/metrics.png)",
-        "Debiasing: per-subgroup balanced accuracy per arm":
+        "Debiasing: primary endpoint, arms, secondary comparisons":
             experiment_section(experiment, "experiment/subgroup_balanced_accuracy.png", data.rare),
         "Run time (seconds per stage, as measured when it ran; 2 CPU cores)":
             "| stage | seconds |\n|---|---|\n" + timing_rows if timings else "",
