@@ -43,11 +43,7 @@ def bootstrap_ci(metric_fn: MetricFn, y_true, y_pred, y_score, groups: Optional[
         times_drawn = np.bincount(rng.integers(0, n_subjects, n_subjects), minlength=n_subjects)
         idx = np.repeat(rows, times_drawn[codes])
         stats[b] = metric_fn(y_true[idx], y_pred[idx], _take(y_score, idx), _take(groups, idx))
-    stats = stats[~np.isnan(stats)]
-    if len(stats) == 0:
-        return point, float("nan"), float("nan")
-    lo, hi = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return point, float(lo), float(hi)
+    return (point, *percentile_interval(stats, alpha))
 
 
 def mean_std_over_seeds(values) -> tuple[float, float]:

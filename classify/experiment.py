@@ -320,34 +320,6 @@ def _comparison(aggregate: dict, boot: Bootstrapped, cfg: ExperimentConfig, colu
     for (_, _, _, entry), p_holm in zip(family, holm([entry["p"] for *_, entry in family])):
         entry.update(p_holm=float(p_holm), verdict=verdict_from_p(entry["point"], p_holm, cfg.alpha))
     return out, [{"comparison": key, "baseline": base, "metric": metric, **entry} for key, base, metric, entry in family]
-    for base in [b for b in boot.point if ARM_ROLES.get(b) == "baseline" and b != arm]:
-        key, row = f"{arm} vs {base}", METRIC_ROWS[cfg.primary_metric]
-        gain = _gain_entry(boot, arm, base, row, cfg.alpha)
-        if base != cfg.primary_baseline:
-            family.append({"comparison": key, "baseline": base, "metric": cfg.primary_metric, "attribute": None,
-                           "group": None, **gain})
-        group_gains = []
-        for k, (column, group) in enumerate(boot.keys):
-            if group != UNKNOWN:
-                group_gains.append({"attribute": column, "group": group, **_gain_entry(boot, arm, base, 2 + k, cfg.alpha)})
-                family.append({"comparison": key, "baseline": base, "metric": "balanced_accuracy",
-                               **group_gains[-1]})
-        a, b = aggregate[arm], aggregate[base]
-        out[key] = {"baseline": base, "primary": base == cfg.primary_baseline, "metric": cfg.primary_metric,
-                    "gain": gain, "group_gains": group_gains,
-                    "balanced_accuracy_change": a["balanced_accuracy"]["mean"] - b["balanced_accuracy"]["mean"],
-                    "disparity_change": {c: {k: a[c][k]["mean"] - b[c][k]["mean"] for k in DISPARITY_KEYS[1:]}
-                                         for c in columns}}
-    adjusted = holm([f["p"] for f in family])
-    for entry, p_holm in zip(family, adjusted):
-        entry["p_holm"], entry["verdict"] = float(p_holm), verdict_from_p(entry["point"], p_holm, cfg.alpha)
-    for comp in out.values():  # the same verdicts beside each comparison's own numbers
-        for entry in family:
-            if entry["baseline"] == comp["baseline"]:
-                target = comp["gain"] if entry["attribute"] is None else next(
-                    g for g in comp["group_gains"] if (g["attribute"], g["group"]) == (entry["attribute"], entry["group"]))
-                target.update(p_holm=entry["p_holm"], verdict=entry["verdict"])
-    return out, family
 
 
 @dataclass

@@ -51,14 +51,14 @@ def holm(p_values) -> np.ndarray:
 
 def verdict_from_interval(lo: float, hi: float) -> str:
     """"helped" when the whole interval of the gain is above 0, "hurt" below, else "inconclusive"."""
-    if is_nan(lo) or is_nan(hi):
+    if _is_nan(lo) or _is_nan(hi):
         return "undetermined"
     return "helped" if lo > 0 else ("hurt" if hi < 0 else "inconclusive")
 
 
 def verdict_from_p(point: float, p_adjusted: float, alpha: float = 0.05) -> str:
     """"helped" / "hurt" (by the sign of the point gain) when the corrected p-value is below alpha."""
-    if is_nan(point) or is_nan(p_adjusted):
+    if _is_nan(point) or _is_nan(p_adjusted):
         return "undetermined"
     if p_adjusted >= alpha or point == 0:
         return "inconclusive"
@@ -67,8 +67,8 @@ def verdict_from_p(point: float, p_adjusted: float, alpha: float = 0.05) -> str:
 
 def minimum_detectable_effect(se: float) -> float:
     """The smallest true gain a two-sided test at alpha 0.05 detects with 80% power, given the gain's SE."""
-    return float("nan") if is_nan(se) else MDE_FACTOR * float(se)
+    return float("nan") if _is_nan(se) else MDE_FACTOR * float(se)
 
 
-def is_nan(value) -> bool:
+def _is_nan(value) -> bool:
     return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
