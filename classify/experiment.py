@@ -54,10 +54,10 @@ ARM_LABELS = {"real": "(a) real", "reweighted": "(b) reweighted", "real+syntheti
               "synthetic": "(d) synthetic"}
 NEEDS_SYNTHETIC = ("real+synthetic", "synthetic")  # run once per generator x classifier seed
 DETERMINISTIC = ()  # arms without classifier seeds (a fixed rule): one run, as n_generators = n_seeds = 1
-# What an arm is for: the primary arm is compared with every "baseline"; "check" arms are reported, not compared.
+# What an arm is for: the primary arm is compared with every "baseline" (an arm not listed counts as one); "check"
+# arms are reported, not compared.
 ARM_ROLES = {"real": "baseline", "reweighted": "baseline", "real+synthetic": "debiased", "synthetic": "check"}
 DEBIASED = "real+synthetic"
-BASELINES = tuple(arm for arm, role in ARM_ROLES.items() if role == "baseline")
 PRIMARY_METRICS = ("worst_group_balanced_accuracy", "balanced_accuracy")
 DISPARITY_KEYS = ("worst_group_balanced_accuracy", "balanced_accuracy_gap", "balanced_accuracy_ratio",
                   "equalized_odds_difference", "demographic_parity_difference")
@@ -303,7 +303,7 @@ def _comparison(aggregate: dict, boot: Bootstrapped, cfg: ExperimentConfig, colu
     arm, out, family = cfg.primary_arm, {}, []  # family: (comparison, baseline, metric, entry to annotate)
     if arm not in boot.point:
         return out, []
-    for base in [b for b in boot.point if ARM_ROLES.get(b) == "baseline" and b != arm]:
+    for base in [b for b in boot.point if ARM_ROLES.get(b, "baseline") == "baseline" and b != arm]:
         key, row = f"{arm} vs {base}", METRIC_ROWS[cfg.primary_metric]
         gain = {"attribute": None, "group": None, **_gain_entry(boot, arm, base, row, cfg.alpha)}
         if base != cfg.primary_baseline:

@@ -287,6 +287,7 @@ def test_health_groups_give_per_group_accuracy_worst_group_and_gains(monkeypatch
     assert json.loads(result.to_json())["config"]["experiment"]["groups"] == ["health"]
 
 
+@pytest.mark.slow
 def test_every_generator_x_seed_runs_and_identical_arms_give_a_zero_gain(monkeypatch):
     """Synthetic arms run once per generator x seed; with every run scoring alike (Spy without vary) the arms are
     identical, so every paired gain is exactly 0 and no verdict may claim an effect."""
