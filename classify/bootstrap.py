@@ -81,35 +81,49 @@ def _check_grid(preds: dict) -> tuple[int, int]:
     return n_gen, n_seeds
 
 
-def _combine(values: np.ndarray, w_gen: np.ndarray, w_seed: np.ndarray) -> np.ndarray:
-    """(M, G, S) per-run metrics -> (M,) mean over runs weighted by how often each generator / seed was drawn
-    (an arm with one generator or seed is constant along that level), NaN runs left out."""
-    w_g = w_gen if values.shape[1] > 1 else np.ones(1)
-    w_s = w_seed if values.shape[2] > 1 else np.ones(1)
-    w = w_g[:, None] * w_s[None, :]
+def _run_weights(shape: tuple, gen_draw: Optional[np.ndarray], seed_counts: Optional[np.ndarray]) -> np.ndarray:
+    """(G, S) weight of each run of an arm with `shape` = (G, S) runs: how often the replicate drew it.
+
+    gen_draw: (n_generators,) generator drawn into each slot (None: every generator once, in its own slot);
+    seed_counts: (n_generators, n_seeds) how often each seed was drawn within each slot (None: each seed once).
+    An arm with one generator takes slot 0's seed draw; one with one seed counts one run per slot."""
+    n_gen, n_seeds = shape
+    slots = n_gen if gen_draw is None else len(gen_draw)
+    counts = np.ones((slots, n_seeds)) if seed_counts is None or n_seeds == 1 else seed_counts
+    if n_gen == 1 or gen_draw is None:
+        return counts[:n_gen]
+    weights = np.zeros((n_gen, n_seeds))
+    np.add.at(weights, gen_draw, counts)
+    return weights
+
+
+def _combine(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(M, G, S) per-run metrics -> (M,) mean over runs weighted by (G, S) `weights`, NaN runs left out."""
     ok = ~np.isnan(values)
-    total = (w * ok).sum(axis=(1, 2))
+    total = (weights * ok).sum(axis=(1, 2))
     # offsets from one run's value: runs that all agree give that value exactly, whatever the grid (exact zero gains)
     flat = values.reshape(len(values), -1)
     ref = flat[np.arange(len(flat)), np.argmax(~np.isnan(flat), axis=1)]
-    weighted = (np.where(ok, values - ref[:, None, None], 0.0) * w).sum(axis=(1, 2))
+    weighted = (np.where(ok, values - ref[:, None, None], 0.0) * weights).sum(axis=(1, 2))
     return np.where(total > 0, ref + weighted / np.where(total > 0, total, 1.0), np.nan)
 
 
 def hierarchical_bootstrap(column_metric: ColumnMetric, preds: dict, subject_ids, n_boot: int = 1000,
                            seed: int = 0) -> tuple[dict, dict]:
-    """Paired hierarchical bootstrap of every arm: test subjects, then classifier seeds, then generators.
+    """Paired hierarchical bootstrap of every arm: test subjects, then generators, then classifier seeds within
+    each drawn generator, each level with replacement.
 
     column_metric(row_weights (N,), y_pred (N, C)) -> (M, C): M metrics per prediction column, the rows counted
     with the given weights (a subject drawn k times counts k times; NaN where undefined).
-    preds: arm -> (N, n_generators, n_seeds) 0/1 predictions on the same N test rows.
+    preds: arm -> (N, n_generators, n_seeds) 0/1 predictions on the same N test rows; an arm may have 1 generator
+    (no synthetic data) or 1 seed (a deterministic rule).
     subject_ids: (N,) the cluster of each row (a subject's rows stay together); None = one row per subject.
-    Each replicate draws subjects, seeds and generators with replacement ONCE and applies the same draw to every
-    arm (paired: a gain is the difference of two arms' numbers in one replicate). Its value per arm is the mean
-    of the per-run metric over the drawn (generator, seed) runs on the drawn subjects.
+    Each replicate draws subjects, generators and seeds ONCE and applies the same draw to every arm (paired: a
+    gain is the difference of two arms' numbers in one replicate). Its value per arm is the mean of the per-run
+    metric over the drawn runs on the drawn subjects.
     -> (point: arm -> (M,) mean over all runs on all rows,
-        replicates: LEVEL_SETS name -> arm -> (n_boot, M)), the three level sets sharing their subject draws (and
-        seed draws), so widths differ only by the levels added.
+        replicates: LEVEL_SETS name -> arm -> (n_boot, M)); the level sets share their draws, so their interval
+        widths differ only by the levels added (subjects only; + seeds within each generator; + generators).
     """
     n_gen, n_seeds = _check_grid(preds)
     n = next(iter(preds.values())).shape[0]
@@ -118,30 +132,30 @@ def hierarchical_bootstrap(column_metric: ColumnMetric, preds: dict, subject_ids
     codes, uniques = pd.factorize(np.arange(n) if subject_ids is None else np.asarray(subject_ids))
     if len(codes) != n:
         raise InputError("hierarchical_bootstrap: subject_ids", f"expected {n} ids (one per row), got {len(codes)}")
-    flat = {arm: np.asarray(p).reshape(n, -1) for arm, p in preds.items()}
     shape = {arm: np.shape(p)[1:] for arm, p in preds.items()}
+    columns = np.hstack([np.asarray(p).reshape(n, -1) for p in preds.values()])  # every arm's runs: one metric call
+    ends = np.cumsum([int(np.prod(s)) for s in shape.values()])[:-1]
 
     def per_run(weights):  # arm -> (M, G, S)
-        return {arm: np.asarray(column_metric(weights, flat[arm]), dtype=float).reshape(-1, *shape[arm])
-                for arm in preds}
+        values = np.asarray(column_metric(weights, columns), dtype=float)
+        return {arm: v.reshape(-1, *shape[arm]) for arm, v in zip(preds, np.split(values, ends, axis=1))}
 
-    ones_gen, ones_seed = np.ones(n_gen), np.ones(n_seeds)
-    point = {arm: _combine(v, ones_gen, ones_seed) for arm, v in per_run(np.ones(n)).items()}
+    point = {arm: _combine(v, _run_weights(shape[arm], None, None)) for arm, v in per_run(np.ones(n)).items()}
     # subjects are drawn exactly as bootstrap_ci draws them (same generator and seed): with no seed or generator
     # variance the two give the same interval
     rng_subjects = np.random.default_rng(seed)
-    rng_seeds, rng_gens = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    rng_gens, rng_seeds = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     reps = {name: {arm: np.empty((n_boot, len(point[arm]))) for arm in preds} for name in LEVEL_SETS}
     for b in range(n_boot):
         drawn = np.bincount(rng_subjects.integers(0, len(uniques), len(uniques)), minlength=len(uniques))
-        w_seed = np.bincount(rng_seeds.integers(0, n_seeds, n_seeds), minlength=n_seeds).astype(float)
-        w_gen = np.bincount(rng_gens.integers(0, n_gen, n_gen), minlength=n_gen).astype(float)
+        gen_draw = rng_gens.integers(0, n_gen, n_gen)
+        seed_counts = np.stack([np.bincount(rng_seeds.integers(0, n_seeds, n_seeds), minlength=n_seeds)
+                                for _ in range(n_gen)]).astype(float)
         values = per_run(drawn[codes].astype(float))
         for name, levels in LEVEL_SETS.items():
-            wg = w_gen if "generators" in levels else ones_gen
-            ws = w_seed if "seeds" in levels else ones_seed
+            draws = (gen_draw if "generators" in levels else None, seed_counts if "seeds" in levels else None)
             for arm, v in values.items():
-                reps[name][arm][b] = _combine(v, wg, ws)
+                reps[name][arm][b] = _combine(v, _run_weights(shape[arm], *draws))
     return point, reps
 
 
