@@ -1,4 +1,5 @@
-"""The debiasing experiment: one classifier per arm x seed, all scored on the same real test set.
+"""The debiasing experiment: one classifier per arm x seed (x generator where the arm uses synthetic data), all
+scored on the same real test set.
 
 Arms differ ONLY in their training set (same test set, seeds, ClassifierConfig and ClassifierTrainConfig otherwise):
   real            the real training slices
@@ -8,8 +9,8 @@ Arms differ ONLY in their training set (same test set, seeds, ClassifierConfig a
 Model selection: train_classifier holds out val_fraction of the arm's OWN training subjects (each synthetic sample
 is its own subject "syn-..."), so no arm looks at the test set before it is scored.
 Uncertainty: a paired hierarchical bootstrap (classify.bootstrap.hierarchical_bootstrap) resamples test SUBJECTS,
-then classifier seeds, then generators (arms using synthetic data run once per separately trained generator x seed),
-each level with replacement, the same draw in every arm. An arm's number is the mean over its runs; 95% percentile
+then generators, then classifier seeds within each drawn generator (arms using synthetic data run once per separately
+trained generator x seed), each level with replacement, the same draw in every arm. An arm's number is the mean over its runs; 95% percentile
 intervals; widths with subjects only / + seeds / + generators say which source dominates.
 Primary endpoint (declared in the config before running): experiment.primary_metric of primary_arm minus
 primary_baseline, with its 95% CI, verdict and minimum detectable effect. The baseline is NAMED, not chosen from
@@ -396,7 +397,7 @@ def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Sequenc
     result = ExperimentResult(
         config={"experiment": asdict(exp_cfg), "classifier": asdict(clf_cfg), "train": asdict(train_cfg),
                 "threshold": THRESHOLD, "n_generators": len(synthetic),
-                "intervals": "95% hierarchical bootstrap: test subjects, then classifier seeds, then generators"},
+                "intervals": "95% hierarchical bootstrap: test subjects, then generators, then seeds within each"},
         test={"n_slices": len(real_test), "n_subjects": len(set(real_test.subject_ids)),
               "n_positive": int(y_test.sum()), "subject_ids": list(real_test.subject_ids), "labels": y_test})
     preds = {}  # arm -> (N_test, n_generators, n_seeds) 0/1

@@ -221,7 +221,7 @@ def _uncertainty_table(data: dict) -> str:
     rows = [[LEVEL_NAMES[name], *[fmt(data["intervals"][a]["width_by_levels"][name]) for a in arms]]
             + ([fmt(gain[name])] if gain else []) for name in LEVEL_NAMES]
     return ("Where the uncertainty comes from: width of the 95% CI of worst-group balanced accuracy when only "
-            "test subjects are resampled, then also classifier seeds, then also generators (a jump in a row "
+            "test subjects are resampled, then also classifier seeds, then also generators (a jump down a column "
             "says that source dominates):\n\n" + markdown_table(headers, rows))
 
 
@@ -316,8 +316,9 @@ def experiment_section(result, plot_path: Optional[str | Path] = None, rare: Opt
                  f"once per generator × seed; threshold {cfg['threshold']}. Model selection (best epoch) on "
                  f"{100 * cfg['experiment']['val_fraction']:.0f}% of each arm's own training subjects. Groups: "
                  f"{', '.join(names)}; arm (b) draws each label x {' x '.join(names)} metagroup equally often. "
-                 f"Intervals: {n_boot} replicates of a paired hierarchical bootstrap (test subjects, then classifier "
-                 "seeds, then generators, each with replacement; the same draw in every arm); an arm's number is the "
+                 f"Intervals: {n_boot} replicates of a paired hierarchical bootstrap (test subjects, then generators, "
+                 "then classifier seeds within each drawn generator, each with replacement; the same draw in every "
+                 "arm); an arm's number is the "
                  "mean over its runs.")
     return "\n\n".join(p for p in parts if p)
 
