@@ -50,14 +50,14 @@ def holm(p_values) -> np.ndarray:
 
 
 def verdict_from_interval(lo: float, hi: float) -> str:
-    """"helped" when the whole interval of the gain is above 0, "hurt" below, else "inconclusive"."""
+    """Verdict "helped" when the whole interval of the gain is above 0, "hurt" below, else "inconclusive"."""
     if _is_nan(lo) or _is_nan(hi):
         return "undetermined"
     return "helped" if lo > 0 else ("hurt" if hi < 0 else "inconclusive")
 
 
 def verdict_from_p(point: float, p_adjusted: float, alpha: float = 0.05) -> str:
-    """"helped" / "hurt" (by the sign of the point gain) when the corrected p-value is below alpha."""
+    """Verdict "helped" / "hurt" (by the sign of the point gain) when the corrected p-value is below alpha."""
     if _is_nan(point) or _is_nan(p_adjusted):
         return "undetermined"
     if p_adjusted >= alpha or point == 0:
