@@ -1,4 +1,5 @@
-"""The debiasing experiment: one classifier per arm x seed, all scored on the same real test set.
+"""The debiasing experiment: one classifier per arm x seed (x generator where the arm uses synthetic data), all
+scored on the same real test set.
 
 Arms differ ONLY in their training set (same test set, seeds, ClassifierConfig and ClassifierTrainConfig otherwise):
   real            the real training slices
@@ -7,9 +8,16 @@ Arms differ ONLY in their training set (same test set, seeds, ClassifierConfig a
   synthetic       synthetic only (sanity check: does generated data carry the label at all?)
 Model selection: train_classifier holds out val_fraction of the arm's OWN training subjects (each synthetic sample
 is its own subject "syn-..."), so no arm looks at the test set before it is scored.
-Intervals: 95% percentile bootstrap over TEST SUBJECTS of the seed-mean metric: each replicate scores every seed's
-predictions on the same resampled subjects and averages over seeds, so the interval brackets the reported mean
-(the seed spread is reported separately as std). All bootstraps share one seed, so arms are compared paired.
+Uncertainty: a paired hierarchical bootstrap (classify.bootstrap.hierarchical_bootstrap) resamples test SUBJECTS,
+then generators, then classifier seeds within each drawn generator (arms using synthetic data run once per separately
+trained generator x seed), each level with replacement, the same draw in every arm. An arm's number is the mean over its runs; 95% percentile
+intervals; widths with subjects only / + seeds / + generators say which source dominates.
+Primary endpoint (declared in the config before running): experiment.primary_metric of primary_arm minus
+primary_baseline, with its 95% CI, verdict and minimum detectable effect. The baseline is NAMED, not chosen from
+results: each arm validates on its own held-out training subjects (arm c's include synthetic ones; a rule has
+none), so validation scores are not comparable across arms and a "best on validation" pick would compare numbers
+on different data; a name fixed before running cannot leak the test set either. Every other comparison (primary_arm
+vs each other baseline, per-group gains vs every baseline) gets a bootstrap p-value, Holm-corrected over that family.
 Groups: experiment.groups names what per-group numbers, worst group and disparities are taken over, and what the
 reweighted arm balances: sex, age group and BMI group by default; [health] for a cohort without them (ACDC), where
 a group's balanced accuracy is its accuracy (TPR of a positive group, TNR of a negative one).
@@ -20,18 +28,19 @@ import io
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from classify.bootstrap import bootstrap_ci, mean_std_over_seeds
+from classify.bootstrap import LEVEL_SETS, hierarchical_bootstrap, mean_std_over_seeds, percentile_interval
 from classify.fairness import (SENSITIVE_COLUMNS, UNKNOWN, balanced_accuracy, check_columns, fairness_summary,
                                sensitive_frame, subgroup_metrics)
 from classify.resnet import ClassifierConfig
+from classify.stats import (bootstrap_p, holm, minimum_detectable_effect, verdict_from_interval,
+                            verdict_from_p)
 from classify.train import ClassifierTrainConfig, predict_proba, train_classifier
 from data.json_ready import json_ready
 from data.attributes import is_positive
@@ -45,8 +54,13 @@ from data.atomic import atomic_write_bytes
 ARMS = ("real", "reweighted", "real+synthetic", "synthetic")
 ARM_LABELS = {"real": "(a) real", "reweighted": "(b) reweighted", "real+synthetic": "(c) real+synthetic",
               "synthetic": "(d) synthetic"}
-NEEDS_SYNTHETIC = ("real+synthetic", "synthetic")
-DEBIASED, BASELINES = "real+synthetic", ("real", "reweighted")
+NEEDS_SYNTHETIC = ("real+synthetic", "synthetic")  # run once per generator x classifier seed
+DETERMINISTIC = ()  # arms without classifier seeds (a fixed rule): one run, as n_generators = n_seeds = 1
+# What an arm is for: the primary arm is compared with every "baseline" (an arm not listed counts as one); "check"
+# arms are reported, not compared.
+ARM_ROLES = {"real": "baseline", "reweighted": "baseline", "real+synthetic": "debiased", "synthetic": "check"}
+DEBIASED = "real+synthetic"
+PRIMARY_METRICS = ("worst_group_balanced_accuracy", "balanced_accuracy")
 DISPARITY_KEYS = ("worst_group_balanced_accuracy", "balanced_accuracy_gap", "balanced_accuracy_ratio",
                   "equalized_odds_difference", "demographic_parity_difference")
 THRESHOLD = 0.5  # P(positive) >= THRESHOLD predicts positive
@@ -66,6 +80,11 @@ class ExperimentConfig:
     train_prevalence: Optional[float] = bounded(None, lo=0, hi=1, lo_open=True, hi_open=True)
     val_prevalence: Optional[float] = bounded(None, lo=0, hi=1, lo_open=True, hi_open=True)
     test_prevalence: Optional[float] = bounded(None, lo=0, hi=1, lo_open=True, hi_open=True)
+    # the primary endpoint, fixed before running (module docstring): metric of primary_arm minus primary_baseline
+    primary_metric: str = "worst_group_balanced_accuracy"
+    primary_arm: str = DEBIASED
+    primary_baseline: str = "reweighted"
+    alpha: float = 0.05  # two-sided, for the primary CI (1 - alpha) and the Holm-corrected secondary family
 
     def __post_init__(self) -> None:
         check_experiment_config(self)
@@ -84,6 +103,16 @@ def check_experiment_config(cfg: ExperimentConfig) -> None:
                                        f"{cfg.val_fraction}")
     check_columns(cfg.groups, "experiment.groups")
     check_fields(cfg, "experiment")
+    if cfg.primary_metric not in PRIMARY_METRICS:
+        raise InputError("experiment.primary_metric", f"expected one of {', '.join(PRIMARY_METRICS)}, got "
+                                                      f"{cfg.primary_metric!r}")
+    for key in ("primary_arm", "primary_baseline"):
+        if getattr(cfg, key) not in ARMS:
+            raise InputError(f"experiment.{key}", f"expected an arm from {', '.join(ARMS)}, got {getattr(cfg, key)!r}")
+    if cfg.primary_arm == cfg.primary_baseline:
+        raise InputError("experiment.primary_baseline", f"expected an arm other than primary_arm {cfg.primary_arm!r}")
+    if not 0.0 < float(cfg.alpha) < 0.5:
+        raise InputError("experiment.alpha", f"expected a level in (0, 0.5), got {cfg.alpha}")
 
 
 def is_missing(value) -> bool:
@@ -141,50 +170,42 @@ def arm_training_set(arm: str, real_train: SliceSet, synthetic: Optional[SliceSe
     return images, labels, groups, arm == "reweighted"
 
 
-# Bootstrap metrics: y_pred is (N, n_seeds) 0/1; groups is (N, n_columns) group names per experiment.groups.
-def _overall_ba(y_true, y_pred, y_score, groups) -> float:
-    return float(np.mean(balanced_accuracy(y_true, y_pred)))
+def _group_keys(codes: np.ndarray, columns: tuple) -> list[tuple[str, str]]:
+    """(attribute, group) of every test group, in report order (unknown groups are listed, not ranked)."""
+    return [(column, group) for c, column in enumerate(columns) for group in _group_order(column, codes[:, c])] + \
+        [(column, UNKNOWN) for c, column in enumerate(columns) if UNKNOWN in set(codes[:, c])]
 
 
-def _group_ba(column: int, group: str):
-    def metric(y_true, y_pred, y_score, groups) -> float:
-        rows = groups[:, column] == group
-        return float(np.mean(balanced_accuracy(y_true[rows], y_pred[rows]))) if rows.any() else float("nan")
+def _ba_metrics(y_true: np.ndarray, masks: np.ndarray, known: np.ndarray):
+    """column_metric for hierarchical_bootstrap: (row weights (N,), y_pred (N, C)) -> (2 + K, C): overall balanced
+    accuracy, worst known group's, then each of the K groups' (masks: (K, N) bool; known: (K,) bool).
+    A group holding one class gets that class's rate (TPR or TNR), as fairness.balanced_accuracy."""
+    rows = np.vstack([np.ones((1, masks.shape[1]), bool), masks]).astype(float)
+    y = y_true.astype(float)
+
+    def metric(weights: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+        pos, neg = rows * (weights * y), rows * (weights * (1 - y))
+        n_pos, n_neg = pos.sum(1, keepdims=True), neg.sum(1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpr, tnr = (pos @ y_pred) / n_pos, 1.0 - (neg @ y_pred) / n_neg
+        ba = np.where((n_pos > 0) & (n_neg > 0), (tpr + tnr) / 2, np.where(n_pos > 0, tpr, tnr))
+        ba[((n_pos == 0) & (n_neg == 0)).ravel()] = np.nan
+        rated = ba[1:][known]
+        worst = np.full(y_pred.shape[1], np.nan) if np.isnan(rated).all() else np.nanmin(rated, axis=0)
+        return np.vstack([ba[:1], worst[None], ba[1:]])
     return metric
 
 
-def _worst_per_seed(y_true, y_pred, groups) -> np.ndarray:
-    """(n_seeds,) lowest balanced accuracy over the known single-attribute groups (as fairness_summary)."""
-    rows = [balanced_accuracy(y_true[groups[:, c] == g], y_pred[groups[:, c] == g])
-            for c in range(groups.shape[1]) for g in np.unique(groups[:, c]) if g != UNKNOWN]
-    rows = np.array([r for r in rows if not np.isnan(r).all()])
-    return np.nanmin(rows, axis=0) if len(rows) else np.full(y_pred.shape[1], np.nan)
+def _error_counts(y_true: np.ndarray, preds: np.ndarray, rows: np.ndarray) -> dict:
+    """Mean over runs of TP / FN / TN / FP (slices) among `rows`; preds: (N, n_runs)."""
+    y, hit = y_true[rows, None] == 1, preds[rows] == 1
+    return {"tp": float((y & hit).sum(0).mean()), "fn": float((y & ~hit).sum(0).mean()),
+            "tn": float((~y & ~hit).sum(0).mean()), "fp": float((~y & hit).sum(0).mean())}
 
 
-def _worst_ba(y_true, y_pred, y_score, groups) -> float:
-    return float(np.mean(_worst_per_seed(y_true, y_pred, groups)))
-
-
-def _worst_gain(n_seeds: int):
-    """Paired: y_pred holds the debiased arm's seeds then the baseline's."""
-    def metric(y_true, y_pred, y_score, groups) -> float:
-        return float(np.mean(_worst_per_seed(y_true, y_pred[:, :n_seeds], groups))
-                     - np.mean(_worst_per_seed(y_true, y_pred[:, n_seeds:], groups)))
-    return metric
-
-
-def _group_gain(n_seeds: int, column: int, group: str):
-    """Paired, like _worst_gain: one group's balanced accuracy, debiased arm minus baseline."""
-    group_ba = _group_ba(column, group)
-
-    def metric(y_true, y_pred, y_score, groups) -> float:
-        return (group_ba(y_true, y_pred[:, :n_seeds], y_score, groups)
-                - group_ba(y_true, y_pred[:, n_seeds:], y_score, groups))
-    return metric
-
-
-def _interval(point_lo_hi: tuple) -> dict:
-    return dict(zip(("point", "lo", "hi"), point_lo_hi))
+def _interval(point: float, replicates: np.ndarray, alpha: float = 0.05) -> dict:
+    lo, hi = percentile_interval(replicates, alpha)
+    return {"point": float(point), "lo": lo, "hi": hi}
 
 
 def _mean_std(values: list) -> dict:
@@ -193,7 +214,8 @@ def _mean_std(values: list) -> dict:
 
 
 def _aggregate(summaries: list[dict], columns: tuple) -> dict:
-    """Mean/std over seeds of the overall and worst-group numbers and each attribute's disparities."""
+    """Mean/std over runs (generators x seeds) of the overall and worst-group numbers and each attribute's
+    disparities."""
     out = {k: _mean_std([s["overall"][k] for s in summaries]) for k in ("balanced_accuracy", "auroc")}
     out["worst_group_balanced_accuracy"] = _mean_std([s["worst_group_balanced_accuracy"] for s in summaries])
     for column in columns:
@@ -206,60 +228,114 @@ def _group_order(column: str, present) -> list:
     return known + sorted(g for g in set(present) if g not in known and g != UNKNOWN)
 
 
-def _intervals(y_true, preds: np.ndarray, codes: np.ndarray, subject_ids, n_boot: int, columns: tuple) -> dict:
-    """Bootstrap intervals of one arm; preds: (N, n_seeds); codes: (N, len(columns)) group names."""
-    def ci(metric):
-        return bootstrap_ci(metric, y_true, preds, None, codes, subject_ids, n_boot=n_boot, seed=0)
-
-    rows = []
-    for c, column in enumerate(columns):
-        for group in _group_order(column, codes[:, c]):
-            in_group = codes[:, c] == group
-            per_seed = balanced_accuracy(y_true[in_group], preds[in_group])
-            rows.append({"attribute": column, "group": group, "count": int(in_group.sum()),
-                         "n_subjects": len(set(np.asarray(subject_ids)[in_group])),
-                         "n_positive": int(y_true[in_group].sum()), **_interval(ci(_group_ba(c, group))),
-                         "seed_std": mean_std_over_seeds(per_seed)[1]})
-    columns = ["attribute", "group", "count", "n_subjects", "n_positive", "point", "lo", "hi", "seed_std"]
-    return {"balanced_accuracy": _interval(ci(_overall_ba)),
-            "worst_group_balanced_accuracy": _interval(ci(_worst_ba)),
-            "subgroups": pd.DataFrame(rows, columns=columns)}
+METRIC_ROWS = {"balanced_accuracy": 0, "worst_group_balanced_accuracy": 1}  # rows of _ba_metrics
+FULL = list(LEVEL_SETS)[-1]  # every variance source
 
 
-def _verdict(lo: float, hi: float) -> str:
-    if math.isnan(lo) or math.isnan(hi):
-        return "undetermined"
-    return "helped" if lo > 0 else ("hurt" if hi < 0 else "no clear difference")
+@dataclass
+class Bootstrapped:
+    """One hierarchical bootstrap of every arm: metric rows 0 overall BA, 1 worst-group BA, 2.. groups (keys)."""
+    keys: list
+    point: dict  # arm -> (2 + K,)
+    reps: dict  # LEVEL_SETS name -> arm -> (n_boot, 2 + K)
+
+    def gain(self, arm: str, base: str, row: int, levels: str = FULL) -> tuple[float, np.ndarray]:
+        """Paired: (point gain, (n_boot,) replicate gains) of one metric row, arm minus base."""
+        return (self.point[arm][row] - self.point[base][row],
+                self.reps[levels][arm][:, row] - self.reps[levels][base][:, row])
 
 
-def _comparison(aggregate: dict, preds: dict, y_true, codes, subject_ids, n_boot: int, columns: tuple) -> dict:
-    """Arm real+synthetic against each baseline: worst-group gain and per-group gains (paired CIs), BA and
-    disparity changes."""
+def _bootstrap(y_true, preds: dict, codes: np.ndarray, subject_ids, n_boot: int, columns: tuple) -> Bootstrapped:
+    keys = _group_keys(codes, columns)
+    masks = np.array([codes[:, columns.index(a)] == g for a, g in keys]).reshape(len(keys), len(y_true))
+    known = np.array([g != UNKNOWN for _, g in keys], dtype=bool)
+    point, reps = hierarchical_bootstrap(_ba_metrics(y_true, masks, known), preds, subject_ids, n_boot, seed=0)
+    return Bootstrapped(keys, point, reps)
+
+
+def _intervals(y_true, preds: dict, codes: np.ndarray, subject_ids, boot: Bootstrapped, columns: tuple) -> dict:
+    """Per arm: overall and worst-group intervals (all levels), interval widths per level set, error counts, and a
+    subgroup table (point, 95% CI, error counts, subjects); preds: arm -> (N, n_generators, n_seeds)."""
+    subject_ids = np.asarray(subject_ids)
     out = {}
-    for base in [b for b in BASELINES if b in preds and DEBIASED in preds]:
-        a, b = aggregate[DEBIASED], aggregate[base]
-        paired, n_seeds = np.hstack([preds[DEBIASED], preds[base]]), preds[base].shape[1]
-        ci = partial(bootstrap_ci, y_true=y_true, y_pred=paired, y_score=None, groups=codes, subject_ids=subject_ids,
-                     n_boot=n_boot, seed=0)
-        gain, group_gains = ci(_worst_gain(n_seeds)), []
-        for c, column in enumerate(columns):
-            for group in _group_order(column, codes[:, c]):
-                point, lo, hi = ci(_group_gain(n_seeds, c, group))
-                group_gains.append({"attribute": column, "group": group, **_interval((point, lo, hi)),
-                                    "verdict": _verdict(lo, hi)})
-        out[f"{DEBIASED} vs {base}"] = {
-            "baseline": base, "worst_group_gain": _interval(gain), "verdict": _verdict(gain[1], gain[2]),
-            "group_gains": group_gains,
-            "balanced_accuracy_change": a["balanced_accuracy"]["mean"] - b["balanced_accuracy"]["mean"],
-            "disparity_change": {c: {k: a[c][k]["mean"] - b[c][k]["mean"] for k in DISPARITY_KEYS[1:]}
-                                 for c in columns}}
+    for arm, pred in preds.items():
+        flat, reps = pred.reshape(len(y_true), -1), boot.reps[FULL][arm]
+        rows = []
+        for k, (column, group) in enumerate(boot.keys):
+            in_group = codes[:, columns.index(column)] == group
+            rows.append({"attribute": column, "group": group, "count": int(in_group.sum()),
+                         "n_subjects": len(set(subject_ids[in_group])), "n_positive": int(y_true[in_group].sum()),
+                         **_interval(boot.point[arm][2 + k], reps[:, 2 + k]),
+                         "seed_std": mean_std_over_seeds(balanced_accuracy(y_true[in_group], flat[in_group]))[1],
+                         **_error_counts(y_true, flat, in_group)})
+        names = ["attribute", "group", "count", "n_subjects", "n_positive", "point", "lo", "hi", "seed_std",
+                 "tp", "fn", "tn", "fp"]
+        out[arm] = {"balanced_accuracy": _interval(boot.point[arm][0], reps[:, 0]),
+                    "worst_group_balanced_accuracy": _interval(boot.point[arm][1], reps[:, 1]),
+                    "width_by_levels": {name: float(np.subtract(*percentile_interval(r[arm][:, 1])[::-1]))
+                                        for name, r in boot.reps.items()},
+                    "counts": _error_counts(y_true, flat, np.ones(len(y_true), bool)),
+                    "n_generators": int(pred.shape[1]), "n_seeds": int(pred.shape[2]),
+                    "subgroups": pd.DataFrame(rows, columns=names)}
     return out
+
+
+def _gain_entry(boot: Bootstrapped, arm: str, base: str, row: int, alpha: float) -> dict:
+    point, reps = boot.gain(arm, base, row)
+    return {**_interval(point, reps, alpha), "p": bootstrap_p(reps)}
+
+
+def _primary(boot: Bootstrapped, cfg: ExperimentConfig, skipped: dict) -> dict:
+    """The declared endpoint: gain, (1 - alpha) CI, SE, minimum detectable effect, verdict, widths per level set."""
+    arm, base, metric = cfg.primary_arm, cfg.primary_baseline, cfg.primary_metric
+    out = {"metric": metric, "arm": arm, "baseline": base, "alpha": float(cfg.alpha)}
+    missing = [a for a in (arm, base) if a not in boot.point]
+    if missing:
+        reasons = "; ".join(f"{a}: {skipped.get(a, 'not in experiment.arms')}" for a in missing)
+        return out | {"point": float("nan"), "lo": float("nan"), "hi": float("nan"), "verdict": "undetermined",
+                      "not_run": reasons}
+    row = METRIC_ROWS[metric]
+    entry = _gain_entry(boot, arm, base, row, cfg.alpha)
+    reps = boot.gain(arm, base, row)[1]
+    se = float(np.nanstd(reps, ddof=1)) if np.sum(~np.isnan(reps)) > 1 else float("nan")
+    widths = {name: float(np.subtract(*percentile_interval(boot.gain(arm, base, row, name)[1], cfg.alpha)[::-1]))
+              for name in boot.reps}
+    return out | entry | {"se": se, "mde": minimum_detectable_effect(se), "width_by_levels": widths,
+                          "verdict": verdict_from_interval(entry["lo"], entry["hi"])}
+
+
+def _comparison(aggregate: dict, boot: Bootstrapped, cfg: ExperimentConfig, columns: tuple) -> tuple[dict, list]:
+    """The primary arm against each baseline run: worst-group gain and per-group gains (paired, with bootstrap
+    p-values), BA and disparity changes. -> (comparison per "<arm> vs <baseline>", secondary family) where the
+    family (all but the primary endpoint) carries Holm-corrected p-values and verdicts."""
+    arm, out, family = cfg.primary_arm, {}, []  # family: (comparison, baseline, metric, entry to annotate)
+    if arm not in boot.point:
+        return out, []
+    for base in [b for b in boot.point if ARM_ROLES.get(b, "baseline") == "baseline" and b != arm]:
+        key, row = f"{arm} vs {base}", METRIC_ROWS[cfg.primary_metric]
+        gain = {"attribute": None, "group": None, **_gain_entry(boot, arm, base, row, cfg.alpha)}
+        if base != cfg.primary_baseline:
+            family.append((key, base, cfg.primary_metric, gain))
+        group_gains = [{"attribute": column, "group": group, **_gain_entry(boot, arm, base, 2 + k, cfg.alpha)}
+                       for k, (column, group) in enumerate(boot.keys) if group != UNKNOWN]
+        family += [(key, base, "balanced_accuracy", g) for g in group_gains]
+        a, b = aggregate[arm], aggregate[base]
+        out[key] = {"baseline": base, "primary": base == cfg.primary_baseline, "metric": cfg.primary_metric,
+                    "gain": gain, "group_gains": group_gains,
+                    "balanced_accuracy_change": a["balanced_accuracy"]["mean"] - b["balanced_accuracy"]["mean"],
+                    "disparity_change": {c: {k: a[c][k]["mean"] - b[c][k]["mean"] for k in DISPARITY_KEYS[1:]}
+                                         for c in columns}}
+    for (_, _, _, entry), p_holm in zip(family, holm([entry["p"] for *_, entry in family])):
+        entry.update(p_holm=float(p_holm), verdict=verdict_from_p(entry["point"], p_holm, cfg.alpha))
+    return out, [{"comparison": key, "baseline": base, "metric": metric, **entry} for key, base, metric, entry in family]
 
 
 @dataclass
 class ExperimentResult:
-    """runs: one dict per arm x seed (arm, seed, scores (N_test,), history, summary, subgroups DataFrame);
-    aggregate / intervals: per arm; comparison: per "real+synthetic vs <baseline>"; skipped: arm -> reason."""
+    """runs: one dict per arm x generator x seed (arm, generator (None for arms without synthetic data), seed,
+    scores (N_test,), history, summary, subgroups DataFrame); aggregate / intervals: per arm; primary: the declared
+    endpoint; comparison: per "<primary arm> vs <baseline>"; secondary: the Holm-corrected family (one row per
+    comparison); skipped: arm -> reason."""
 
     config: dict
     test: dict
@@ -267,24 +343,27 @@ class ExperimentResult:
     skipped: dict = field(default_factory=dict)
     aggregate: dict = field(default_factory=dict)
     intervals: dict = field(default_factory=dict)
+    primary: dict = field(default_factory=dict)
     comparison: dict = field(default_factory=dict)
+    secondary: list = field(default_factory=list)
 
     @property
     def arms(self) -> list:
         return list(self.aggregate)
 
     def subgroup_table(self) -> pd.DataFrame:
-        """Long table: arm, seed, then subgroup_metrics' columns."""
-        tables = [r["subgroups"].assign(arm=r["arm"], seed=r["seed"]) for r in self.runs]
+        """Long table: arm, generator, seed, then subgroup_metrics' columns."""
+        keys = ["arm", "generator", "seed"]
+        tables = [r["subgroups"].assign(arm=r["arm"], generator=r["generator"], seed=r["seed"]) for r in self.runs]
         if not tables:
-            return pd.DataFrame(columns=["arm", "seed", "grouping", "group"])
+            return pd.DataFrame(columns=keys + ["grouping", "group"])
         table = pd.concat(tables, ignore_index=True)
-        return table[["arm", "seed"] + [c for c in table.columns if c not in ("arm", "seed")]]
+        return table[keys + [c for c in table.columns if c not in keys]]
 
     def to_dict(self) -> dict:
         return json_ready({"config": self.config, "test": self.test, "arms": self.arms, "skipped": self.skipped,
-                       "aggregate": self.aggregate, "intervals": self.intervals, "comparison": self.comparison,
-                       "runs": self.runs})
+                           "aggregate": self.aggregate, "intervals": self.intervals, "primary": self.primary,
+                           "comparison": self.comparison, "secondary": self.secondary, "runs": self.runs})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, allow_nan=False)
@@ -299,10 +378,13 @@ class ExperimentResult:
         return out_dir
 
 
-def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Optional[SliceSet], exp_cfg: ExperimentConfig,
-                   clf_cfg: ClassifierConfig, train_cfg: ClassifierTrainConfig, progress: bool = True) -> ExperimentResult:
-    """Train every runnable arm once per seed and score it on real_test (see the module docstring).
+def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Sequence[SliceSet],
+                   exp_cfg: ExperimentConfig, clf_cfg: ClassifierConfig, train_cfg: ClassifierTrainConfig,
+                   progress: bool = True) -> ExperimentResult:
+    """Train every runnable arm once per classifier seed (and per generator where it uses synthetic data) and
+    score it on real_test (see the module docstring).
 
+    synthetic: one SliceSet per separately trained generator (empty: the synthetic arms are skipped).
     train_cfg.seed, balanced_sampling and val_fraction are set per run (seed, arm, exp_cfg.val_fraction).
     """
     check_experiment_config(exp_cfg)
@@ -313,44 +395,64 @@ def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Optiona
     if leaked:
         raise InputError("real_test", f"{len(leaked)} subject(s) also in real_train (e.g. {sorted(leaked)[0]}); "
                                       "the test set must hold unseen subjects")
+    if isinstance(synthetic, SliceSet) or synthetic is None:
+        raise InputError("synthetic", "expected a list of SliceSets, one per generator (empty for none)")
+    synthetic = [s for s in synthetic if s is not None and len(s)]
     positive = tuple(exp_cfg.positive)
     y_test, groups_test = labels_of(real_test, positive), _groups(real_test, "real")
     codes = sensitive_frame(groups_test, columns).to_numpy().astype(str)
     result = ExperimentResult(
         config={"experiment": asdict(exp_cfg), "classifier": asdict(clf_cfg), "train": asdict(train_cfg),
-                "threshold": THRESHOLD, "intervals": "95% bootstrap over test subjects of the seed-mean metric"},
+                "threshold": THRESHOLD, "n_generators": len(synthetic),
+                "intervals": "95% hierarchical bootstrap: test subjects, then generators, then seeds within each"},
         test={"n_slices": len(real_test), "n_subjects": len(set(real_test.subject_ids)),
               "n_positive": int(y_test.sum()), "subject_ids": list(real_test.subject_ids), "labels": y_test})
-    preds, n_boot = {}, int(exp_cfg.n_boot)
-    bar = tqdm(total=len(exp_cfg.arms) * len(exp_cfg.seeds), desc="experiment", unit="run", disable=not progress)
+    preds = {}  # arm -> (N_test, n_generators, n_seeds) 0/1
+
+    def plan(arm: str) -> tuple[list, tuple]:  # (generator indices or [None], classifier seeds) of one arm
+        return ((list(range(len(synthetic))) if arm in NEEDS_SYNTHETIC else [None]),
+                (tuple(exp_cfg.seeds[:1]) if arm in DETERMINISTIC else tuple(exp_cfg.seeds)))
+
+    bar = tqdm(total=sum(len(g) * len(s) for g, s in map(plan, exp_cfg.arms)), desc="experiment", unit="run",
+               disable=not progress)
     for arm in exp_cfg.arms:
-        if arm in NEEDS_SYNTHETIC and (synthetic is None or len(synthetic) == 0):
+        generators, seeds = plan(arm)
+        if arm in NEEDS_SYNTHETIC and not synthetic:
             result.skipped[arm] = "no synthetic samples"
-        else:
-            images, labels, groups, balanced = arm_training_set(arm, real_train, synthetic, positive)
+        for generator in ([] if arm in result.skipped else generators):
+            syn = None if generator is None else synthetic[generator]
+            images, labels, groups, balanced = arm_training_set(arm, real_train, syn, positive)
             if len(np.unique(labels)) < 2:
                 only = f"training set holds only class {labels[0]}" if len(labels) else "no training data"
-                result.skipped[arm] = only
+                result.skipped[arm] = only + ("" if generator is None else f" (generator {generator})")
+                break
+            for seed in seeds:
+                bar.set_postfix(arm=arm, generator=generator, seed=seed)
+                cfg = replace(train_cfg, seed=int(seed), balanced_sampling=balanced, val_fraction=exp_cfg.val_fraction,
+                              val_prevalence=exp_cfg.val_prevalence)
+                model, history = train_classifier(images, labels, groups, cfg, progress=False, model_cfg=clf_cfg,
+                                                  metagroups=columns)
+                scores = predict_proba(model, real_test.images)
+                y_pred = (scores >= THRESHOLD).astype(int)
+                result.runs.append({"arm": arm, "generator": generator, "seed": int(seed), "n_train": len(labels),
+                                    "history": history, "scores": scores,
+                                    "summary": fairness_summary(y_test, y_pred, scores, groups_test, columns=columns),
+                                    "subgroups": subgroup_metrics(y_test, y_pred, scores, groups_test, columns)})
+                bar.update(1)
         if arm in result.skipped:
-            bar.total -= len(exp_cfg.seeds)
+            result.runs = [r for r in result.runs if r["arm"] != arm]
             continue
-        for seed in exp_cfg.seeds:
-            bar.set_postfix(arm=arm, seed=seed)
-            cfg = replace(train_cfg, seed=int(seed), balanced_sampling=balanced, val_fraction=exp_cfg.val_fraction,
-                          val_prevalence=exp_cfg.val_prevalence)
-            model, history = train_classifier(images, labels, groups, cfg, progress=False, model_cfg=clf_cfg,
-                                              metagroups=columns)
-            scores = predict_proba(model, real_test.images)
-            y_pred = (scores >= THRESHOLD).astype(int)
-            result.runs.append({"arm": arm, "seed": int(seed), "n_train": len(labels), "history": history,
-                                "scores": scores,
-                                "summary": fairness_summary(y_test, y_pred, scores, groups_test, columns=columns),
-                                "subgroups": subgroup_metrics(y_test, y_pred, scores, groups_test, columns)})
-            bar.update(1)
         runs = [r for r in result.runs if r["arm"] == arm]
-        preds[arm] = np.stack([(r["scores"] >= THRESHOLD).astype(int) for r in runs], axis=1)
+        preds[arm] = np.stack([(r["scores"] >= THRESHOLD).astype(int) for r in runs], axis=1).reshape(
+            len(y_test), len(generators), len(seeds))
         result.aggregate[arm] = _aggregate([r["summary"] for r in runs], columns)
-        result.intervals[arm] = _intervals(y_test, preds[arm], codes, real_test.subject_ids, n_boot, columns)
     bar.close()
-    result.comparison = _comparison(result.aggregate, preds, y_test, codes, real_test.subject_ids, n_boot, columns)
+    if preds:
+        boot = _bootstrap(y_test, preds, codes, real_test.subject_ids, int(exp_cfg.n_boot), columns)
+        result.intervals = _intervals(y_test, preds, codes, real_test.subject_ids, boot, columns)
+        result.primary = _primary(boot, exp_cfg, result.skipped)
+        result.comparison, result.secondary = _comparison(result.aggregate, boot, exp_cfg, columns)
+        key = f"{exp_cfg.primary_arm} vs {exp_cfg.primary_baseline}"
+        if key in result.comparison:  # the primary comparison's verdict comes from its CI, not from Holm
+            result.comparison[key]["gain"]["verdict"] = result.primary["verdict"]
     return result

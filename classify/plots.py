@@ -53,7 +53,7 @@ def _label_axis(ax, keys: list[tuple[str, str]], x: np.ndarray) -> None:
 
 
 def subgroup_bar_plot(result, path: str | Path) -> Path:
-    """Grouped bars: balanced accuracy (seed mean) per test subgroup (experiment.groups: sex, age group, BMI group
+    """Grouped bars: balanced accuracy (mean over runs) per test subgroup (experiment.groups: sex, age group, BMI group
     or health) and arm, with 95% bootstrap CIs as error bars. result: ExperimentResult or its experiment.json dict."""
     data = as_dict(result)
     arms = data["arms"]
@@ -76,7 +76,7 @@ def subgroup_bar_plot(result, path: str | Path) -> Path:
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)  # chance level
     _label_axis(ax, keys, x)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("balanced accuracy (seed mean, 95% CI)")
+    ax.set_ylabel("balanced accuracy (mean over runs, 95% CI)")
     ax.legend(loc="lower right", fontsize="small")
     ax.set_title("Per-subgroup balanced accuracy on the real test set")
     return _save_png(fig, path)

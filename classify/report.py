@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from classify.experiment import ARM_LABELS, BASELINES, DEBIASED, is_missing
+from classify.experiment import ARM_LABELS, DEBIASED, is_missing
 from classify.fairness import SENSITIVE_COLUMNS
 from data.attributes import age_group, bmi_group, is_positive
 from data.errors import InputError
@@ -155,34 +155,87 @@ def _group_name(rare: Optional[dict], attribute: str, group: str) -> str:
     return f"{group} (rare)" if _is_rare(rare, attribute, group) else group
 
 
-def _headline(data: dict, rare: Optional[dict] = None) -> str:
-    """Plain-words verdict of arm (c) against (a) and (b); with a rare group (data.rare), its change too."""
-    if DEBIASED not in data["arms"]:
-        reason = data.get("skipped", {}).get(DEBIASED, "not requested")
-        return (f"Arm {ARM_LABELS[DEBIASED]} was not run ({reason}), so this report cannot say whether synthetic "
-                "data helps.")
-    lines = []
-    for key, comp in data["comparison"].items():
-        gain, verdict = comp["worst_group_gain"], comp["verdict"]
-        base = ARM_LABELS[comp["baseline"]]
-        change = (f"worst-group balanced accuracy changed by {fmt(gain.get('point'), True)} "
-                  f"(95% CI {fmt(gain.get('lo'), True)} to {fmt(gain.get('hi'), True)})")
-        words = {"helped": "synthetic data helped: the",
-                 "hurt": "synthetic data hurt: the",
-                 "no clear difference": "synthetic data did NOT clearly help: the",
-                 "undetermined": "the effect of synthetic data is undetermined: the"}[verdict]
-        gaps = ", ".join(f"{ATTRIBUTE_NAMES[c]} {fmt(comp['disparity_change'][c]['balanced_accuracy_gap'], True)}"
-                         for c in _columns(data))
-        on_rare = [g for g in comp.get("group_gains", []) if _is_rare(rare, g["attribute"], g["group"])]
-        rare_words = "".join(f"; the rare group's ({ATTRIBUTE_NAMES.get(g['attribute'], g['attribute'])} "
-                             f"{g['group']}) balanced accuracy changed by {fmt(g.get('point'), True)} (95% CI "
-                             f"{fmt(g.get('lo'), True)} to {fmt(g.get('hi'), True)}: {g['verdict']})" for g in on_rare)
-        lines.append(f"- Against {base}: {words} {change}{rare_words}; balanced accuracy changed by "
-                     f"{fmt(comp['balanced_accuracy_change'], True)}; the balanced-accuracy gap (max − min) "
-                     f"changed by {gaps} (negative = smaller gap).")
-    if not lines:
-        lines.append(f"- No baseline arm ({', '.join(BASELINES)}) was run to compare {ARM_LABELS[DEBIASED]} against.")
-    return "**Headline.** Arm " + ARM_LABELS[DEBIASED] + " against the baselines:\n\n" + "\n".join(lines)
+METRIC_NAMES = {"worst_group_balanced_accuracy": "worst-group balanced accuracy",
+                "balanced_accuracy": "balanced accuracy"}
+LEVEL_NAMES = {"subjects": "test subjects only", "subjects+seeds": "+ classifier seeds",
+               "subjects+seeds+generators": "+ generators (all sources)"}
+VERDICT_WORDS = {"helped": "the whole interval is above 0",
+                 "hurt": "the whole interval is below 0",
+                 "inconclusive": "the interval includes 0: no difference shown either way",
+                 "undetermined": "the interval could not be computed"}
+
+
+def _label(arm: str) -> str:
+    return ARM_LABELS.get(arm, arm)
+
+
+def _count(value) -> str:
+    """A mean count over runs: an integer as is, else one decimal."""
+    if is_missing(value):
+        return NA
+    return str(int(value)) if float(value).is_integer() else f"{float(value):.1f}"
+
+
+def _p(value) -> str:
+    return NA if is_missing(value) else ("< 0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def _design(data: dict) -> str:
+    cfg = data["config"]
+    return (f"{data['test']['n_subjects']} test subjects, {len(cfg['experiment']['seeds'])} classifier seed(s), "
+            f"{cfg.get('n_generators', 1)} generator(s)")
+
+
+def _primary_section(data: dict, rare: Optional[dict] = None) -> str:
+    """The declared endpoint in plain words: estimate, CI, verdict, minimum detectable effect; a rare group's
+    change (secondary, Holm-corrected) after it."""
+    primary = data.get("primary") or {}
+    if not primary:
+        return "**Primary endpoint.** No arm was run, so there is nothing to estimate."
+    what = (f"{METRIC_NAMES.get(primary['metric'], primary['metric'])} of {_label(primary['arm'])} minus "
+            f"{_label(primary['baseline'])}")
+    head = f"**Primary endpoint** (declared in the config before running): {what}."
+    if primary.get("not_run"):
+        return head + f" It could not be estimated: {primary['not_run']}."
+    level = 100 * (1 - primary.get("alpha", 0.05))
+    lines = [f"- Estimate: {fmt(primary['point'], True)}, {level:.0f}% CI {fmt(primary['lo'], True)} to "
+             f"{fmt(primary['hi'], True)} (paired hierarchical bootstrap over {_design(data)}).",
+             f"- Verdict: **{primary['verdict']}** — {VERDICT_WORDS[primary['verdict']]}.",
+             f"- Minimum detectable effect of this design: {fmt(primary['mde'])} (2.8 × the bootstrap SE "
+             f"{fmt(primary['se'])}): a true gain smaller than this would likely be missed (80% power, two-sided "
+             f"α = {primary.get('alpha', 0.05)})."]
+    for entry in data.get("secondary", []):
+        if entry["baseline"] == primary["baseline"] and _is_rare(rare, entry["attribute"], entry["group"] or ""):
+            lines.append(f"- The rare group ({ATTRIBUTE_NAMES.get(entry['attribute'], entry['attribute'])} "
+                         f"{entry['group']}): balanced accuracy changed by {fmt(entry['point'], True)} (95% CI "
+                         f"{fmt(entry['lo'], True)} to {fmt(entry['hi'], True)}; Holm p {_p(entry['p_holm'])}: "
+                         f"{entry['verdict']}).")
+    return head + "\n\n" + "\n".join(lines)
+
+
+def _uncertainty_table(data: dict) -> str:
+    """Worst-group 95% CI width per arm (and of the primary gain) as variance sources are added."""
+    arms, primary = data["arms"], data.get("primary") or {}
+    gain = primary.get("width_by_levels")
+    headers = ["resampled", *[_label(a) for a in arms]] + (["primary gain"] if gain else [])
+    rows = [[LEVEL_NAMES[name], *[fmt(data["intervals"][a]["width_by_levels"][name]) for a in arms]]
+            + ([fmt(gain[name])] if gain else []) for name in LEVEL_NAMES]
+    return ("Where the uncertainty comes from: width of the 95% CI of worst-group balanced accuracy when only "
+            "test subjects are resampled, then also classifier seeds, then also generators (a jump down a column "
+            "says that source dominates):\n\n" + markdown_table(headers, rows))
+
+
+def _secondary_table(data: dict) -> str:
+    family = data.get("secondary", [])
+    if not family:
+        return ""
+    rows = [[e["comparison"], METRIC_NAMES.get(e["metric"], e["metric"]),
+             "all" if e["attribute"] is None else f"{ATTRIBUTE_NAMES.get(e['attribute'], e['attribute'])} {e['group']}",
+             fmt_interval(e, signed=True), _p(e["p"]), _p(e["p_holm"]), e["verdict"]] for e in family]
+    return (f"### Secondary comparisons ({len(family)} tests, Holm-corrected)\n\nEvery comparison other than the "
+            "primary endpoint: a bootstrap p-value (two-sided), Holm-corrected over this whole family; the verdict "
+            f"says helped / hurt only where the corrected p is below α.\n\n"
+            + markdown_table(["comparison", "measure", "group", "gain [95% CI]", "p", "Holm p", "verdict"], rows))
 
 
 def _rate_name(row: dict) -> str:
@@ -192,58 +245,62 @@ def _rate_name(row: dict) -> str:
     return "TNR" if row["n_positive"] == 0 else "bal. acc."
 
 
+def _counts(row: dict) -> str:
+    return "/".join(_count(row.get(k)) for k in ("tp", "fn", "tn", "fp"))
+
+
 def experiment_section(result, plot_path: Optional[str | Path] = None, rare: Optional[dict] = None) -> str:
-    """Headline verdict, per-arm summary, comparison, disparities and per-subgroup balanced accuracy with CIs.
+    """Primary endpoint first (metric, arms, estimate, CI, verdict, MDE), where the uncertainty comes from, the
+    arms with intervals and error counts, the Holm-corrected secondary comparisons, then disparities and
+    per-subgroup balanced accuracy with CIs and error counts.
 
     rare: data.rare's summary (key, value, ...) when one group was made rare: its row is marked and its change
-    under arm (c) is in the headline."""
+    under the primary arm follows the primary endpoint."""
     data = as_dict(result)
     arms, agg, test, cfg = data["arms"], data["aggregate"], data["test"], data["config"]
     seeds, n_boot, columns = cfg["experiment"]["seeds"], cfg["experiment"]["n_boot"], _columns(data)
     names = [ATTRIBUTE_NAMES.get(c, c) for c in columns]
-    parts = [_headline(data, rare)]
+    parts = [_primary_section(data, rare)]
+    if arms:
+        parts.append(_uncertainty_table(data))
     n_train = {arm: next((r["n_train"] for r in data["runs"] if r["arm"] == arm), None) for arm in arms}
-    rows = [[ARM_LABELS[a], n_train[a], fmt_mean_std(agg[a]["balanced_accuracy"]), fmt_mean_std(agg[a]["auroc"]),
-             fmt_mean_std(agg[a]["worst_group_balanced_accuracy"]),
-             fmt_interval(data["intervals"][a]["worst_group_balanced_accuracy"]),
+    intervals = data["intervals"]
+    rows = [[_label(a), f"{intervals[a]['n_generators']} × {intervals[a]['n_seeds']}", n_train[a],
+             fmt_interval(intervals[a]["balanced_accuracy"]), fmt_interval(intervals[a]["worst_group_balanced_accuracy"]),
+             fmt_mean_std(agg[a]["auroc"]), _counts(intervals[a]["counts"]),
              *[fmt_mean_std(agg[a][c]["balanced_accuracy_gap"]) for c in columns]] for a in arms]
-    headers = ["arm", "n train", "balanced accuracy", "AUROC", "worst-group bal. acc.", "worst-group 95% CI",
-               *[f"gap {name}" for name in names]]
-    parts += ["### Summary per arm (mean ± std over seeds)", markdown_table(headers, rows)]
+    headers = ["arm", "runs (generators × seeds)", "n train", "balanced accuracy [95% CI]",
+               "worst-group bal. acc. [95% CI]", "AUROC (mean ± std)", "TP/FN/TN/FP (test slices, mean over runs)",
+               *[f"gap {name} (mean ± std)" for name in names]]
+    parts += ["### Arms", markdown_table(headers, rows)]
+    parts.append(_secondary_table(data))
     if data["comparison"]:
-        rows = [[key, fmt_interval(c["worst_group_gain"], signed=True), c["verdict"],
-                 fmt(c["balanced_accuracy_change"], True)] for key, c in data["comparison"].items()]
-        parts += [f"### Arm {ARM_LABELS[DEBIASED]} against the baselines",
-                  markdown_table(["comparison", "worst-group gain [95% CI, paired]", "verdict",
-                                  "Δ balanced accuracy"], rows)]
+        arm = (data.get("primary") or {}).get("arm", DEBIASED)
         rows = [[key, ATTRIBUTE_NAMES[col], *[fmt(c["disparity_change"][col][k], True) for k in GAP_NAMES]]
                 for key, c in data["comparison"].items() for col in columns]
-        parts += ["Disparity change (arm (c) minus baseline; negative gap / differences and positive ratio = fairer):",
+        parts += [f"Disparity change ({_label(arm)} minus baseline, mean over runs; negative gap / differences and "
+                  "positive ratio = fairer):",
                   markdown_table(["comparison", "attribute", *[f"Δ {v}" for v in GAP_NAMES.values()]], rows)]
-        gains = {(c["baseline"], g["attribute"], g["group"]): fmt_interval(g, signed=True)
-                 for c in data["comparison"].values() for g in c.get("group_gains", [])}
-        keys = list(dict.fromkeys(k[1:] for k in gains))
-        bases = [c["baseline"] for c in data["comparison"].values()]
-        rows = [[ATTRIBUTE_NAMES.get(k[0], k[0]), _group_name(rare, *k), *[gains.get((b, *k), NA) for b in bases]]
-                for k in keys]
-        if rows:
-            parts += [f"Per-group change of {ARM_LABELS[DEBIASED]} (balanced accuracy, arm (c) minus baseline; "
-                      "95% CI paired over test subjects):",
-                      markdown_table(["attribute", "group", *[f"Δ vs {ARM_LABELS[b]}" for b in bases]], rows)]
-    rows = [[ARM_LABELS[a], ATTRIBUTE_NAMES[c], fmt_mean_std(agg[a][c]["worst_group_balanced_accuracy"]),
+    rows = [[_label(a), ATTRIBUTE_NAMES[c], fmt_mean_std(agg[a][c]["worst_group_balanced_accuracy"]),
              *[fmt_mean_std(agg[a][c][k]) for k in GAP_NAMES]] for a in arms for c in columns]
-    parts += ["### Disparities per group attribute (mean ± std over seeds)",
+    parts += ["### Disparities per group attribute (mean ± std over runs)",
               markdown_table(["arm", "attribute", "worst group bal. acc.", *GAP_NAMES.values()], rows)]
-    tables = {a: data["intervals"][a]["subgroups"] for a in arms}
+    tables = {a: intervals[a]["subgroups"] for a in arms}
     keys = list(dict.fromkeys((r["attribute"], r["group"]) for a in arms for r in tables[a]))
     info = {(r["attribute"], r["group"]): r for a in arms for r in tables[a]}
-    cells = {(a, r["attribute"], r["group"]): fmt_interval(r) for a in arms for r in tables[a]}
-    rows = [[ATTRIBUTE_NAMES.get(k[0], k[0]), _group_name(rare, *k), info[k]["n_subjects"], info[k]["count"],
-             info[k]["n_positive"], _rate_name(info[k]), *[cells.get((a, *k), NA) for a in arms]] for k in keys]
-    headers = ["attribute", "group", "test subjects", "test slices", "positive slices", "measures",
-               *[ARM_LABELS[a] for a in arms]]
+    cells = {(a, r["attribute"], r["group"]): r for a in arms for r in tables[a]}
+    lead = lambda k: [ATTRIBUTE_NAMES.get(k[0], k[0]), _group_name(rare, *k), info[k]["n_subjects"], info[k]["count"],
+                      info[k]["n_positive"]]
+    rows = [[*lead(k), _rate_name(info[k]), *[fmt_interval(cells[(a, *k)]) if (a, *k) in cells else NA for a in arms]]
+            for k in keys]
+    headers = ["attribute", "group", "test subjects", "test slices", "positive slices"]
     parts += ["### Per-subgroup balanced accuracy [95% CI]",
-              markdown_table(headers, rows) if rows else f"No test subgroup with a known {' / '.join(names)}."]
+              markdown_table(headers + ["measures", *[_label(a) for a in arms]], rows) if rows
+              else f"No test subgroup with a known {' / '.join(names)}."]
+    if rows:
+        rows = [[*lead(k), *[_counts(cells[(a, *k)]) if (a, *k) in cells else NA for a in arms]] for k in keys]
+        parts += ["Error counts per subgroup: TP/FN/TN/FP over test slices, mean over each arm's runs:",
+                  markdown_table(headers + [_label(a) for a in arms], rows)]
     if any(_rate_name(info[k]) != "bal. acc." for k in keys):
         parts.append("A group holding one class (e.g. every health group, the label being a function of it) has "
                      "its accuracy as balanced accuracy: the TPR of a positive group, the TNR of a negative one; "
@@ -251,15 +308,19 @@ def experiment_section(result, plot_path: Optional[str | Path] = None, rare: Opt
     if plot_path is not None:
         parts.append(f"![Per-subgroup balanced accuracy per arm]({Path(plot_path).as_posix()})")
     if data.get("skipped"):
-        skipped = "; ".join(f"{ARM_LABELS.get(a, a)}: {r}" for a, r in data["skipped"].items())
+        skipped = "; ".join(f"{_label(a)}: {r}" for a, r in data["skipped"].items())
         parts.append(f"Skipped arms: {skipped}.")
     parts.append(f"Method: test set of {test['n_slices']} slices from {test['n_subjects']} held-out real subjects "
-                 f"({test['n_positive']} positive slices); seeds {', '.join(map(str, seeds))}; threshold "
-                 f"{cfg['threshold']}. Model selection (best epoch) on {100 * cfg['experiment']['val_fraction']:.0f}% "
-                 f"of each arm's own training subjects. Groups: {', '.join(names)}; arm (b) draws each label x "
-                 f"{' x '.join(names)} metagroup equally often. Intervals: {n_boot} bootstrap resamples of test "
-                 "subjects; each replicate averages the metric over seeds, so the interval brackets the seed mean.")
-    return "\n\n".join(parts)
+                 f"({test['n_positive']} positive slices); classifier seeds {', '.join(map(str, seeds))}; "
+                 f"{cfg.get('n_generators', 1)} separately trained generator(s), each arm using synthetic data run "
+                 f"once per generator × seed; threshold {cfg['threshold']}. Model selection (best epoch) on "
+                 f"{100 * cfg['experiment']['val_fraction']:.0f}% of each arm's own training subjects. Groups: "
+                 f"{', '.join(names)}; arm (b) draws each label x {' x '.join(names)} metagroup equally often. "
+                 f"Intervals: {n_boot} replicates of a paired hierarchical bootstrap (test subjects, then generators, "
+                 "then classifier seeds within each drawn generator, each with replacement; the same draw in every "
+                 "arm); an arm's number is the "
+                 "mean over its runs.")
+    return "\n\n".join(p for p in parts if p)
 
 
 def rare_section(rare: dict, plan: pd.DataFrame) -> str:

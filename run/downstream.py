@@ -171,7 +171,7 @@ def write_main_report(run: RunState) -> Path:
         "Synthetic patients per subgroup": grids,
         "Realism and control fidelity (generated from held-out test masks and prompts)":
             _demote((run_dir / "evaluation" / "metrics.md").read_text()) + "\n\n![evaluation](evaluation/metrics.png)",
-        "Debiasing: per-subgroup balanced accuracy per arm":
+        "Debiasing: primary endpoint, arms, secondary comparisons":
             experiment_section(experiment, "experiment/subgroup_balanced_accuracy.png", data.rare),
         "Run time (seconds per stage, as measured when it ran; 2 CPU cores)":
             "| stage | seconds |\n|---|---|\n" + timing_rows if timings else "",

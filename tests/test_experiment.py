@@ -119,7 +119,7 @@ def spied_run(monkeypatch, real, test, syn, cfg):
 def test_arms_differ_only_in_their_training_set(monkeypatch):
     real, test, syn = toy_problem()
     cfg = ExperimentConfig(seeds=(3, 5), n_boot=20, val_fraction=0.25)
-    spy, result = spied_run(monkeypatch, real, test, syn, cfg)
+    spy, result = spied_run(monkeypatch, real, test, [syn], cfg)
     assert len(spy.train_calls) == len(ARMS) * 2 and result.arms == list(ARMS)
     assert all(images is test.images for images in spy.predict_calls)  # one and the same test set
     for i, call in enumerate(spy.train_calls):
@@ -137,13 +137,13 @@ def test_arms_differ_only_in_their_training_set(monkeypatch):
 def test_skipped_arms_are_recorded_with_a_reason(monkeypatch):
     real, test, syn = toy_problem()
     cfg = ExperimentConfig(seeds=(0,), n_boot=10)
-    _, result = spied_run(monkeypatch, real, test, None, cfg)
+    _, result = spied_run(monkeypatch, real, test, [], cfg)
     assert result.arms == ["real", "reweighted"] and result.comparison == {}
     assert set(result.skipped) == {"real+synthetic", "synthetic"}
     assert all("synthetic" in reason for reason in result.skipped.values())
     positives_only = syn.select(labels_of(syn) == 1)
     cfg = ExperimentConfig(arms=("real+synthetic", "synthetic"), seeds=(0,), n_boot=10)
-    _, result = spied_run(monkeypatch, real, test, positives_only, cfg)
+    _, result = spied_run(monkeypatch, real, test, [positives_only], cfg)
     assert result.arms == ["real+synthetic"]
     assert "only class 1" in result.skipped["synthetic"]
     assert json.loads(result.to_json())["skipped"] == result.skipped
@@ -152,7 +152,7 @@ def test_skipped_arms_are_recorded_with_a_reason(monkeypatch):
 def test_test_subjects_seen_in_training_and_bad_configs_are_refused(monkeypatch):
     real, test, syn = toy_problem()
     with pytest.raises(InputError, match="unseen"):
-        spied_run(monkeypatch, real, real.select(np.arange(4)), syn, ExperimentConfig())
+        spied_run(monkeypatch, real, real.select(np.arange(4)), [syn], ExperimentConfig())
     for bad in ({"arms": ("real", "smote")}, {"seeds": ()}, {"n_boot": 0}, {"groups": ("ethnicity",)},
                 {"groups": ()}):
         with pytest.raises(InputError, match="experiment") as err:  # refused when the config is read
@@ -164,7 +164,7 @@ def test_test_subjects_seen_in_training_and_bad_configs_are_refused(monkeypatch)
 def toy_result():
     torch.set_num_threads(1)
     real, test, syn = toy_problem()
-    result = run_experiment(real, test, syn, ExperimentConfig(seeds=(0, 1), n_boot=60), TINY, TRAIN, progress=False)
+    result = run_experiment(real, test, [syn], ExperimentConfig(seeds=(0, 1), n_boot=60), TINY, TRAIN, progress=False)
     return result, test
 
 
@@ -207,11 +207,16 @@ def test_comparison_of_arm_c_against_both_baselines(toy_result):
     assert set(result.comparison) == {"real+synthetic vs real", "real+synthetic vs reweighted"}
     for comp in result.comparison.values():
         base = result.aggregate[comp["baseline"]]
-        gain = comp["worst_group_gain"]
+        gain = comp["gain"]
         expected = result.aggregate["real+synthetic"]["worst_group_balanced_accuracy"]["mean"] \
             - base["worst_group_balanced_accuracy"]["mean"]
         assert gain["point"] == pytest.approx(expected) and gain["lo"] <= gain["point"] <= gain["hi"]
-        assert comp["verdict"] in ("helped", "hurt", "no clear difference")
+        assert gain["verdict"] in ("helped", "hurt", "inconclusive") and 0 < gain["p"] <= 1
+        if comp["primary"]:  # the declared endpoint: its verdict is the primary one, outside the Holm family
+            assert comp["baseline"] == "reweighted" and gain["verdict"] == result.primary["verdict"]
+            assert (result.primary["point"], result.primary["lo"]) == (gain["point"], gain["lo"])
+        else:
+            assert gain["p_holm"] >= gain["p"]
         assert comp["disparity_change"]["sex"]["balanced_accuracy_gap"] == pytest.approx(
             result.aggregate["real+synthetic"]["sex"]["balanced_accuracy_gap"]["mean"]
             - base["sex"]["balanced_accuracy_gap"]["mean"])
@@ -251,7 +256,7 @@ def test_health_groups_give_per_group_accuracy_worst_group_and_gains(monkeypatch
     spy = Spy(labels_of(test, ACDC_POSITIVE), vary=True)  # every run scores differently: the arms differ
     monkeypatch.setattr(experiment, "train_classifier", spy.train)
     monkeypatch.setattr(experiment, "predict_proba", spy.predict)
-    result = run_experiment(real, test, syn, cfg, TINY, TRAIN, progress=False)
+    result = run_experiment(real, test, [syn], cfg, TINY, TRAIN, progress=False)
     assert all(call["metagroups"] == ("health",) for call in spy.train_calls)  # arm (b) balances health groups
     y, health = labels_of(test, ACDC_POSITIVE), test.attributes["health"].to_numpy()
     for arm in ARMS:
@@ -280,3 +285,39 @@ def test_health_groups_give_per_group_accuracy_worst_group_and_gains(monkeypatch
             assert gain["lo"] <= gain["point"] <= gain["hi"]
         assert set(comparison["disparity_change"]) == {"health"}
     assert json.loads(result.to_json())["config"]["experiment"]["groups"] == ["health"]
+
+
+@pytest.mark.slow
+def test_every_generator_x_seed_runs_and_identical_arms_give_a_zero_gain(monkeypatch):
+    """Synthetic arms run once per generator x seed; with every run scoring alike (Spy without vary) the arms are
+    identical, so every paired gain is exactly 0 and no verdict may claim an effect."""
+    real, test, syn = toy_problem()
+    second = toy_slices(12, 0.15, 3, "", per_subject=1)  # a second, separately "trained" generator's samples
+    cfg = ExperimentConfig(arms=("real", "reweighted", "real+synthetic"), seeds=(0, 1, 2), n_boot=40)
+    spy, result = spied_run(monkeypatch, real, test, [syn, second], cfg)
+    assert len(spy.train_calls) == 2 * 3 + 2 * 3 and result.config["n_generators"] == 2
+    runs = [(r["arm"], r["generator"], r["seed"]) for r in result.runs]
+    assert runs[6:] == [("real+synthetic", g, s) for g in (0, 1) for s in (0, 1, 2)]
+    assert runs[:3] == [("real", None, s) for s in (0, 1, 2)]
+    assert np.array_equal(spy.train_calls[9]["images"][len(real):], second.images)  # generator 1's own samples
+    assert result.intervals["real+synthetic"]["n_generators"] == 2 and result.intervals["real"]["n_generators"] == 1
+    primary = result.primary
+    assert (primary["arm"], primary["baseline"], primary["metric"]) == ("real+synthetic", "reweighted",
+                                                                        "worst_group_balanced_accuracy")
+    assert (primary["point"], primary["lo"], primary["hi"], primary["se"]) == (0.0, 0.0, 0.0, 0.0)
+    assert primary["verdict"] == "inconclusive" and primary["p"] == 1.0
+    assert result.secondary and all(s["verdict"] == "inconclusive" and s["p_holm"] == 1.0 for s in result.secondary)
+    assert {s["comparison"] for s in result.secondary} == {"real+synthetic vs real", "real+synthetic vs reweighted"}
+    assert not any(s["baseline"] == "reweighted" and s["group"] is None for s in result.secondary)  # primary is apart
+    counts = result.intervals["real"]["counts"]
+    y = labels_of(test)
+    assert counts["tp"] + counts["fn"] == y.sum() and counts["tn"] + counts["fp"] == len(y) - y.sum()
+    for row in result.intervals["real"]["subgroups"].itertuples():
+        assert row.tp + row.fn == row.n_positive and row.tn + row.fp == row.count - row.n_positive
+
+
+def test_primary_endpoint_is_checked_when_the_config_is_read():
+    for bad in ({"primary_metric": "auroc"}, {"primary_arm": "smote"}, {"primary_baseline": "real+synthetic"},
+                {"alpha": 0.7}):
+        with pytest.raises(InputError, match="experiment.(primary|alpha)"):
+            ExperimentConfig(**bad)

@@ -26,7 +26,7 @@ def toy():
         patch.setattr(experiment, "train_classifier", spy.train)
         patch.setattr(experiment, "predict_proba", spy.predict)
         cfg = ExperimentConfig(arms=("real", "reweighted", "real+synthetic"), seeds=(0, 1), n_boot=30)
-        result = run_experiment(real, test, syn, cfg, TINY, TRAIN, progress=False)
+        result = run_experiment(real, test, [syn], cfg, TINY, TRAIN, progress=False)
     return result, real, syn
 
 
@@ -61,34 +61,60 @@ def test_render_report_keeps_every_section_in_order(toy, tmp_path):
 def test_experiment_section_shows_the_results_numbers(toy):
     result, _, _ = toy
     text = experiment_section(result, "figures/subgroups.png")
+    primary_part, rest = text.split("### Arms")
+    primary = result.primary
+    assert primary_part.startswith("**Primary endpoint** (declared in the config before running): worst-group "
+                                   "balanced accuracy of (c) real+synthetic minus (b) reweighted.")
+    assert (f"{fmt(primary['point'], True)}, 95% CI {fmt(primary['lo'], True)} to {fmt(primary['hi'], True)}"
+            in primary_part and f"**{primary['verdict']}**" in primary_part)
+    assert f"Minimum detectable effect of this design: {fmt(primary['mde'])}" in primary_part
     for arm in result.arms:
-        agg = result.aggregate[arm]
-        assert fmt_mean_std(agg["balanced_accuracy"]) in text
-        assert fmt_mean_std(agg["worst_group_balanced_accuracy"]) in text
-        assert fmt_interval(result.intervals[arm]["worst_group_balanced_accuracy"]) in text
-        for row in result.intervals[arm]["subgroups"].to_dict("records"):
+        intervals = result.intervals[arm]
+        assert fmt_interval(intervals["worst_group_balanced_accuracy"]) in rest
+        assert fmt_interval(intervals["balanced_accuracy"]) in rest
+        for width in intervals["width_by_levels"].values():
+            assert fmt(width) in primary_part  # the uncertainty-source table sits right after the primary result
+        for row in intervals["subgroups"].to_dict("records"):
             assert fmt_interval(row) in text
-    for key, comp in result.comparison.items():
-        assert key in text and fmt_interval(comp["worst_group_gain"], signed=True) in text
-        assert fmt(comp["worst_group_gain"]["point"], signed=True) in text.split("###")[0]  # in the headline words
+    secondary = rest.split("### Secondary comparisons")[1].split("Disparity change")[0]
+    assert f"({len(result.secondary)} tests, Holm-corrected)" in secondary
+    for entry in result.secondary:
+        assert fmt_interval(entry, signed=True) in secondary and entry["verdict"] in secondary
     assert "![Per-subgroup balanced accuracy per arm](figures/subgroups.png)" in text
     assert f"{result.test['n_subjects']} held-out real subjects" in text
 
 
 @pytest.mark.slow
-def test_headline_says_plainly_whether_synthetic_data_helped(toy):
+def test_error_counts_sit_beside_the_rates(toy):
+    result, _, _ = toy
+    text = experiment_section(result)
+    counts = result.intervals["real"]["counts"]
+    assert "TP/FN/TN/FP" in text.split("### Arms")[1].split("\n")[2]  # a column of the arm table
+    row = next(line for line in text.splitlines() if line.startswith("| (a) real | 1 × 2 |"))
+    assert "/".join(str(int(counts[k])) if counts[k] == int(counts[k]) else f"{counts[k]:.1f}"
+                    for k in ("tp", "fn", "tn", "fp")) in row
+    errors = text.split("Error counts per subgroup")[1]
+    female = result.intervals["reweighted"]["subgroups"].set_index("group").loc["female"]
+    assert f"| sex | female | {female['n_subjects']} | {female['count']} |" in errors
+
+
+@pytest.mark.slow
+def test_verdict_words_follow_the_primary_verdict(toy):
     data = json.loads(toy[0].to_json())  # the saved experiment.json renders the same way
-    for verdict, words in (("helped", "synthetic data helped"), ("no clear difference", "did NOT clearly help"),
-                           ("hurt", "synthetic data hurt")):
-        for comp in data["comparison"].values():
-            comp["verdict"] = verdict
-        assert experiment_section(data).count(words) == len(data["comparison"])
+    for verdict, words in (("helped", "the whole interval is above 0"), ("inconclusive", "the interval includes 0"),
+                           ("hurt", "the whole interval is below 0")):
+        data["primary"]["verdict"] = verdict
+        assert f"Verdict: **{verdict}** — {words}" in experiment_section(data)
     without_c = copy.deepcopy(data)
     without_c["arms"].remove("real+synthetic")
-    without_c["comparison"], without_c["skipped"] = {}, {"real+synthetic": "no synthetic samples"}
+    del without_c["intervals"]["real+synthetic"]
+    without_c["primary"] = {"metric": "worst_group_balanced_accuracy", "arm": "real+synthetic",
+                            "baseline": "reweighted", "not_run": "real+synthetic: no synthetic samples"}
+    without_c["comparison"], without_c["secondary"] = {}, []
+    without_c["skipped"] = {"real+synthetic": "no synthetic samples"}
     text = experiment_section(without_c)
-    assert "cannot say whether synthetic data helps" in text and "no synthetic samples" in text
-    assert ARM_LABELS["real+synthetic"] not in text.split("Skipped arms")[0].split("\n\n", 1)[1]
+    assert "It could not be estimated: real+synthetic: no synthetic samples." in text
+    assert "Secondary comparisons" not in text and "Skipped arms: (c) real+synthetic: no synthetic samples." in text
 
 
 @pytest.mark.slow
@@ -146,17 +172,19 @@ def test_rare_group_setting_and_health_groups_are_reported(tmp_path):
         patch.setattr(experiment, "train_classifier", spy.train)
         patch.setattr(experiment, "predict_proba", spy.predict)
         cfg = ExperimentConfig(seeds=(0, 1), n_boot=20, positive=ACDC_POSITIVE, groups=("health",))
-        data = json.loads(run_experiment(real, test, syn, cfg, TINY, TRAIN, progress=False).to_json())
+        data = json.loads(run_experiment(real, test, [syn], cfg, TINY, TRAIN, progress=False).to_json())
     text = experiment_section(data, rare=summary)
     for comparison in data["comparison"].values():
         gain = next(g for g in comparison["group_gains"] if g["group"] == "myocardial_infarction")
-        assert (f"the rare group's (health group myocardial_infarction) balanced accuracy changed by "
-                f"{fmt(gain['point'], True)}" in text.split("###")[0])  # the headline says what happened to it
         assert fmt_interval(gain, signed=True) in text
+    gain = next(g for g in data["comparison"]["real+synthetic vs reweighted"]["group_gains"]
+                if g["group"] == "myocardial_infarction")
+    assert (f"The rare group (health group myocardial_infarction): balanced accuracy changed by "
+            f"{fmt(gain['point'], True)}" in text.split("###")[0])  # said right after the primary endpoint
     assert "| health group | myocardial_infarction (rare) | 4 | 8 | 8 | TPR |" in text
     assert "| health group | healthy | 4 | 8 | 0 | TNR |" in text and "gap health group" in text
-    assert "Per-group change of (c) real+synthetic" in text and "its accuracy as balanced accuracy" in text
-    assert "sex" not in text.split("### Summary")[1].split("Method:")[0]  # nothing about attributes ACDC lacks
+    assert "Secondary comparisons" in text and "its accuracy as balanced accuracy" in text
+    assert "sex" not in text.split("### Arms")[1].split("Method:")[0]  # nothing about attributes ACDC lacks
     plan = plan_rebalancing(planning_attributes(real), PlanTarget(keys=("health",)), seed=0)
     words = rare_section(summary, plan)
     assert "kept 2 of 4" in words and summary["dropped"][0] in words

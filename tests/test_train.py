@@ -71,7 +71,7 @@ def test_stage_all_writes_every_report_section(smoke_run, capsys):
     assert "[vae] done already" in out and "[controlnet] done already" in out  # resumable: trained stages skipped
     report = (smoke_run / "report.md").read_text()
     for heading in ("Cohort composition before/after", "Synthetic patients per subgroup", "Realism and control fidelity",
-                    "Debiasing: per-subgroup balanced accuracy per arm", "Reproduce"):
+                    "Debiasing: primary endpoint, arms, secondary comparisons", "Reproduce"):
         assert f"## {heading}" in report, heading
     for name in ("plan.csv", "samples_by_subgroup.png", "composition.png", "evaluation/metrics.json",
                  "experiment/experiment.json", "experiment/subgroup_balanced_accuracy.png"):
@@ -80,6 +80,7 @@ def test_stage_all_writes_every_report_section(smoke_run, capsys):
     assert len(plan) - 1 == len(list((smoke_run / "samples").glob("*.json")))
     experiment = json.loads((smoke_run / "experiment" / "experiment.json").read_text())
     assert {"real", "reweighted", "real+synthetic"} <= set(experiment["arms"])
+    assert experiment["primary"]["verdict"] in ("helped", "hurt", "inconclusive", "undetermined")
 
 
 @pytest.mark.slow
@@ -111,5 +112,6 @@ def test_acdc_rare_group_runs_every_arm_and_reports_the_health_groups(tmp_path, 
         "abnormal_right_ventricle"}
     report = (run / "report.md").read_text()
     assert "## Rare group (data.rare)" in report and "kept 1 of 3" in report
-    assert "| health group | myocardial_infarction (rare) |" in report and "the rare group's" in report
-    assert "Per-group change of (c) real+synthetic" in report
+    assert "| health group | myocardial_infarction (rare) |" in report
+    assert "The rare group (health group myocardial_infarction)" in report
+    assert "Secondary comparisons" in report and report.index("**Primary endpoint**") < report.index("### Arms")
