@@ -1,12 +1,23 @@
 """The debiasing experiment: one classifier per arm x seed, all scored on the same real test set.
 
-Arms differ ONLY in their training set (same test set, seeds, ClassifierConfig and ClassifierTrainConfig otherwise):
-  real            the real training slices
-  reweighted      the same, drawn with metagroup-balanced sampling (label x sex x age x BMI; the classic baseline)
-  real+synthetic  real plus the synthetic samples of the rebalancing plan (under-represented subgroups)
-  synthetic       synthetic only (sanity check: does generated data carry the label at all?)
-Model selection: train_classifier holds out val_fraction of the arm's OWN training subjects (each synthetic sample
-is its own subject "syn-..."), so no arm looks at the test set before it is scored.
+Arms differ ONLY in their training set and training settings (same test set, seeds and ClassifierConfig):
+  real             the real training slices
+  reweighted       the same, drawn with metagroup-balanced sampling (label x sex x age x BMI; the classic baseline)
+  real+synthetic   real plus the synthetic samples of the rebalancing plan (under-represented subgroups)
+  synthetic        synthetic only (sanity check: does generated data carry the label at all?)
+Baselines that rule out simpler explanations of a real+synthetic gain (issue 13):
+  threshold        the real arm's classifier, its decision threshold chosen on its own validation subjects
+                   (maximising balanced accuracy; logit adjustment) -- a prior/threshold shift
+  oversampled      metagroup-balanced sampling + classical augmentation (classify/augment.py)
+  compute-matched  experiment.compute_matched_base (real or reweighted) trained for exactly the optimiser steps the
+                   real+synthetic arm takes -- extra steps alone
+  ef-rule          no network: the central slice's area EF from the masks, cut-off fitted on the real training
+                   subjects (classify/baselines.py); deterministic, so its seeds agree
+  oracle           real plus as many extra REAL phantom subjects of the plan's cells as the plan has synthetic
+                   samples (data/oracle.py); phantom only, skipped on a real cohort
+Model selection: train_classifier holds out val_fraction of the arm's OWN training subjects; a synthetic sample
+sits with its mask donor (plan.csv mask_subject_id) in that split, so no donor straddles it, and no arm looks at
+the test set before it is scored.
 Intervals: 95% percentile bootstrap over TEST SUBJECTS of the seed-mean metric: each replicate scores every seed's
 predictions on the same resampled subjects and averages over seeds, so the interval brackets the reported mean
 (the seed spread is reported separately as std). All bootstraps share one seed, so arms are compared paired.
@@ -32,7 +43,8 @@ from classify.bootstrap import bootstrap_ci, mean_std_over_seeds
 from classify.fairness import (SENSITIVE_COLUMNS, UNKNOWN, balanced_accuracy, check_columns, fairness_summary,
                                sensitive_frame, subgroup_metrics)
 from classify.resnet import ClassifierConfig
-from classify.train import ClassifierTrainConfig, predict_proba, train_classifier
+from classify.baselines import best_threshold, ef_rule_scores, fit_ef_rule, shift_to_threshold, subject_ef
+from classify.train import ClassifierTrainConfig, planned_steps, predict_proba, train_classifier, validation_split
 from data.json_ready import json_ready
 from data.attributes import is_positive
 from data.errors import InputError
@@ -41,10 +53,13 @@ from data.prompts import prompt_to_attributes
 from data.slices import SliceSet
 from data.atomic import atomic_write_bytes
 
-ARMS = ("real", "reweighted", "real+synthetic", "synthetic")
+ARMS = ("real", "reweighted", "real+synthetic", "synthetic", "threshold", "oversampled", "compute-matched",
+        "ef-rule", "oracle")
 ARM_LABELS = {"real": "(a) real", "reweighted": "(b) reweighted", "real+synthetic": "(c) real+synthetic",
-              "synthetic": "(d) synthetic"}
-NEEDS_SYNTHETIC = ("real+synthetic", "synthetic")
+              "synthetic": "(d) synthetic", "threshold": "(e) threshold", "oversampled": "(f) oversampled",
+              "compute-matched": "(g) compute-matched", "ef-rule": "(h) EF rule", "oracle": "(i) oracle"}
+NEEDS_SYNTHETIC = ("real+synthetic", "synthetic", "compute-matched")
+BALANCED = ("reweighted", "oversampled")  # arms drawn metagroup-balanced
 DEBIASED, BASELINES = "real+synthetic", ("real", "reweighted")
 DISPARITY_KEYS = ("worst_group_balanced_accuracy", "balanced_accuracy_gap", "balanced_accuracy_ratio",
                   "equalized_odds_difference", "demographic_parity_difference")
@@ -60,6 +75,8 @@ class ExperimentConfig:
     n_boot: int = 500
     val_fraction: float = 0.2  # of each arm's own training subjects, for best-epoch selection
     groups: tuple = SENSITIVE_COLUMNS  # per-group metrics over these (sex, age_group, bmi_group, health)
+    augment_strength: float = 1.0  # the oversampled arm's classical augmentation (classify/augment.py ranges x this)
+    compute_matched_base: str = "real"  # the arm whose data the compute-matched arm trains on: real or reweighted
 
     def __post_init__(self) -> None:
         check_experiment_config(self)
@@ -77,6 +94,10 @@ def check_experiment_config(cfg: ExperimentConfig) -> None:
         raise InputError("experiment", f"expected n_boot >= 1 and val_fraction in [0, 1), got {cfg.n_boot}, "
                                        f"{cfg.val_fraction}")
     check_columns(cfg.groups, "experiment.groups")
+    if cfg.compute_matched_base not in ("real", "reweighted"):
+        raise InputError("experiment.compute_matched_base", f"expected real or reweighted, got {cfg.compute_matched_base!r}")
+    if not 0.0 <= float(cfg.augment_strength) <= 2.0:
+        raise InputError("experiment.augment_strength", f"expected a number in [0, 2], got {cfg.augment_strength}")
 
 
 def is_missing(value) -> bool:
@@ -101,37 +122,47 @@ def labels_of(slices: SliceSet, positive: tuple = ("heart_failure",)) -> np.ndar
     return np.array([int(is_positive(None if is_missing(h) else h, tuple(positive))) for h in health], dtype=np.int64)
 
 
-def _groups(slices: SliceSet, source: str) -> pd.DataFrame:
-    """One row per sample: subject_id, sex, age, bmi, health, source; synthetic subject ids get the 'syn-' prefix."""
+def _groups(slices: SliceSet, source: str, donors: Optional[dict] = None) -> pd.DataFrame:
+    """One row per sample: subject_id, sex, age, bmi, health, source, split_group; synthetic subject ids get the
+    'syn-' prefix, and their split_group is their mask donor's subject id (donors: sample id -> donor id) where
+    known, else their own id."""
     attrs = _attributes(slices)
-    ids = [s if source == "real" or s.startswith(SYNTHETIC_PREFIX) else SYNTHETIC_PREFIX + s
+    ids = [s if source != "synthetic" or s.startswith(SYNTHETIC_PREFIX) else SYNTHETIC_PREFIX + s
            for s in slices.subject_ids]
+    donors = donors or {}
+    split = [str(donors.get(s, i)) if source == "synthetic" else i for s, i in zip(slices.subject_ids, ids)]
     return pd.DataFrame({"subject_id": ids, "sex": attrs["sex"], "age": attrs["age"], "bmi": attrs["bmi"],
-                         "health": attrs["health"], "source": source})
+                         "health": attrs["health"], "source": source, "split_group": split})
 
 
 def arm_training_set(arm: str, real_train: SliceSet, synthetic: Optional[SliceSet],
-                     positive: tuple = ("heart_failure",)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, bool]:
-    """-> (images (N, 2, S, S), labels (N,), groups_df (N rows: subject_id, sex, age, bmi, health, source),
-    balanced_sampling). Only "reweighted" samples metagroup-balanced."""
+                     positive: tuple = ("heart_failure",), donors: Optional[dict] = None,
+                     oracle: Optional[SliceSet] = None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, bool]:
+    """-> (images (N, 2, S, S), labels (N,), groups_df (N rows: subject_id, sex, age, bmi, health, source,
+    split_group), balanced_sampling). Only the BALANCED arms sample metagroup-balanced; compute-matched gets
+    the real slices here (run_experiment swaps in the reweighted sampling when that is its base)."""
     if arm not in ARMS:
         raise InputError("arm", f"unknown arm {arm!r}; expected one of {', '.join(ARMS)}")
     parts = [] if arm == "synthetic" else [(real_train, "real")]
-    if arm in NEEDS_SYNTHETIC:
+    if arm in ("real+synthetic", "synthetic"):
         if synthetic is None or len(synthetic) == 0:
             raise InputError(f"arm {arm}", "needs synthetic samples, got none")
         if synthetic.images.shape[1:] != real_train.images.shape[1:]:
             raise InputError("synthetic.images", f"expected samples shaped {real_train.images.shape[1:]} like the "
                                                  f"real slices, got {synthetic.images.shape[1:]}")
         parts.append((synthetic, "synthetic"))
-    frames = [_groups(s, source) for s, source in parts]
+    if arm == "oracle":
+        if oracle is None or len(oracle) == 0:
+            raise InputError("arm oracle", "needs extra real subjects, got none")
+        parts.append((oracle, "oracle"))
+    frames = [_groups(s, source, donors) for s, source in parts]
     shared = set(frames[0]["subject_id"]) & set(frames[-1]["subject_id"]) if len(frames) == 2 else set()
     if shared:
-        raise InputError("synthetic subject ids", f"{len(shared)} also name real subjects (e.g. {sorted(shared)[0]})")
+        raise InputError(f"{parts[-1][1]} subject ids", f"{len(shared)} also name real subjects (e.g. {sorted(shared)[0]})")
     groups = pd.concat(frames, ignore_index=True)
     images = np.concatenate([s.images for s, _ in parts])
     labels = np.concatenate([labels_of(s, positive) for s, _ in parts])
-    return images, labels, groups, arm == "reweighted"
+    return images, labels, groups, arm in BALANCED
 
 
 # Bootstrap metrics: y_pred is (N, n_seeds) 0/1; groups is (N, n_columns) group names per experiment.groups.
@@ -292,17 +323,92 @@ class ExperimentResult:
         return out_dir
 
 
+class ArmRunner:
+    """Trains and scores one arm x seed (the arms' per-arm settings live here); a classifier two arms share
+    (real, threshold) is trained once per seed."""
+
+    def __init__(self, real_train: SliceSet, synthetic: Optional[SliceSet], exp_cfg: ExperimentConfig,
+                 clf_cfg: ClassifierConfig, train_cfg: ClassifierTrainConfig, donors: Optional[dict] = None,
+                 oracle: Optional[SliceSet] = None) -> None:
+        self.real_train, self.synthetic, self.exp_cfg, self.oracle = real_train, synthetic, exp_cfg, oracle
+        self.clf_cfg, self.train_cfg, self.donors = clf_cfg, train_cfg, donors
+        self.positive, self._models = tuple(exp_cfg.positive), {}
+
+    def data(self, arm: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, bool]:
+        """The arm's training set as arm_training_set gives it (compute-matched: its base arm's)."""
+        source = self.exp_cfg.compute_matched_base if arm == "compute-matched" else arm
+        return arm_training_set(source, self.real_train, self.synthetic, self.positive, self.donors, self.oracle)
+
+    def skip_reason(self, arm: str) -> Optional[str]:
+        """Why the arm cannot run on these inputs, or None."""
+        if arm in NEEDS_SYNTHETIC and (self.synthetic is None or len(self.synthetic) == 0):
+            return "no synthetic samples"
+        if arm == "oracle" and (self.oracle is None or len(self.oracle) == 0):
+            return "no extra real subjects to draw (a real cohort; only the phantom can render more)"
+        if arm == "threshold" and self.exp_cfg.val_fraction <= 0:
+            return "needs validation subjects (experiment.val_fraction > 0) to choose its threshold on"
+        labels = self.data(arm)[1]
+        if arm == "ef-rule" and len(np.unique(labels[np.isfinite(subject_ef(self.real_train)
+                                                              .reindex(self.real_train.subject_ids))])) < 2:
+            return "the training masks give no EF (no LV at ED) for one of the classes"
+        if len(np.unique(labels)) < 2:
+            return f"training set holds only class {labels[0]}" if len(labels) else "no training data"
+        return None
+
+    def train_config(self, arm: str, seed: int) -> ClassifierTrainConfig:
+        """The arm's ClassifierTrainConfig for one seed: seed, sampling, augmentation and step budget."""
+        balanced = self.data(arm)[3] or (arm == "compute-matched" and self.exp_cfg.compute_matched_base == "reweighted")
+        cfg = replace(self.train_cfg, seed=int(seed), balanced_sampling=balanced,
+                      val_fraction=self.exp_cfg.val_fraction, steps=0)
+        if arm == "oversampled":
+            cfg = replace(cfg, augment_strength=float(self.exp_cfg.augment_strength))
+        if arm == "compute-matched":  # the steps real+synthetic takes with this seed (its own validation split)
+            _, labels, groups, _ = self.data("real+synthetic")
+            cfg = replace(cfg, steps=planned_steps(groups, labels, self.train_config("real+synthetic", seed)))
+        return cfg
+
+    def _model(self, arm: str, seed: int):
+        key = ("real" if arm == "threshold" else arm, int(seed))
+        if key not in self._models:
+            images, labels, groups, _ = self.data(key[0])
+            self._models[key] = train_classifier(images, labels, groups, self.train_config(key[0], seed),
+                                                 progress=False, model_cfg=self.clf_cfg, metagroups=self.exp_cfg.groups)
+        return self._models[key]
+
+    def scores(self, arm: str, seed: int, test: SliceSet) -> tuple[np.ndarray, dict, int]:
+        """-> (P(positive) per test row (N_test,), history, n_train) of one arm x seed."""
+        images, labels, groups, _ = self.data(arm)
+        if arm == "ef-rule":  # deterministic: every seed gets the same rule
+            cutoff = fit_ef_rule(self.real_train, labels)
+            return ef_rule_scores(test, cutoff), {"ef_cutoff": cutoff}, len(labels)
+        model, history = self._model(arm, seed)
+        scores = predict_proba(model, test.images)
+        if arm == "threshold":  # chosen on the real arm's own validation split, the one train_classifier held out
+            cfg = self.train_config("real", seed)
+            val_idx = validation_split(groups, labels, cfg.val_fraction, cfg.seed)[1]
+            val_y = labels[val_idx]
+            threshold = best_threshold(val_y, predict_proba(model, images[val_idx])) \
+                if len(np.unique(val_y)) == 2 else THRESHOLD
+            return shift_to_threshold(scores, threshold), {**history, "threshold": threshold}, len(labels)
+        return scores, history, len(labels)
+
+
 def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Optional[SliceSet], exp_cfg: ExperimentConfig,
-                   clf_cfg: ClassifierConfig, train_cfg: ClassifierTrainConfig, progress: bool = True) -> ExperimentResult:
+                   clf_cfg: ClassifierConfig, train_cfg: ClassifierTrainConfig, progress: bool = True,
+                   donors: Optional[dict] = None, oracle: Optional[SliceSet] = None) -> ExperimentResult:
     """Train every runnable arm once per seed and score it on real_test (see the module docstring).
 
-    train_cfg.seed, balanced_sampling and val_fraction are set per run (seed, arm, exp_cfg.val_fraction).
+    train_cfg.seed, balanced_sampling, val_fraction, augment_strength and steps are set per run (ArmRunner).
+    donors: synthetic sample id -> its mask donor's subject id (grouped together in validation splits);
+    oracle: extra real subjects for the oracle arm (phantom only; None skips it).
     """
     check_experiment_config(exp_cfg)
     columns = tuple(exp_cfg.groups)
     if len(real_test) == 0:
         raise InputError("real_test", "expected at least one test slice")
     leaked = set(real_train.subject_ids) & set(real_test.subject_ids)
+    if oracle is not None:
+        leaked |= set(oracle.subject_ids) & set(real_test.subject_ids)
     if leaked:
         raise InputError("real_test", f"{len(leaked)} subject(s) also in real_train (e.g. {sorted(leaked)[0]}); "
                                       "the test set must hold unseen subjects")
@@ -315,26 +421,19 @@ def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Optiona
         test={"n_slices": len(real_test), "n_subjects": len(set(real_test.subject_ids)),
               "n_positive": int(y_test.sum()), "subject_ids": list(real_test.subject_ids), "labels": y_test})
     preds, n_boot = {}, int(exp_cfg.n_boot)
+    runner = ArmRunner(real_train, synthetic, exp_cfg, clf_cfg, train_cfg, donors, oracle)
     bar = tqdm(total=len(exp_cfg.arms) * len(exp_cfg.seeds), desc="experiment", unit="run", disable=not progress)
     for arm in exp_cfg.arms:
-        if arm in NEEDS_SYNTHETIC and (synthetic is None or len(synthetic) == 0):
-            result.skipped[arm] = "no synthetic samples"
-        else:
-            images, labels, groups, balanced = arm_training_set(arm, real_train, synthetic, positive)
-            if len(np.unique(labels)) < 2:
-                only = f"training set holds only class {labels[0]}" if len(labels) else "no training data"
-                result.skipped[arm] = only
-        if arm in result.skipped:
+        reason = runner.skip_reason(arm)
+        if reason is not None:
+            result.skipped[arm] = reason
             bar.total -= len(exp_cfg.seeds)
             continue
         for seed in exp_cfg.seeds:
             bar.set_postfix(arm=arm, seed=seed)
-            cfg = replace(train_cfg, seed=int(seed), balanced_sampling=balanced, val_fraction=exp_cfg.val_fraction)
-            model, history = train_classifier(images, labels, groups, cfg, progress=False, model_cfg=clf_cfg,
-                                              metagroups=columns)
-            scores = predict_proba(model, real_test.images)
+            scores, history, n_train = runner.scores(arm, seed, real_test)
             y_pred = (scores >= THRESHOLD).astype(int)
-            result.runs.append({"arm": arm, "seed": int(seed), "n_train": len(labels), "history": history,
+            result.runs.append({"arm": arm, "seed": int(seed), "n_train": n_train, "history": history,
                                 "scores": scores,
                                 "summary": fairness_summary(y_test, y_pred, scores, groups_test, columns=columns),
                                 "subgroups": subgroup_metrics(y_test, y_pred, scores, groups_test, columns)})
