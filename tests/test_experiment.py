@@ -1,5 +1,6 @@
 """Tests for classify/experiment.py: arm training sets, arms differing only in data, a toy end-to-end run."""
 import copy
+from dataclasses import replace
 import json
 import math
 
@@ -291,3 +292,82 @@ def test_health_groups_give_per_group_accuracy_worst_group_and_gains(monkeypatch
             assert gain["lo"] <= gain["point"] <= gain["hi"]
         assert set(comparison["disparity_change"]) == {"health"}
     assert json.loads(result.to_json())["config"]["experiment"]["groups"] == ["health"]
+
+
+def test_threshold_is_chosen_on_the_real_arms_validation_subjects_only(monkeypatch):
+    """Scores are a pixel of the image: training rows 0.3 (positive) / 0.1, test rows 0.7 / 0.45. Validation
+    picks the cut 0.2; the test set alone would pick 0.575 -- and the arm must not."""
+    real, test, syn = toy_problem()
+    for slices, (pos, neg) in ((real, (0.3, 0.1)), (test, (0.7, 0.45))):
+        slices.images[:, 0, 0, 8] = np.where(labels_of(slices) == 1, pos, neg)
+    seen = []
+
+    def predict(model, images, batch_size=256):
+        seen.append(images)
+        return images[:, 0, 0, 8].astype(np.float64)
+    monkeypatch.setattr(experiment, "predict_proba", predict)
+    runner = experiment.ArmRunner(real, syn, ExperimentConfig(seeds=(0,), val_fraction=0.25), TINY, TRAIN)
+    scores, history, _ = runner.scores("threshold", 0, test)
+    assert history["threshold"] == pytest.approx(0.2) and (scores >= 0.5).all()
+    images, labels, groups, _ = arm_training_set("real", real, syn)
+    val_idx = experiment.validation_split(groups, labels, 0.25, 0)[1]
+    assert np.array_equal(seen[1], images[val_idx])  # the threshold saw the validation rows, and only those
+    assert runner._models.keys() == {("real", 0)}
+    runner.scores("real", 0, test)
+    assert runner._models.keys() == {("real", 0)}  # the real arm reuses that classifier
+
+
+def test_compute_matched_trains_the_real_data_for_the_synthetic_arms_steps():
+    real, test, syn = toy_problem()
+    for base in ("real", "reweighted"):
+        runner = experiment.ArmRunner(real, syn, ExperimentConfig(seeds=(0,), compute_matched_base=base), TINY,
+                                      replace(TRAIN, batch_size=4))
+        cfg = runner.train_config("compute-matched", 4)
+        assert cfg.balanced_sampling == (base == "reweighted") and cfg.seed == 4
+        assert np.array_equal(runner.data("compute-matched")[0], real.images)
+    matched = runner.scores("compute-matched", 0, test)[1]["steps"]
+    synthetic = runner.scores("real+synthetic", 0, test)[1]["steps"]
+    assert matched == synthetic > runner.scores("real", 0, test)[1]["steps"]
+
+
+def test_oversampled_arm_balances_metagroups_in_expectation_and_augments():
+    from classify.train import _epoch_order, metagroup_keys, sample_weights
+    real, _, syn = toy_problem()
+    runner = experiment.ArmRunner(real, syn, ExperimentConfig(seeds=(0,), augment_strength=0.7), TINY, TRAIN)
+    cfg = runner.train_config("oversampled", 0)
+    assert cfg.balanced_sampling and cfg.augment_strength == 0.7
+    assert runner.train_config("real", 0).augment_strength == 0 and not runner.train_config("real", 0).balanced_sampling
+    _, labels, groups, _ = runner.data("oversampled")
+    keys = metagroup_keys(groups.assign(label=labels), runner.exp_cfg.groups).to_numpy()
+    generator = torch.Generator().manual_seed(0)
+    drawn = np.concatenate([keys[_epoch_order(len(keys), sample_weights(keys), generator).numpy()]
+                            for _ in range(400)])
+    counts = pd.Series(drawn).value_counts()
+    assert len(counts) == len(set(keys)) and counts.max() / counts.min() < 1.15  # raw counts differ far more
+    assert pd.Series(keys).value_counts().max() / pd.Series(keys).value_counts().min() >= 2
+
+
+def test_synthetic_rows_sit_with_their_donor_in_every_validation_split():
+    real, _, syn = toy_problem()
+    donors = {sid: real.subject_ids[2 * i] for i, sid in enumerate(syn.subject_ids)}  # one donor per sample
+    for arm in ("real+synthetic", "synthetic"):
+        _, labels, groups, _ = arm_training_set(arm, real, syn, donors=donors)
+        syn_rows = groups["source"] == "synthetic"
+        assert list(groups["split_group"][syn_rows]) == [donors[s] for s in syn.subject_ids]
+        for seed in range(6):
+            train_idx, val_idx = experiment.validation_split(groups, labels, 0.25, seed)
+            assert set(groups["split_group"][train_idx]).isdisjoint(groups["split_group"][val_idx])
+    groups = arm_training_set("real+synthetic", real, syn)[2]  # without donors: each sample its own group
+    assert list(groups["split_group"][len(real):]) == list(groups["subject_id"][len(real):])
+
+
+def test_oracle_arm_adds_extra_real_subjects_and_is_skipped_without_them():
+    real, test, syn = toy_problem()
+    extra = toy_slices(6, 0.15, 3, "oracle-", per_subject=1)
+    images, labels, groups, balanced = arm_training_set("oracle", real, syn, oracle=extra)
+    assert np.array_equal(images[len(real):], extra.images) and not balanced
+    assert list(groups["split_group"][len(real):]) == extra.subject_ids  # real subjects: their own group
+    runner = experiment.ArmRunner(real, syn, ExperimentConfig(seeds=(0,)), TINY, TRAIN)
+    assert "real cohort" in runner.skip_reason("oracle")
+    with pytest.raises(InputError, match="also name real"):
+        arm_training_set("oracle", real, syn, oracle=real)
