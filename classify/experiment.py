@@ -139,8 +139,8 @@ def arm_training_set(arm: str, real_train: SliceSet, synthetic: Optional[SliceSe
                      positive: tuple = ("heart_failure",), donors: Optional[dict] = None,
                      oracle: Optional[SliceSet] = None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, bool]:
     """-> (images (N, 2, S, S), labels (N,), groups_df (N rows: subject_id, sex, age, bmi, health, source,
-    split_group), balanced_sampling). Only the BALANCED arms sample metagroup-balanced; compute-matched gets
-    the real slices here (run_experiment swaps in the reweighted sampling when that is its base)."""
+    split_group), balanced_sampling). Only the BALANCED arms sample metagroup-balanced. threshold, ef-rule and
+    compute-matched train on the real slices (ArmRunner.data gives compute-matched its base arm's set)."""
     if arm not in ARMS:
         raise InputError("arm", f"unknown arm {arm!r}; expected one of {', '.join(ARMS)}")
     parts = [] if arm == "synthetic" else [(real_train, "real")]
