@@ -317,6 +317,7 @@ def test_threshold_is_chosen_on_the_real_arms_validation_subjects_only(monkeypat
     assert runner._models.keys() == {("real", 0)}  # the real arm reuses that classifier
 
 
+@pytest.mark.slow
 def test_compute_matched_trains_the_real_data_for_the_synthetic_arms_steps():
     real, test, syn = toy_problem()
     for base in ("real", "reweighted"):
