@@ -1,5 +1,8 @@
 """Train the heart-failure classifier: metagroup-balanced sampling, light augmentation, Adam, best-val selection.
 
+The internal validation split is by subject, or by `split_group` where groups_df has it: a synthetic sample's
+group is its mask donor, so a donor's re-renders never sit on the other side of the split from its real slices.
+
 Images are (N, 2, S, S) float32 in [-1, 1] (ED and ES slices as channels); labels are 0/1 (1 = heart failure).
 All randomness (init, sampling, augmentation, dropout) flows from ClassifierTrainConfig.seed, so a CPU run is reproducible.
 """
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
+from classify.augment import augment_batch, classical_augment
 from classify.fairness import SENSITIVE_COLUMNS, balanced_accuracy, sensitive_frame
 from classify.resnet import ClassifierConfig, ResNetClassifier
 from data.prevalence import prevalence_subsample
@@ -34,7 +38,9 @@ class ClassifierTrainConfig:
     lr: float = bounded(1e-4, lo=0, lo_open=True)
     weight_decay: float = bounded(0.0, lo=0)
     balanced_sampling: bool = False  # draw each label x metagroup (sex, age group, BMI group by default) equally often
-    augment: bool = True
+    augment: bool = True  # the light flip/gamma/noise augmentation
+    augment_strength: float = bounded(0.0, lo=0, hi=2)  # classical augmentation on top (classify/augment.py); 0 = off
+    steps: int = bounded(0, lo=0)  # > 0: exactly this many optimiser steps (epochs then unused); 0: `epochs` passes
     seed: int = bounded(0, lo=0, hi=2 ** 32, hi_open=True)
     # held out by subject when no explicit validation set is given; 0 keeps the last epoch
     val_fraction: float = bounded(0.2, lo=0, hi=1, hi_open=True)
@@ -68,17 +74,6 @@ def sample_weights(keys) -> np.ndarray:
     return np.array(1.0 / keys.map(keys.value_counts()), dtype=np.float64)
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, noise_std: float = 0.02,
-                  max_gamma: float = 1.25) -> torch.Tensor:
-    """x: (B, C, S, S) in [-1, 1] -> random left-right flip, gamma in [1/max_gamma, max_gamma] on [0, 1], noise."""
-    b = x.shape[0]
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    gamma = torch.exp((2 * torch.rand(b, generator=generator) - 1) * math.log(max_gamma)).to(x.device)
-    x = ((x + 1) / 2).clamp(0, 1) ** gamma[:, None, None, None] * 2 - 1
-    return x + noise_std * torch.randn(x.shape, generator=generator).to(x.device)
-
-
 def _as_data(images, labels, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.as_tensor(np.asarray(images, dtype=np.float32))
     y = torch.as_tensor(np.asarray(labels)).long().ravel()
@@ -105,6 +100,32 @@ def predict_proba(model: nn.Module, images, batch_size: int = 256) -> np.ndarray
     return torch.cat(probs).double().numpy() if probs else np.zeros(0)
 
 
+def validation_split(groups_df: pd.DataFrame, labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train_idx, val_idx), about `fraction` of the split groups in validation, stratified by label.
+
+    A row's group is its `split_group` (a synthetic sample's mask donor), else its subject_id, else the row itself;
+    every row of a group lands on the same side. A group's stratum is 1 when any of its rows is positive.
+    """
+    groups_df = groups_df.reset_index(drop=True)
+    column = "split_group" if "split_group" in groups_df else "subject_id" if "subject_id" in groups_df else None
+    ids = groups_df[column].astype(str).to_numpy() if column else np.arange(len(groups_df)).astype(str)
+    strata = pd.Series(np.asarray(labels)).groupby(ids).transform("max").to_numpy()
+    return subject_split(ids, strata, fraction, seed)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps of one pass over n rows (a last batch of 1 is skipped: BatchNorm needs 2+ samples)."""
+    return n // batch_size + int(n % batch_size >= 2)
+
+
+def planned_steps(groups_df: pd.DataFrame, labels, cfg: "ClassifierTrainConfig") -> int:
+    """The optimiser steps train_classifier(images, labels, groups_df, cfg) takes (internal split included)."""
+    n = len(groups_df)
+    if cfg.val_fraction > 0:
+        n = len(validation_split(groups_df, labels, cfg.val_fraction, cfg.seed)[0])
+    return int(cfg.steps) if cfg.steps > 0 else cfg.epochs * steps_per_epoch(n, cfg.batch_size)
+
+
 def _epoch_order(n: int, weights: Optional[np.ndarray], generator: torch.Generator) -> torch.Tensor:
     if weights is None:
         return torch.randperm(n, generator=generator)
@@ -116,11 +137,13 @@ def train_classifier(images, labels, groups_df: pd.DataFrame, cfg: ClassifierTra
                      metagroups: tuple = SENSITIVE_COLUMNS) -> tuple[ResNetClassifier, dict]:
     """Train on images (N, C, S, S) float32 and labels (N,) 0/1; groups_df (N rows) has the `metagroups` columns
     (sex, age(_group), bmi(_group) by default; balanced sampling draws each label x metagroup equally often) and
-    optionally subject_id (for the internal split). val = (images, labels) or None.
+    optionally subject_id / split_group (for the internal split, see validation_split). val = (images, labels) or
+    None. cfg.steps > 0 trains exactly that many optimiser steps (planned_steps counts them beforehand).
 
     Returns the model of the epoch with the best validation balanced accuracy (ties: lowest validation loss), in
     eval mode, and a history dict: per-epoch lists epoch, train_loss, val_balanced_accuracy, val_loss, plus
-    best_epoch, best_val_balanced_accuracy and the validation rows n_val, n_val_positive.
+    best_epoch, best_val_balanced_accuracy, steps (optimiser steps taken) and the validation rows n_val,
+    n_val_positive.
     """
     x, y = _as_data(images, labels, "train")
     if len(groups_df) != len(x):
@@ -131,9 +154,9 @@ def train_classifier(images, labels, groups_df: pd.DataFrame, cfg: ClassifierTra
     if val is not None:
         val_x, val_y = _as_data(*val, "val")
     elif cfg.val_fraction > 0:
-        ids = groups_df["subject_id"].to_numpy() if "subject_id" in groups_df else np.arange(len(x))
-        train_idx, val_idx = subject_split(ids, y.numpy(), cfg.val_fraction, cfg.seed)
+        train_idx, val_idx = validation_split(groups_df, y.numpy(), cfg.val_fraction, cfg.seed)
         if cfg.val_prevalence is not None:  # the surplus subjects of the held-out part are left out of both sides
+            ids = groups_df["subject_id"].to_numpy() if "subject_id" in groups_df else np.arange(len(x))
             val_idx = val_idx[prevalence_subsample(ids[val_idx], y.numpy()[val_idx], cfg.val_prevalence, cfg.seed,
                                                    "classifier_train.val_prevalence")]
         val_x, val_y = x[val_idx], y[val_idx]
@@ -145,8 +168,11 @@ def train_classifier(images, labels, groups_df: pd.DataFrame, cfg: ClassifierTra
     device = resolve_device(cfg.device, "classifier_train.device")
     model_cfg = model_cfg or ClassifierConfig(in_channels=x.shape[1])
     history = {"epoch": [], "train_loss": [], "val_balanced_accuracy": [], "val_loss": [], "best_epoch": None,
-               "best_val_balanced_accuracy": float("nan"), "n_val": 0 if val_y is None else len(val_y),
+               "best_val_balanced_accuracy": float("nan"), "steps": 0, "n_val": 0 if val_y is None else len(val_y),
                "n_val_positive": 0 if val_y is None else int(val_y.sum())}
+    per_epoch = steps_per_epoch(len(x), cfg.batch_size)
+    budget = int(cfg.steps) if cfg.steps > 0 else cfg.epochs * per_epoch
+    epochs = cfg.epochs if cfg.steps == 0 else max(math.ceil(budget / max(per_epoch, 1)), 1)
     # fork_rng: seeding init and dropout must not change the caller's global RNG
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else None):
         torch.manual_seed(cfg.seed)
@@ -154,18 +180,20 @@ def train_classifier(images, labels, groups_df: pd.DataFrame, cfg: ClassifierTra
         model = ResNetClassifier(model_cfg).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         best_state, best_score = None, (-math.inf, -math.inf)
-        for epoch in tqdm(range(cfg.epochs), disable=not progress, desc="classifier"):
+        for epoch in tqdm(range(epochs), disable=not progress, desc="classifier"):
             model.train()
             order, losses = _epoch_order(len(x), weights, generator), []
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start:start + cfg.batch_size]
-                if len(idx) < 2:  # BatchNorm needs 2+ samples in training mode
+                if len(idx) < 2 or history["steps"] >= budget:  # BatchNorm needs 2+ samples in training mode
                     continue
                 xb = augment_batch(x[idx], generator) if cfg.augment else x[idx]
+                xb = classical_augment(xb, generator, cfg.augment_strength)[0]
                 loss = F.cross_entropy(model(xb.to(device)), y[idx].to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                history["steps"] += 1
                 losses.append(loss.item())
             score, val_loss = float("nan"), float("nan")
             if val_x is not None and len(val_x):

@@ -16,6 +16,7 @@ from classify.report import composition_section, experiment_section, rare_sectio
 from data.atomic import atomic_write_bytes
 from data.attributes import age_group
 from data.json_ready import read_json_object
+from data.oracle import oracle_slices
 from data.planner import load_plan, plan_rebalancing, planning_attributes, save_plan
 from data.prevalence import prevalence_subsample
 from data.slices import SliceSet
@@ -133,17 +134,29 @@ def evaluation_stage(run: RunState) -> Path:
     return metrics_path
 
 
+def oracle_subjects(cfg, plan: pd.DataFrame, run_dir: Path) -> SliceSet | None:
+    """The oracle arm's extra REAL phantom subjects: one per plan row, with its cell's attributes (None on a real
+    cohort, where none can be drawn, and when the arm is off or the plan empty)."""
+    if cfg.data.root is not None or "oracle" not in cfg.experiment.arms or len(plan) == 0:
+        return None
+    return oracle_slices(run_dir / "cohort-oracle", plan[["sex", "age", "bmi", "health"]], cfg.data.synthetic_seed,
+                         cfg.data.preprocess)
+
+
 def experiment_stage(run: RunState) -> Path:
     """The debiasing arms, trained on real (+ the plan's synthetic) slices, scored on the held-out test set; the
-    real training and test subjects are first subsampled to experiment.train_prevalence / test_prevalence."""
+    real training and test subjects are first subsampled to experiment.train_prevalence / test_prevalence. A
+    synthetic sample's mask donor (plan.csv mask_subject_id) keeps it on its donor's side of every split."""
     cfg, run_dir = run.cfg, run.dir
+    plan = load_planned(run_dir)[0]
     # one synthetic set per separately trained generator (the run's own first), all from the same plan
     synthetic = [s for s in (load_planned(folder)[1] for folder in generator_folders(cfg, run_dir)) if s is not None]
+    donors = dict(zip(plan["sample_id"].astype(str), plan["mask_subject_id"].astype(str)))
     exp = cfg.experiment
     test = fresh_test_set(cfg.data, cfg.fresh_test, run_dir) if cfg.fresh_test.n else run.data.test
     test = at_prevalence(test, exp.test_prevalence, tuple(exp.positive), cfg.data.split_seed, "experiment.test_prevalence")
     result = run_experiment(real_split(cfg, run.data, "train"), test, synthetic, exp, cfg.classifier,
-                            cfg.classifier_train)
+                            cfg.classifier_train, donors=donors, oracle=oracle_subjects(cfg, plan, run_dir))
     result.save(run_dir / "experiment")
     subgroup_bar_plot(result, run_dir / "experiment" / "subgroup_balanced_accuracy.png")
     return run_dir / "experiment" / "experiment.json"

@@ -7,8 +7,8 @@ from torch.utils.data import WeightedRandomSampler
 
 from classify.fairness import balanced_accuracy
 from classify.resnet import ClassifierConfig
-from classify.train import (ClassifierTrainConfig, augment_batch, metagroup_keys, predict_proba, sample_weights,
-                            train_classifier)
+from classify.train import (ClassifierTrainConfig, augment_batch, metagroup_keys, planned_steps, predict_proba,
+                            sample_weights, steps_per_epoch, train_classifier, validation_split)
 from data.errors import InputError
 
 TINY = ClassifierConfig(widths=(4, 8), blocks_per_stage=(1, 1))
@@ -120,3 +120,36 @@ def test_explicit_validation_set_and_bad_inputs():
         train_classifier(images, labels, _groups(23), ClassifierTrainConfig(epochs=1), model_cfg=TINY)
     with pytest.raises(InputError, match="NaN"):
         train_classifier(np.full_like(images, np.nan), labels, _groups(24), ClassifierTrainConfig(epochs=1), model_cfg=TINY)
+
+
+def test_validation_split_never_splits_a_donor_from_its_re_renders():
+    rng = np.random.default_rng(0)
+    real = pd.DataFrame({"subject_id": [f"r{i}" for i in range(40)]})
+    real["split_group"] = real["subject_id"]
+    donors = rng.choice(real["subject_id"], 60)  # up to several re-renders per donor
+    syn = pd.DataFrame({"subject_id": [f"syn-{i}" for i in range(60)], "split_group": donors})
+    groups = pd.concat([real, syn], ignore_index=True)
+    labels = np.concatenate([rng.integers(0, 2, 40), np.ones(60, int)])
+    for seed in range(5):
+        train_idx, val_idx = validation_split(groups, labels, 0.25, seed)
+        assert set(groups["split_group"][train_idx]).isdisjoint(groups["split_group"][val_idx])
+        assert len(train_idx) + len(val_idx) == len(groups)
+    # split by sample id instead (the old behaviour), some donor straddles the split: the test can fail
+    ungrouped = groups.drop(columns="split_group")
+    straddles = 0
+    for seed in range(5):
+        train_idx, val_idx = validation_split(ungrouped, labels, 0.25, seed)
+        straddles += len(set(groups["split_group"][train_idx]) & set(groups["split_group"][val_idx]))
+    assert straddles > 0
+
+
+def test_a_step_budget_is_kept_exactly_and_counted_beforehand():
+    images, labels = _random_data(n=30)
+    for steps in (3, 7):
+        cfg = ClassifierTrainConfig(epochs=1, batch_size=8, lr=1e-3, steps=steps, val_fraction=0.2)
+        _, history = train_classifier(images, labels, _groups(30), cfg, model_cfg=TINY)
+        assert history["steps"] == steps == planned_steps(_groups(30), labels, cfg)
+    cfg = ClassifierTrainConfig(epochs=2, batch_size=8, lr=1e-3, val_fraction=0.2)
+    _, history = train_classifier(images, labels, _groups(30), cfg, model_cfg=TINY)
+    assert history["steps"] == planned_steps(_groups(30), labels, cfg) == 2 * steps_per_epoch(24, 8)
+    assert [steps_per_epoch(n, 8) for n in (16, 17, 18)] == [2, 2, 3]  # a batch of one is skipped
