@@ -13,7 +13,7 @@ import yaml
 from classify.experiment import run_experiment
 from classify.plots import composition_plot, subgroup_bar_plot
 from classify.report import composition_section, experiment_section, rare_section, reproduce_section, write_report
-from data.atomic import atomic_write_bytes
+from data.atomic import atomic_write_all, atomic_write_bytes
 from data.attributes import age_group
 from data.json_ready import read_json_object
 from data.planner import load_plan, plan_rebalancing, planning_attributes, save_plan
@@ -23,6 +23,7 @@ from ddpm.distributed import resolve_device
 from ddpm.images import save_grid
 from evaluation.image_sets import load_sample_folder
 from evaluation.report import evaluate, write_outputs
+from evaluation.training_set import evaluate_training_set, write_training_set
 from run.loader import to_dict
 from run.pipeline import load_pipeline
 from run.prepare_data import PreparedData
@@ -111,8 +112,28 @@ def evaluation_stage(run: RunState) -> Path:
     pixel_mm = cfg.data.preprocess.crop_mm / cfg.data.preprocess.size
     metrics = evaluate(data.train, data.test, mirror, cfg.evaluation, spacing_mm=pixel_mm,
                        device=resolve_device(cfg.device), fake_subjects=sources)
+    training_set_stage(run)  # before metrics.json, which marks the stage done
     write_outputs(metrics, metrics_path, run_dir / "evaluation" / "metrics.md", run_dir / "evaluation" / "metrics.png")
     return metrics_path
+
+
+def training_set_stage(run: RunState) -> Path:
+    """The plan's samples (the synthetic images that go into training) evaluated -> evaluation/training_set.json
+    and its report section training_set.md; a skip says why in both."""
+    cfg, out = run.cfg.evaluation.training_set, run.dir / "evaluation"
+    plan, synthetic = load_planned(run.dir)
+    if synthetic is None or not cfg.enabled:
+        reason = "no synthetic samples were planned" if synthetic is None else "evaluation.training_set.enabled is false"
+        result = {"skipped": reason}
+        atomic_write_all({out / "training_set.json": (json.dumps(result) + "\n").encode(),
+                          out / "training_set.md": f"Skipped: {reason}.\n".encode()})
+        return out / "training_set.json"
+    print(f"[evaluation] the plan's {len(synthetic)} synthetic training images: recovery, memorisation, "
+          "discriminator, FID", flush=True)
+    result = evaluate_training_set(run.data.train, run.data.test, synthetic, plan, cfg, run.cfg.plan.keys,
+                                   run.cfg.experiment.positive, resolve_device(run.cfg.device))
+    write_training_set(result, out / "training_set.json", out / "training_set.md")
+    return out / "training_set.json"
 
 
 def experiment_stage(run: RunState) -> Path:
@@ -148,6 +169,7 @@ def write_main_report(run: RunState) -> Path:
         "Synthetic patients per subgroup": grids,
         "Realism and control fidelity (generated from held-out test masks and prompts)":
             _demote((run_dir / "evaluation" / "metrics.md").read_text()) + "\n\n![evaluation](evaluation/metrics.png)",
+        "The synthetic training images (the plan's samples) evaluated": _training_set_text(run_dir),
         "Debiasing: per-subgroup balanced accuracy per arm":
             experiment_section(experiment, "experiment/subgroup_balanced_accuracy.png", data.rare),
         "Run time (seconds per stage, as measured when it ran; 2 CPU cores)":
@@ -155,6 +177,11 @@ def write_main_report(run: RunState) -> Path:
         "Reproduce": reproduce_section(commands, yaml.safe_dump(to_dict(cfg), sort_keys=False)),
     }
     return write_report(run_dir / "report.md", sections)
+
+
+def _training_set_text(run_dir: Path) -> str:
+    path = run_dir / "evaluation" / "training_set.md"
+    return path.read_text() if path.is_file() else "not evaluated (a run from before this section: --force evaluation)"
 
 
 def _demote(markdown: str) -> str:
