@@ -50,15 +50,18 @@ def equal_n_fid(real: np.ndarray, real_subjects: Sequence[str], fake: np.ndarray
 
 
 def cross_fid_matrix(real: np.ndarray, real_groups: Sequence, fake: np.ndarray, fake_groups: Sequence, n_max: int,
-                     min_group: int, repeats: int, seed: int = 0) -> dict:
+                     min_group: int, repeats: int, seed: int = 0, order: Sequence[str] = ()) -> dict:
     """FID(real group A, synthetic group B) for every pair of values seen on both sides with >= min_group items,
-    all at one n = min(n_max, smallest such group), mean over repeats. None group labels are left out.
+    all at one n = min(n_max, smallest such group), mean over repeats. None group labels are left out; values
+    in `order` come first, in that order.
 
     The prompt controls the attribute if each synthetic column is closest to the real row of its own value
     ("diagonal_lowest_in_column") and each real row closest to its own synthetic column ("..._in_row").
     """
     r, f = np.asarray(real_groups, object), np.asarray(fake_groups, object)
-    values = sorted({v for v in r if isinstance(v, str)} & {v for v in f if isinstance(v, str)})
+    order = list(order)
+    values = sorted({v for v in r if isinstance(v, str)} & {v for v in f if isinstance(v, str)},
+                    key=lambda v: (order.index(v) if v in order else len(order), v))
     counts = {v: (int((r == v).sum()), int((f == v).sum())) for v in values}
     kept = [v for v in values if min(counts[v]) >= int(min_group)]
     out = {"counts": {v: {"real": c[0], "synthetic": c[1]} for v, c in counts.items()}, "values": kept}

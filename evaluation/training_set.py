@@ -20,7 +20,7 @@ import torch
 from data.atomic import atomic_write_all
 from data.fields import bounded, check_fields
 from data.json_ready import json_ready
-from data.planner import cell_keys
+from data.planner import KEY_VALUES, cell_keys
 from evaluation.attribute_net import train_attribute_net
 from evaluation.attributes import attribute_labels
 from evaluation.discriminator import discriminator_report, out_of_fold_scores
@@ -115,7 +115,7 @@ def evaluate_training_set(real_train, real_test, synthetic, plan: pd.DataFrame, 
     out["fid_equal_n"] = equal_n_fid(f_test, real_test.subject_ids, f_syn, cfg.fid_n, cfg.fid_repeats, seed)
     real_groups, syn_groups = cell_keys(real_test.attributes, MATRIX_KEYS), cell_keys(plan, MATRIX_KEYS)
     out["fid_matrix"] = {k: cross_fid_matrix(f_test, real_groups[k], f_syn, syn_groups[k], cfg.matrix_n,
-                                             cfg.min_group, cfg.fid_repeats, seed) for k in MATRIX_KEYS}
+                                             cfg.min_group, cfg.fid_repeats, seed, KEY_VALUES[k]) for k in MATRIX_KEYS}
     out["features"] = (f"pooled penultimate features ({f_syn.shape[1]}-d) of a ResNet trained here on "
                        f"{len(real_train)} real training images to predict {', '.join(net.heads)} (not the Dice "
                        "segmenter)")
@@ -134,8 +134,10 @@ def _n(value, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
 
-def _acc(entry: dict) -> str:
-    return "—" if "accuracy" not in entry else f"{entry['accuracy']:.2f} (n={entry['n']})"
+def _acc(entry: dict, n: bool = False) -> str:
+    if "accuracy" not in entry:
+        return "—"
+    return f"{entry['accuracy']:.2f}" + (f" (n={entry['n']})" if n else "")
 
 
 def _ci(entry: dict) -> str:
@@ -153,11 +155,7 @@ def training_set_markdown(m: dict) -> str:
              "| attribute | synthetic (plan) | real held-out | chance (synthetic) |", "|---|---|---|---|"]
     for h in heads:
         s, r = rec["synthetic"]["overall"][h], rec["real_test"]["overall"][h]
-        lines.append(f"| {h} | {_acc(s)} | {_acc(r)} | {_n(s.get('chance'), 2)} |")
-    lines += ["", "| cell | " + " | ".join(f"{h} syn / real" for h in heads) + " |", "|---" * (len(heads) + 1) + "|"]
-    for cell, entry in rec["synthetic"]["per_cell"].items():
-        real = rec["real_test"]["per_cell"].get(cell, {})
-        lines.append(f"| {cell} | " + " | ".join(f"{_acc(entry[h])} / {_acc(real.get(h, {}))}" for h in heads) + " |")
+        lines.append(f"| {h} | {_acc(s, True)} | {_acc(r, True)} | {_n(s.get('chance'), 2)} |")
     pix, feat = m["memorisation"]["pixels"], m["memorisation"]["features"]
     lines += ["", "**Memorisation** (RMS distance; flagged = closer than the 5th percentile of real images' distance "
                   "to the nearest image of another subject):", "",
@@ -168,18 +166,20 @@ def training_set_markdown(m: dict) -> str:
         lines.append(f"| {name} | {_n(o['donor_median'])} | {_n(o['nearest_median'])} | "
                      f"{_n(mem['natural_median'])} / {_n(mem['natural_p5'])} | {o['flagged_donor']:.1%} | "
                      f"{o['flagged_nearest']:.1%} |")
-    lines += ["", "| cell | n | flagged donor (pixels / features) | flagged nearest (pixels / features) |",
-              "|---|---|---|---|"]
-    for cell, p in pix["per_cell"].items():
-        f = feat["per_cell"][cell]
-        lines.append(f"| {cell} | {p['n']} | {p['flagged_donor']:.1%} / {f['flagged_donor']:.1%} | "
-                     f"{p['flagged_nearest']:.1%} / {f['flagged_nearest']:.1%} |")
     d = m["discriminator"]
     lines += ["", f"**Real-vs-synthetic discriminator** ({d['folds']} donor-grouped folds, a donor and its re-renders "
                   f"in one fold; AUC with 95 % bootstrap over donors): overall {_ci(d['overall'])} "
                   f"({d['overall']['n_real']} real, {d['overall']['n_synthetic']} synthetic).", "",
-              "| cell | n real | n synthetic | AUC |", "|---|---|---|---|"]
-    lines += [f"| {c} | {e['n_real']} | {e['n_synthetic']} | {_ci(e)} |" for c, e in d["per_cell"].items()]
+              "Per cell: prompted-attribute recovery on synthetic / real held-out images, share flagged as close to "
+              "the donor (pixels / features), and the discriminator's AUC.", "",
+              "| cell | n synthetic / real train | " + " | ".join(heads) + " | flagged donor | AUC |",
+              "|---" * (len(heads) + 4) + "|"]
+    for cell, entry in rec["synthetic"]["per_cell"].items():
+        real, disc = rec["real_test"]["per_cell"].get(cell, {}), d["per_cell"][cell]
+        p, f = m["memorisation"]["pixels"]["per_cell"][cell], m["memorisation"]["features"]["per_cell"][cell]
+        lines.append(f"| {cell} | {disc['n_synthetic']} / {disc['n_real']} | "
+                     + " | ".join(f"{_acc(entry[h])} / {_acc(real.get(h, {}))}" for h in heads)
+                     + f" | {p['flagged_donor']:.0%} / {f['flagged_donor']:.0%} | {_ci(disc)} |")
     keys = "/".join(d["subgroup_keys"]) or "everything"
     lines += ["", f"Label shortcut inside each subgroup ({keys}): P(label | synthetic) vs P(label | real), and how "
                   "well the discriminator's score predicts the label there (0.5 = not at all). Within-subgroup AUC, "
