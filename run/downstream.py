@@ -112,12 +112,12 @@ def evaluation_stage(run: RunState) -> Path:
     pixel_mm = cfg.data.preprocess.crop_mm / cfg.data.preprocess.size
     metrics = evaluate(data.train, data.test, mirror, cfg.evaluation, spacing_mm=pixel_mm,
                        device=resolve_device(cfg.device), fake_subjects=sources)
-    training_set_stage(run)  # before metrics.json, which marks the stage done
+    evaluate_plan_samples(run)  # before metrics.json, which marks the stage done
     write_outputs(metrics, metrics_path, run_dir / "evaluation" / "metrics.md", run_dir / "evaluation" / "metrics.png")
     return metrics_path
 
 
-def training_set_stage(run: RunState) -> Path:
+def evaluate_plan_samples(run: RunState) -> Path:
     """The plan's samples (the synthetic images that go into training) evaluated -> evaluation/training_set.json
     and its report section training_set.md; a skip says why in both."""
     cfg, out = run.cfg.evaluation.training_set, run.dir / "evaluation"
