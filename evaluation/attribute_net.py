@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from classify.resnet import ClassifierConfig, ResNetClassifier
-from classify.train import augment_batch
 from data.errors import InputError
+from evaluation.attributes import fit
 
 IGNORE = -100  # an unknown label (ACDC has no sex or age) adds no loss
 
@@ -86,20 +86,11 @@ def train_attribute_net(images: np.ndarray, labels: pd.DataFrame, names: Sequenc
         generator = torch.Generator().manual_seed(seed)
         model = ResNetClassifier(ClassifierConfig(in_channels=x.shape[1], num_classes=sum(map(len, heads.values()))))
         net = AttributeNet(heads, model.to(device), len(x))
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        for _ in range(int(epochs)):
-            model.train()
-            order = torch.randperm(len(x), generator=generator)
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                if len(idx) < 2:  # BatchNorm needs two samples in training mode
-                    continue
-                logits = model(augment_batch(x[idx], generator).to(device))
-                target = y[idx].to(device)
-                loss = sum(F.cross_entropy(logits[:, s], target[:, k], weights[k], ignore_index=IGNORE)
-                           for k, s in enumerate(net._slices().values()) if (target[:, k] >= 0).any())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-    model.eval()
+        slices = list(net._slices().values())
+
+        def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return sum(F.cross_entropy(logits[:, s], target[:, k], weights[k], ignore_index=IGNORE)
+                       for k, s in enumerate(slices) if (target[:, k] >= 0).any())
+
+        fit(model, x, y, loss_fn, epochs, batch_size, lr, generator, device)
     return net
