@@ -81,6 +81,24 @@ def _check_attrs(attrs: Sequence[str]) -> tuple[str, ...]:
     return tuple(attrs)
 
 
+def fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, epochs: int, batch_size: int, lr: float,
+        generator: torch.Generator, device: Union[str, torch.device]) -> torch.nn.Module:
+    """Adam on loss_fn(logits, targets) over augmented shuffled batches of x (N, C, S, S), y (N, ...); -> eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(int(epochs)):
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples in training mode
+                continue
+            loss = loss_fn(model(augment_batch(x[idx], generator).to(device)), y[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
 def train_one(images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int, batch_size: int, lr: float,
               seed: int, device: Union[str, torch.device]) -> ResNetClassifier:
     """images: (N, 2, S, S), labels: (N,) in [0, num_classes). Class-weighted cross entropy (rare classes count)."""
@@ -91,19 +109,8 @@ def train_one(images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: 
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         model = ResNetClassifier(ClassifierConfig(in_channels=x.shape[1], num_classes=num_classes)).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        for _ in range(int(epochs)):
-            model.train()
-            order = torch.randperm(len(x), generator=generator)
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                if len(idx) < 2:  # BatchNorm needs two samples in training mode
-                    continue
-                loss = F.cross_entropy(model(augment_batch(x[idx], generator).to(device)), y[idx].to(device), weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-    return model.eval()
+        return fit(model, x, y, lambda logits, target: F.cross_entropy(logits, target, weight), epochs, batch_size,
+                   lr, generator, device)
 
 
 def train_attribute_classifiers(real_train, attrs: Sequence[str] = DEFAULT_ATTRIBUTES, epochs: int = 5,

@@ -11,7 +11,7 @@ import io
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -32,6 +32,7 @@ from evaluation.held_out import classifier_extractor, disjoint_fid, ef_abs_error
 from evaluation.image_sets import ImageSet, as_image_set
 from evaluation.kid import kernel_inception_distance
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
+from evaluation.training_set import TrainingSetConfig
 
 SUBGROUP_KEYS = ("sex", "age_decade", "bmi_category", "health")
 DEFAULT_SPACING_MM = 2.0  # the default preprocessed grid: 128 mm crop on 64 px
@@ -54,6 +55,7 @@ class EvalConfig:
     # health x slice-position classifier trained on the real training slices (independent of the Dice check)
     features: str = "auto"
     samples_per_mask: int = bounded(1, lo=1)  # generated images per held-out mask (seeds): more generated images
+    training_set: TrainingSetConfig = field(default_factory=TrainingSetConfig)  # the plan's samples (run/downstream.py)
 
     def __post_init__(self) -> None:
         if self.features not in ("auto", "classifier"):

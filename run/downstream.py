@@ -13,7 +13,7 @@ import yaml
 from classify.experiment import labels_of, run_experiment
 from classify.plots import composition_plot, subgroup_bar_plot
 from classify.report import composition_section, experiment_section, rare_section, reproduce_section, write_report
-from data.atomic import atomic_write_bytes
+from data.atomic import atomic_write_all, atomic_write_bytes
 from data.attributes import age_group
 from data.json_ready import read_json_object
 from data.oracle import oracle_slices
@@ -25,6 +25,7 @@ from ddpm.distributed import resolve_device
 from ddpm.images import save_grid
 from evaluation.image_sets import load_sample_folder
 from evaluation.report import evaluate, write_outputs
+from evaluation.training_set import evaluate_training_set, write_training_set
 from run.loader import to_dict
 from run.pipeline import load_pipeline
 from run.generators import generator_folders
@@ -130,6 +131,7 @@ def evaluation_stage(run: RunState) -> Path:
     pixel_mm = cfg.data.preprocess.crop_mm / cfg.data.preprocess.size
     metrics = evaluate(data.train, data.test, mirror, cfg.evaluation, spacing_mm=pixel_mm,
                        device=resolve_device(cfg.device), fake_subjects=sources)
+    evaluate_plan_samples(run)  # before metrics.json, which marks the stage done
     write_outputs(metrics, metrics_path, run_dir / "evaluation" / "metrics.md", run_dir / "evaluation" / "metrics.png")
     return metrics_path
 
@@ -141,6 +143,25 @@ def oracle_subjects(cfg, plan: pd.DataFrame, run_dir: Path) -> SliceSet | None:
         return None
     return oracle_slices(run_dir / "cohort-oracle", plan[["sex", "age", "bmi", "health"]], cfg.data.synthetic_seed,
                          cfg.data.preprocess)
+
+
+def evaluate_plan_samples(run: RunState) -> Path:
+    """The plan's samples (the synthetic images that go into training) evaluated -> evaluation/training_set.json
+    and its report section training_set.md; a skip says why in both."""
+    cfg, out = run.cfg.evaluation.training_set, run.dir / "evaluation"
+    plan, synthetic = load_planned(run.dir)
+    if synthetic is None or not cfg.enabled:
+        reason = "no synthetic samples were planned" if synthetic is None else "evaluation.training_set.enabled is false"
+        result = {"skipped": reason}
+        atomic_write_all({out / "training_set.json": (json.dumps(result) + "\n").encode(),
+                          out / "training_set.md": f"Skipped: {reason}.\n".encode()})
+        return out / "training_set.json"
+    print(f"[evaluation] the plan's {len(synthetic)} synthetic training images: recovery, memorisation, "
+          "discriminator, FID", flush=True)
+    result = evaluate_training_set(run.data.train, run.data.test, synthetic, plan, cfg, run.cfg.plan.keys,
+                                   run.cfg.experiment.positive, resolve_device(run.cfg.device))
+    write_training_set(result, out / "training_set.json", out / "training_set.md")
+    return out / "training_set.json"
 
 
 def experiment_stage(run: RunState) -> Path:
@@ -184,6 +205,7 @@ def write_main_report(run: RunState) -> Path:
         "Synthetic patients per subgroup": grids,
         "Realism and control fidelity (generated from held-out test masks and prompts)":
             _demote((run_dir / "evaluation" / "metrics.md").read_text()) + "\n\n![evaluation](evaluation/metrics.png)",
+        "The synthetic training images (the plan's samples) evaluated": _training_set_text(run_dir),
         "Debiasing: primary endpoint, arms, secondary comparisons":
             experiment_section(experiment, "experiment/subgroup_balanced_accuracy.png", data.rare),
         "Run time (seconds per stage, as measured when it ran; 2 CPU cores)":
@@ -191,6 +213,11 @@ def write_main_report(run: RunState) -> Path:
         "Reproduce": reproduce_section(commands, yaml.safe_dump(to_dict(cfg), sort_keys=False)),
     }
     return write_report(run_dir / "report.md", sections)
+
+
+def _training_set_text(run_dir: Path) -> str:
+    path = run_dir / "evaluation" / "training_set.md"
+    return path.read_text() if path.is_file() else "not evaluated (a run from before this section: --force evaluation)"
 
 
 def _demote(markdown: str) -> str:

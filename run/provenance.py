@@ -20,7 +20,7 @@ CHECKPOINT_FILES = ("vae.safetensors", "ldm.safetensors", "controlnet.safetensor
 # Files of the run folder each downstream stage reads or writes for the stages after it.
 STAGE_FILES = {
     "plan": CHECKPOINT_FILES + ("plan.csv",),
-    "evaluation": CHECKPOINT_FILES,
+    "evaluation": CHECKPOINT_FILES + ("plan.csv", "samples.json"),  # it also evaluates the plan's samples
     "experiment": ("plan.csv", "samples.json"),
 }
 

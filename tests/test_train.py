@@ -71,9 +71,10 @@ def test_stage_all_writes_every_report_section(smoke_run, capsys):
     assert "[vae] done already" in out and "[controlnet] done already" in out  # resumable: trained stages skipped
     report = (smoke_run / "report.md").read_text()
     for heading in ("Cohort composition before/after", "Synthetic patients per subgroup", "Realism and control fidelity",
+                    "The synthetic training images (the plan's samples) evaluated",
                     "Debiasing: primary endpoint, arms, secondary comparisons", "Reproduce"):
         assert f"## {heading}" in report, heading
-    for name in ("plan.csv", "samples_by_subgroup.png", "composition.png", "evaluation/metrics.json",
+    for name in ("plan.csv", "samples_by_subgroup.png", "composition.png", "evaluation/metrics.json", "evaluation/training_set.json",
                  "experiment/experiment.json", "experiment/subgroup_balanced_accuracy.png"):
         assert (smoke_run / name).is_file(), name
     plan = (smoke_run / "plan.csv").read_text().splitlines()
