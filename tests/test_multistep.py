@@ -100,3 +100,22 @@ def test_first_step_is_ddim():
     for t_next in (400, -1):
         assert torch.allclose(dpmpp_2m_step(sched, x, d, tb, t_next), ddim_step(sched, out, x, tb, t_next, "epsilon"),
                               atol=1e-12)
+
+
+@pytest.mark.parametrize("steps", [6, 10])
+def test_matches_diffusers_dpmsolver_multistep(steps):
+    """Same timesteps (trailing), same oracle: diffusers' DPMSolverMultistepScheduler (dpmsolver++, order 2, last
+    step first order below 15 steps, final sigma 0) lands where ours does. Needs the bench extra."""
+    diffusers = pytest.importorskip("diffusers")
+    sched = make_schedule("scaled_linear", 1000)
+    theirs = diffusers.DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                   timestep_spacing="trailing")
+    theirs.set_timesteps(steps)
+    assert theirs.timesteps.tolist() == ddim_timesteps(1000, steps, "trailing").tolist()
+    model = oracle(sched, "epsilon")
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4))
+    for t in theirs.timesteps:
+        x = theirs.step(model(x, torch.full((SHAPE[0],), int(t)), None).float(), t, x).prev_sample
+    ours = sample(model, SHAPE, torch.zeros(SHAPE[0], 2, 4), None, sched, sampler="dpmpp2m", num_steps=steps,
+                  spacing="trailing", generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(ours, x, atol=1e-4), (ours - x).abs().max()
