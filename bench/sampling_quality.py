@@ -8,8 +8,8 @@ Every setting samples the same n held-out slices (prompts + ED/ES masks of the r
 subset) from the same per-sample seeds, and is judged by the same two networks trained here once on the run's real
 training slices (evaluation.report's recipe): the segmenter (control Dice per class against the conditioning masks,
 median |EF proxy error|) and the realism classifier (subject-disjoint FID, evaluation.held_out.disjoint_fid, with
-its real-vs-real bound at the same n). Speed: images / the median wall time of a batch (text encoding, denoising
-loop and VAE decode), so a burst of load on the shared machine moves one batch, not the result.
+its real-vs-real bound at the same n). Speed: images per second of the median batch (text encoding, denoising
+loop and VAE decode), by wall clock and by the process's CPU time (the ratio to quote on a loaded shared machine).
 
 The diffusers side runs diffusers' UNet2DConditionModel + ControlNetModel on our converted weights
 (bench.convert; the forward is checked equal to ours below) inside the loop of StableDiffusionControlNetPipeline
@@ -33,7 +33,6 @@ import torch
 
 from data.atomic import atomic_write_bytes
 from data.cohort import LABEL_NAMES
-from ddpm.sampling import sample
 from ddpm.schedulers import randn
 from evaluation.fidelity import dice
 from evaluation.held_out import classifier_extractor, disjoint_fid, ef_abs_errors
