@@ -1,13 +1,15 @@
-"""Sampling loops (DDIM, DDPM ancestral) with fused classifier-free guidance.
+"""Sampling loops (DDIM, DDPM ancestral, DPM-Solver++(2M)) with fused classifier-free guidance.
 
 `model_fn(x, t, context) -> out` is any denoiser (UNet, UNet + ControlNet closure). Under guidance it is
 called ONCE per step on a doubled batch: x: (2B, ...), t: (2B,), context = cat([uncond, cond]) — first
 half unconditional — so a closure that adds per-sample inputs (e.g. control images) must repeat them twice.
+With a guidance interval (Kynkaanniemi et al. 2024) guidance runs only at the steps whose noise level
+sigma_t = sqrt((1 - a_t) / a_t) lies in [lo, hi]; the other steps call the model once, on cond alone.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -15,10 +17,12 @@ from tqdm import tqdm
 
 from data.errors import InputError
 from data.fields import bounded, check_fields
-from ddpm.schedulers import SPACINGS, Generators, NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step, randn
+from ddpm.multistep import dpmpp_2m_step
+from ddpm.schedulers import (SPACINGS, Generators, NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step,
+                             predict_x0_eps, randn)
 
 ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpmpp2m")
 
 
 @dataclass
@@ -37,6 +41,9 @@ class SampleSettings:
     spacing: str = "linspace"
     steps_offset: int = bounded(0, lo=0)
     precision: str = "fp32"  # "bf16": the denoiser and decoder under bf16 autocast (the chain stays float32)
+    # [lo, hi] in sigma = sqrt((1 - a_t) / a_t): guidance only there, one cond-only pass elsewhere; None = all steps.
+    # Sigma (not schedule fraction) as the paper, so an interval means the same noise levels at any steps / spacing.
+    guidance_interval: Optional[Tuple[float, float]] = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -45,7 +52,25 @@ class SampleSettings:
             raise InputError("sample.precision", f"expected 'fp32' or 'bf16', got {self.precision!r}")
         if self.spacing not in SPACINGS:
             raise InputError("sample.spacing", f"unknown spacing {self.spacing!r}; expected one of {', '.join(SPACINGS)}")
+        check_interval(self.guidance_interval, "sample.guidance_interval")
         check_fields(self)
+
+
+def check_interval(interval: Optional[Sequence[float]], where: str = "guidance_interval") -> None:
+    """InputError unless interval is None or [lo, hi] with 0 <= lo <= hi (hi may be inf)."""
+    if interval is None:
+        return
+    if len(interval) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval) \
+            or not 0 <= interval[0] <= interval[1]:
+        raise InputError(where, f"expected [lo, hi] noise levels (sigma) with 0 <= lo <= hi, got {interval!r}")
+
+
+def guides_at(sched: NoiseSchedule, t: int, interval: Optional[Sequence[float]]) -> bool:
+    """Whether guidance runs at timestep t: sigma_t = sqrt((1 - a_t) / a_t) in [lo, hi] (always when None)."""
+    if interval is None:
+        return True
+    a = float(sched.alphas_cumprod[t])
+    return interval[0] <= ((1.0 - a) / a) ** 0.5 <= interval[1]
 
 
 def guided_output(model_fn: ModelFn, x: Tensor, t: Tensor, cond: Tensor, uncond: Optional[Tensor],
@@ -68,7 +93,7 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
            *, sampler: str = "ddim", num_steps: int = 50, eta: float = 0.0, guidance: float = 1.0,
            prediction: str = "epsilon", generator: Generators = None, progress: bool = False,
            spacing: str = "leading", steps_offset: int = 0, device: Optional[torch.device] = None,
-           dtype: torch.dtype = torch.float32) -> Tensor:
+           dtype: torch.dtype = torch.float32, guidance_interval: Optional[Sequence[float]] = None) -> Tensor:
     """Generate x0: shape (B, ...) from pure noise drawn from `generator` (same seed -> same output).
 
     generator: one torch.Generator for the batch, or one per sample (then sample i depends only on its own).
@@ -76,6 +101,8 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
     sampler "ddim": DDIM on ddim_timesteps(T, num_steps, spacing, steps_offset) with the given eta.
     sampler "ddpm": ancestral sampling. With num_steps == T it runs ddpm_step over every train step;
     with fewer steps it runs the strided chain via ddim_step(eta=1), which IS the DDPM posterior there.
+    sampler "dpmpp2m": DPM-Solver++(2M) (ddpm.multistep) on the same timesteps; deterministic, eta unused.
+    guidance_interval: [lo, hi] in sigma; guidance only at timesteps inside it (guides_at), else one cond pass.
     device defaults to cond's device. dtype: what the model is called with; the chain itself (noise, x_t, the
     updates) runs in float32 or wider, so x0 comes back in promote(dtype, float32): a 1000-step chain moves x by
     ~1e-4 per step, below bf16's resolution (2^-8) — a bf16 state would not follow it.
@@ -84,6 +111,7 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
         raise InputError("sampler", f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
     if eta < 0:
         raise InputError("eta", f"expected eta >= 0, got {eta}")
+    check_interval(guidance_interval)
     if cond.shape[0] != shape[0]:
         raise InputError("cond", f"batch of cond ({cond.shape[0]}) differs from the sample batch ({shape[0]})")
     device = cond.device if device is None else torch.device(device)
@@ -93,12 +121,18 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
     eta = 1.0 if sampler == "ddpm" else eta
 
     x = randn(shape, generator, device, torch.promote_types(dtype, torch.float32))
+    d_prev = None  # dpmpp2m: the previous step's data prediction
     for i, t in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
-        out = guided_output(model_fn, x.to(dtype), t_batch, cond, uncond, guidance)
+        g = guidance if guides_at(sched, t, guidance_interval) else 1.0
+        out = guided_output(model_fn, x.to(dtype), t_batch, cond, uncond, g)
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         if full_chain:
             x = ddpm_step(sched, out, x, t_batch, prediction, generator=generator)
+        elif sampler == "dpmpp2m":
+            d = predict_x0_eps(sched, out.to(x.dtype), x, t_batch, prediction)[0]
+            x = dpmpp_2m_step(sched, x, d, t_batch, t_prev, d_prev, timesteps[i - 1] if i else None)
+            d_prev = d
         else:
-            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             x = ddim_step(sched, out, x, t_batch, t_prev, prediction, eta=eta, generator=generator)
     return x

@@ -58,12 +58,12 @@ class Pipeline:
     def generate(self, prompts: Sequence[str], masks: Optional[np.ndarray] = None, seed: int | Sequence[int] = 0,
                  sampler: str = "ddim", steps: int = 20, eta: float = 0.0, guidance: float = 4.0,
                  control_scale: float = 1.0, progress: bool = False, spacing: str = "linspace",
-                 steps_offset: int = 0) -> np.ndarray:
+                 steps_offset: int = 0, guidance_interval: Optional[Sequence[float]] = None) -> np.ndarray:
         """prompts: B strings; masks: (B, 2, S, S) labels or None -> images (B, 2, S, S) in [-1, 1].
 
         seed: one per sample, or an int s meaning seeds s, s+1, ...; each sample draws all its noise from its
         own generator, so it does not depend on the batch it is generated in (resume, batch size).
-        spacing, steps_offset: the sampling timesteps (controlnet.batch.SampleSettings).
+        spacing, steps_offset: the sampling timesteps; guidance_interval: where guidance runs (SampleSettings).
         """
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else [int(s) for s in seed]
         size = self.cfg.data.preprocess.size
@@ -78,7 +78,7 @@ class Pipeline:
         z = sample(fn, shape, cond, uncond, self.schedule, sampler=sampler, num_steps=steps, eta=eta,
                    guidance=guidance, prediction=self.cfg.diffusion.prediction, spacing=spacing,
                    steps_offset=steps_offset, generator=[torch.Generator().manual_seed(s) for s in seeds],
-                   progress=progress)
+                   progress=progress, guidance_interval=guidance_interval)
         return self.vae.decode(z / self.scale_factor).clamp(-1, 1).float().cpu().numpy()
 
 

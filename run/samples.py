@@ -71,7 +71,7 @@ def sidecar_path(out_dir: Path, sample_id: str) -> Path:
 
 
 # What sidecars written before a setting existed were made with (their code's fixed behaviour).
-LEGACY_SETTINGS = {"spacing": "leading", "steps_offset": 0, "precision": "fp32"}
+LEGACY_SETTINGS = {"spacing": "leading", "steps_offset": 0, "precision": "fp32", "guidance_interval": None}
 
 
 def _identity(request: SampleRequest, settings: SampleSettings, checkpoints: dict) -> dict:
@@ -163,7 +163,8 @@ def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Pat
                 images = pipe.generate([r.prompt for r in batch], masks, seed=[r.seed for r in batch],
                                        sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
                                        guidance=settings.guidance, control_scale=settings.control_scale,
-                                       spacing=settings.spacing, steps_offset=settings.steps_offset)
+                                       spacing=settings.spacing, steps_offset=settings.steps_offset,
+                                       guidance_interval=settings.guidance_interval)
             broken = [r.sample_id for r, image in zip(batch, images) if not np.isfinite(image).all()]
             if broken:  # before any file of the batch: a NaN sample must never be written and marked complete
                 raise InputError("sampling", f"sample(s) {', '.join(broken[:3])} came out NaN/Inf (guidance "

@@ -88,7 +88,7 @@ def test_same_seed_same_output_and_different_seed_differs():
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 @pytest.mark.parametrize("sampler,num_steps,eta", [("ddim", 3, 0.0), ("ddim", 5, 1.0), ("ddpm", 50, 0.0),
-                                                   ("ddpm", 7, 0.0)])
+                                                   ("ddpm", 7, 0.0), ("dpmpp2m", 4, 0.0)])
 def test_oracle_model_recovers_x0(prediction, sampler, num_steps, eta):
     sched = make_schedule("cosine", 50)
     x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
@@ -124,6 +124,32 @@ def test_half_precision_sampling_is_finite_and_close_to_float32(kind, sampler, n
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
         err = (out - ref).abs()
         assert err.max() <= 16 * u and err.mean() <= u, (dtype, err.max().item(), err.mean().item())
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])
+def test_guidance_interval_full_is_plain_guidance_and_outside_is_one_pass(sampler):
+    cond, uncond = contexts()
+    sched = make_schedule("scaled_linear", 1000)
+    run = lambda model, **kw: sample(model, SHAPE, cond, uncond, sched, sampler=sampler, num_steps=6,  # noqa: E731
+                                     generator=torch.Generator().manual_seed(0), **kw)
+    plain = run(toy_model, guidance=3.0)
+    assert torch.equal(run(toy_model, guidance=3.0, guidance_interval=(0.0, float("inf"))), plain)
+    assert torch.equal(run(toy_model, guidance=3.0, guidance_interval=(1e6, 1e7)), run(toy_model))  # never inside
+    lo, hi = 0.5, 3.0
+    sigmas = [((1 - sched.alphas_cumprod[t]) / sched.alphas_cumprod[t]).sqrt().item() for t in ddim_timesteps(1000, 6)]
+    model = Recorder(toy_model)
+    partial = run(model, guidance=3.0, guidance_interval=(lo, hi))
+    assert model.batches == [6 if lo <= s <= hi else 3 for s in sigmas]
+    assert 3 in model.batches and 6 in model.batches  # the interval splits this chain
+    assert not torch.allclose(partial, plain)
+
+
+def test_bad_guidance_interval():
+    cond, uncond = contexts()
+    for bad in ((2.0, 1.0), (-1.0, 1.0), (1.0,)):
+        with pytest.raises(InputError, match="guidance_interval"):
+            sample(toy_model, SHAPE, cond, uncond, make_schedule("linear", 10), num_steps=2, guidance=2.0,
+                   guidance_interval=bad)
 
 
 def test_bad_sampler_and_batch_mismatch():
