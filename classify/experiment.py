@@ -266,6 +266,18 @@ METRIC_ROWS = {"balanced_accuracy": 0, "worst_group_balanced_accuracy": 1}  # ro
 FULL = list(LEVEL_SETS)[-1]  # every variance source
 
 
+def predictions_of(runs: list[dict], n_test: int) -> dict:
+    """arm -> (N_test, n_generators, n_seeds) 0/1 decisions at THRESHOLD, from a result's runs (generator-major,
+    as run_experiment appends them)."""
+    preds = {}
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        mine = [r for r in runs if r["arm"] == arm]
+        n_generators = len({r.get("generator") for r in mine})
+        decisions = np.stack([np.asarray(r["scores"]) >= THRESHOLD for r in mine], axis=1).astype(int)
+        preds[arm] = decisions.reshape(n_test, n_generators, len(mine) // n_generators)
+    return preds
+
+
 @dataclass
 class Bootstrapped:
     """One hierarchical bootstrap of every arm: metric rows 0 overall BA, 1 worst-group BA, 2.. groups (keys)."""
@@ -279,7 +291,8 @@ class Bootstrapped:
                 self.reps[levels][arm][:, row] - self.reps[levels][base][:, row])
 
 
-def _bootstrap(y_true, preds: dict, codes: np.ndarray, subject_ids, n_boot: int, columns: tuple) -> Bootstrapped:
+def bootstrap_arms(y_true, preds: dict, codes: np.ndarray, subject_ids, n_boot: int, columns: tuple) -> Bootstrapped:
+    """The paired hierarchical bootstrap of every arm; preds: arm -> (N, n_generators, n_seeds) 0/1 decisions."""
     keys = _group_keys(codes, columns)
     masks = np.array([codes[:, columns.index(a)] == g for a, g in keys]).reshape(len(keys), len(y_true))
     known = np.array([g != UNKNOWN for _, g in keys], dtype=bool)
@@ -314,7 +327,8 @@ def _intervals(y_true, preds: dict, codes: np.ndarray, subject_ids, boot: Bootst
     return out
 
 
-def _gain_entry(boot: Bootstrapped, arm: str, base: str, row: int, alpha: float) -> dict:
+def gain_entry(boot: Bootstrapped, arm: str, base: str, row: int, alpha: float) -> dict:
+    """arm minus base on one metric row: point, (1 - alpha) interval and bootstrap p-value."""
     point, reps = boot.gain(arm, base, row)
     return {**_interval(point, reps, alpha), "p": bootstrap_p(reps)}
 
@@ -329,7 +343,7 @@ def _primary(boot: Bootstrapped, cfg: ExperimentConfig, skipped: dict) -> dict:
         return out | {"point": float("nan"), "lo": float("nan"), "hi": float("nan"), "verdict": "undetermined",
                       "not_run": reasons}
     row = METRIC_ROWS[metric]
-    entry = _gain_entry(boot, arm, base, row, cfg.alpha)
+    entry = gain_entry(boot, arm, base, row, cfg.alpha)
     reps = boot.gain(arm, base, row)[1]
     se = float(np.nanstd(reps, ddof=1)) if np.sum(~np.isnan(reps)) > 1 else float("nan")
     widths = {name: float(np.subtract(*percentile_interval(boot.gain(arm, base, row, name)[1], cfg.alpha)[::-1]))
@@ -347,10 +361,10 @@ def _comparison(aggregate: dict, boot: Bootstrapped, cfg: ExperimentConfig, colu
         return out, []
     for base in [b for b in boot.point if ARM_ROLES.get(b, "baseline") == "baseline" and b != arm]:
         key, row = f"{arm} vs {base}", METRIC_ROWS[cfg.primary_metric]
-        gain = {"attribute": None, "group": None, **_gain_entry(boot, arm, base, row, cfg.alpha)}
+        gain = {"attribute": None, "group": None, **gain_entry(boot, arm, base, row, cfg.alpha)}
         if base != cfg.primary_baseline:
             family.append((key, base, cfg.primary_metric, gain))
-        group_gains = [{"attribute": column, "group": group, **_gain_entry(boot, arm, base, 2 + k, cfg.alpha)}
+        group_gains = [{"attribute": column, "group": group, **gain_entry(boot, arm, base, 2 + k, cfg.alpha)}
                        for k, (column, group) in enumerate(boot.keys) if group != UNKNOWN]
         family += [(key, base, "balanced_accuracy", g) for g in group_gains]
         a, b = aggregate[arm], aggregate[base]
@@ -552,7 +566,7 @@ def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Sequenc
         result.aggregate[arm] = _aggregate([r["summary"] for r in runs], columns)
     bar.close()
     if preds:
-        boot = _bootstrap(y_test, preds, codes, real_test.subject_ids, int(exp_cfg.n_boot), columns)
+        boot = bootstrap_arms(y_test, preds, codes, real_test.subject_ids, int(exp_cfg.n_boot), columns)
         result.intervals = _intervals(y_test, preds, codes, real_test.subject_ids, boot, columns)
         result.primary = _primary(boot, exp_cfg, result.skipped)
         result.comparison, result.secondary = _comparison(result.aggregate, boot, exp_cfg, columns)

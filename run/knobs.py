@@ -34,8 +34,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
-from classify.bootstrap import bootstrap_ci
-from classify.experiment import THRESHOLD, _verdict, _worst_gain
+from classify.experiment import METRIC_ROWS, bootstrap_arms, gain_entry, predictions_of
+from classify.stats import verdict_from_interval
 from classify.fairness import sensitive_frame
 from data.atomic import atomic_write_bytes
 from data.cohort import LV, MYO
@@ -105,25 +105,25 @@ def _run_level(cfg: RunConfig, run_dir: Path, vae: Path | None, warm: Path | Non
 
 
 def arm_gains(cfg: RunConfig, run_dir: Path, test: SliceSet) -> dict:
-    """Per arm: worst-group balanced accuracy (seed mean) and its gain over real-only [95% paired interval]."""
+    """Per arm: worst-group balanced accuracy and its gain over real-only, with the 95% interval of the experiment's
+    own paired hierarchical bootstrap (test subjects, generators, classifier seeds)."""
     result = read_json_object(run_dir / "experiment" / "experiment.json", "experiment results")
     columns = tuple(cfg.experiment.groups)
     if list(result["test"]["subject_ids"]) != list(test.subject_ids):
         raise InputError(run_dir / "experiment", "experiment.json was scored on another test set than this level's")
     y_true = np.asarray(result["test"]["labels"])
     codes = sensitive_frame(test.attributes, columns).to_numpy().astype(str)
-    preds = {}
-    for r in result["runs"]:  # an arm that records its own decision threshold is scored at it
-        preds.setdefault(r["arm"], []).append(np.asarray(r["scores"]) >= r.get("threshold", THRESHOLD))
-    preds = {arm: np.stack(p, axis=1).astype(int) for arm, p in preds.items()}
+    preds = predictions_of(result["runs"], len(y_true))
+    boot = bootstrap_arms(y_true, preds, codes, test.subject_ids, int(cfg.experiment.n_boot), columns)
+    worst = METRIC_ROWS["worst_group_balanced_accuracy"]
     out = {}
-    for arm, p in preds.items():
-        worst = result["aggregate"][arm]["worst_group_balanced_accuracy"]
-        out[arm] = {"worst_group_balanced_accuracy": worst["mean"], "std_over_seeds": worst["std"]}
+    for arm in preds:
+        out[arm] = {"worst_group_balanced_accuracy": float(boot.point[arm][worst]),
+                    "std_over_seeds": result["aggregate"][arm]["worst_group_balanced_accuracy"]["std"]}
         if arm != "real" and "real" in preds:
-            point, lo, hi = bootstrap_ci(_worst_gain(p.shape[1]), y_true, np.hstack([p, preds["real"]]), None, codes,
-                                         test.subject_ids, n_boot=int(cfg.experiment.n_boot), seed=0)
-            out[arm]["gain_over_real"] = {"point": point, "lo": lo, "hi": hi, "verdict": _verdict(lo, hi)}
+            gain = gain_entry(boot, arm, "real", worst, 0.05)
+            out[arm]["gain_over_real"] = {k: gain[k] for k in ("point", "lo", "hi")} | {
+                "verdict": verdict_from_interval(gain["lo"], gain["hi"])}
     return out
 
 
