@@ -13,8 +13,8 @@ both) and the same stages train.py runs, through the same stage functions (run/s
   for --ldm-steps / --controlnet-steps more steps on the level's cohort (level 0 too, so every level gets the same
   treatment); without it, trained from scratch with the config's steps.
 - plan, experiment: as train.py runs them; the arms are the config's experiment.arms, whatever they are.
-Gains: worst-group balanced accuracy of each arm minus real-only, paired 95% bootstrap over test subjects of the
-seed mean (as the experiment's own comparisons). Writes <out>/knobs.json, knobs.png, report.md, config.yaml.
+Gains: worst-group balanced accuracy of each arm minus real-only, with the 95% interval of the experiment's own
+paired hierarchical bootstrap (test subjects, generators, classifier seeds). Writes <out>/knobs.json, knobs.png, report.md, config.yaml.
 """
 from __future__ import annotations
 
@@ -268,7 +268,7 @@ def write_report(out: Path, knob: str, levels: list[float], results: list[dict],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineArgumentParser(prog="python -m run.knobs", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="python -m run.knobs", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--config", type=Path, default=Path("configs/tiny.yaml"))
     parser.add_argument("--knob", choices=KNOBS, default="preserved_ef")
     parser.add_argument("--levels", type=float, nargs="+", default=[0.0, 0.5, 1.0])
