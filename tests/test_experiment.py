@@ -189,7 +189,8 @@ def test_toy_experiment_runs_every_arm_with_finite_numbers(toy_result):
     for arm in RUNNABLE:
         agg = result.aggregate[arm]
         for key in ("balanced_accuracy", "auroc", "worst_group_balanced_accuracy"):
-            assert math.isfinite(agg[key]["mean"]) and math.isfinite(agg[key]["std"])
+            # a deterministic arm runs once: its std over runs is undefined
+            assert math.isfinite(agg[key]["mean"]) and (arm in deterministic or math.isfinite(agg[key]["std"]))
         for column in ("sex", "age_group", "bmi_group"):
             assert math.isfinite(agg[column]["balanced_accuracy_gap"]["mean"])
     for run in result.runs:
@@ -215,9 +216,10 @@ def test_intervals_bracket_the_seed_mean_and_match_fairlearn_per_group(toy_resul
 
 
 @pytest.mark.slow
-def test_comparison_of_arm_c_against_both_baselines(toy_result):
+def test_comparison_of_arm_c_against_every_baseline(toy_result):
     result, _ = toy_result
-    assert set(result.comparison) == {"real+synthetic vs real", "real+synthetic vs reweighted"}
+    baselines = [a for a in RUNNABLE if experiment.ARM_ROLES.get(a, "baseline") == "baseline"]
+    assert set(result.comparison) == {f"real+synthetic vs {b}" for b in baselines}  # every baseline, none skipped
     for comp in result.comparison.values():
         base = result.aggregate[comp["baseline"]]
         gain = comp["gain"]

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import train
+from classify.experiment import ARMS
 from ddpm.checkpoint import load_checkpoint
 from run.pipeline import load_pipeline
 
@@ -107,7 +108,8 @@ def test_acdc_rare_group_runs_every_arm_and_reports_the_health_groups(tmp_path, 
     infarcts = plan[plan["health"] == "myocardial_infarction"]
     assert len(infarcts) == 3 and set(infarcts["mask_subject_id"]) == set(rare["kept"])  # 1 real + 3 = 4
     experiment = json.loads((run / "experiment" / "experiment.json").read_text())
-    assert experiment["arms"] == ["real", "reweighted", "real+synthetic", "synthetic"]
+    assert experiment["arms"] == [a for a in ARMS if a != "oracle"]  # every arm the smoke config lists
+    assert "real cohort" in experiment["skipped"]["oracle"]  # only the phantom can draw more real subjects
     assert {r["group"] for r in experiment["intervals"]["real"]["subgroups"]} == {
         "healthy", "myocardial_infarction", "dilated_cardiomyopathy", "hypertrophic_cardiomyopathy",
         "abnormal_right_ventricle"}
