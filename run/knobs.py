@@ -241,7 +241,7 @@ def _gain_section(levels: list[float], results: list[dict]) -> list[str]:
         sign_rows.append(f"| {level:g} | {cells[0]} | {cells[1]} |")
     return [
         "Worst-group balanced accuracy per arm (seed mean); for each arm but real-only, its gain over real-only "
-        "[95 % paired bootstrap over test subjects] and the verdict that interval gives:", "",
+        "[95 % paired hierarchical bootstrap over test subjects, generators and seeds, uncorrected] and the verdict that interval gives:", "",
         "| level | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms), *rows, "",
         "![gain per arm vs knob level](knobs.png)", "",
         "Appearance sign (myocardium / LV blood contrast, heart failure minus the rest) in the real training slices "
