@@ -530,7 +530,6 @@ def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Sequenc
                 "intervals": "95% hierarchical bootstrap: test subjects, then generators, then seeds within each"},
         test={"n_slices": len(real_test), "n_subjects": len(set(real_test.subject_ids)),
               "n_positive": int(y_test.sum()), "subject_ids": list(real_test.subject_ids), "labels": y_test})
-    preds = {}  # arm -> (N_test, n_generators, n_seeds) 0/1
     # one runner per generator (all share the plan, so compute-matched counts its steps on the first); the arms that
     # do not use a generator run on the first runner, which caches the real arm's models for the threshold arm
     runners = [ArmRunner(real_train, s, exp_cfg, clf_cfg, train_cfg, donors, oracle) for s in synthetic] or \
@@ -561,10 +560,9 @@ def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Sequenc
                                     "subgroups": subgroup_metrics(y_test, y_pred, scores, groups_test, columns)})
                 bar.update(1)
         runs = [r for r in result.runs if r["arm"] == arm]
-        preds[arm] = np.stack([(r["scores"] >= THRESHOLD).astype(int) for r in runs], axis=1).reshape(
-            len(y_test), len(generators), len(seeds))
         result.aggregate[arm] = _aggregate([r["summary"] for r in runs], columns)
     bar.close()
+    preds = predictions_of(result.runs, len(y_test))  # arm -> (N_test, n_generators, n_seeds) 0/1
     if preds:
         boot = bootstrap_arms(y_test, preds, codes, real_test.subject_ids, int(exp_cfg.n_boot), columns)
         result.intervals = _intervals(y_test, preds, codes, real_test.subject_ids, boot, columns)
