@@ -19,16 +19,14 @@ Baselines that rule out simpler explanations of a real+synthetic gain (issue 13)
 Model selection: train_classifier holds out val_fraction of the arm's OWN training subjects; a synthetic sample
 sits with its mask donor (plan.csv mask_subject_id) in that split, so no donor straddles it, and no arm looks at
 the test set before it is scored.
-Uncertainty: a paired hierarchical bootstrap (classify.bootstrap.hierarchical_bootstrap) resamples test SUBJECTS,
-then generators, then classifier seeds within each drawn generator (arms using synthetic data run once per separately
-trained generator x seed), each level with replacement, the same draw in every arm. An arm's number is the mean over its runs; 95% percentile
-intervals; widths with subjects only / + seeds / + generators say which source dominates.
+Uncertainty, the primary endpoint's CI and the Holm-corrected comparisons: classify/comparisons.py (arms using
+synthetic data run once per separately trained generator x seed, so its bootstrap resamples generators too).
 Primary endpoint (declared in the config before running): experiment.primary_metric of primary_arm minus
 primary_baseline, with its 95% CI, verdict and minimum detectable effect. The baseline is NAMED, not chosen from
 results: each arm validates on its own held-out training subjects (arm c's include synthetic ones; a rule has
 none), so validation scores are not comparable across arms and a "best on validation" pick would compare numbers
-on different data; a name fixed before running cannot leak the test set either. Every other comparison (primary_arm
-vs each other baseline, per-group gains vs every baseline) gets a bootstrap p-value, Holm-corrected over that family.
+on different data; a name fixed before running cannot leak the test set either. The primary arm is compared with
+every BASELINES arm that ran.
 Groups: experiment.groups names what per-group numbers, worst group and disparities are taken over, and what the
 reweighted arm balances: sex, age group and BMI group by default; [health] for a cohort without them (ACDC), where
 a group's balanced accuracy is its accuracy (TPR of a positive group, TNR of a negative one).
@@ -46,19 +44,16 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from classify.bootstrap import LEVEL_SETS, hierarchical_bootstrap, mean_std_over_seeds, percentile_interval
-from classify.fairness import (SENSITIVE_COLUMNS, UNKNOWN, balanced_accuracy, check_columns, fairness_summary,
-                               sensitive_frame, subgroup_metrics)
+from classify.comparisons import (THRESHOLD, aggregate_runs, arm_intervals, bootstrap_arms, compare_with_baselines,
+                                  predictions_of, primary_endpoint)
+from classify.fairness import SENSITIVE_COLUMNS, check_columns, fairness_summary, sensitive_frame, subgroup_metrics
 from classify.resnet import ClassifierConfig
 from classify.baselines import best_threshold, ef_rule_scores, fit_ef_rule, shift_to_threshold, subject_ef
-from classify.stats import (bootstrap_p, holm, minimum_detectable_effect, verdict_from_interval,
-                            verdict_from_p)
 from classify.train import ClassifierTrainConfig, planned_steps, predict_proba, train_classifier, validation_split
 from data.json_ready import json_ready
 from data.attributes import is_positive
 from data.errors import InputError
 from data.fields import bounded, check_fields
-from data.planner import KEY_VALUES
 from data.prompts import prompt_to_attributes
 from data.slices import SliceSet
 from data.atomic import atomic_write_bytes
@@ -77,11 +72,9 @@ BALANCED = ("reweighted", "oversampled")  # arms drawn metagroup-balanced
 # subjects no real registry could add, is the ceiling rebalancing could reach).
 ARM_ROLES = {"real": "baseline", "reweighted": "baseline", "real+synthetic": "debiased", "synthetic": "check",
              "oracle": "check"}
+BASELINES = tuple(a for a in ARMS if ARM_ROLES.get(a, "baseline") == "baseline")
 DEBIASED = "real+synthetic"
 PRIMARY_METRICS = ("worst_group_balanced_accuracy", "balanced_accuracy")
-DISPARITY_KEYS = ("worst_group_balanced_accuracy", "balanced_accuracy_gap", "balanced_accuracy_ratio",
-                  "equalized_odds_difference", "demographic_parity_difference")
-THRESHOLD = 0.5  # P(positive) >= THRESHOLD predicts positive
 SYNTHETIC_PREFIX = "syn-"
 
 
@@ -202,180 +195,6 @@ def arm_training_set(arm: str, real_train: SliceSet, synthetic: Optional[SliceSe
     images = np.concatenate([s.images for s, _ in parts])
     labels = np.concatenate([labels_of(s, positive) for s, _ in parts])
     return images, labels, groups, arm in BALANCED
-
-
-def _group_keys(codes: np.ndarray, columns: tuple) -> list[tuple[str, str]]:
-    """(attribute, group) of every test group, in report order (unknown groups are listed, not ranked)."""
-    return [(column, group) for c, column in enumerate(columns) for group in _group_order(column, codes[:, c])] + \
-        [(column, UNKNOWN) for c, column in enumerate(columns) if UNKNOWN in set(codes[:, c])]
-
-
-def _ba_metrics(y_true: np.ndarray, masks: np.ndarray, known: np.ndarray):
-    """column_metric for hierarchical_bootstrap: (row weights (N,), y_pred (N, C)) -> (2 + K, C): overall balanced
-    accuracy, worst known group's, then each of the K groups' (masks: (K, N) bool; known: (K,) bool).
-    A group holding one class gets that class's rate (TPR or TNR), as fairness.balanced_accuracy."""
-    rows = np.vstack([np.ones((1, masks.shape[1]), bool), masks]).astype(float)
-    y = y_true.astype(float)
-
-    def metric(weights: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-        pos, neg = rows * (weights * y), rows * (weights * (1 - y))
-        n_pos, n_neg = pos.sum(1, keepdims=True), neg.sum(1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tpr, tnr = (pos @ y_pred) / n_pos, 1.0 - (neg @ y_pred) / n_neg
-        ba = np.where((n_pos > 0) & (n_neg > 0), (tpr + tnr) / 2, np.where(n_pos > 0, tpr, tnr))
-        ba[((n_pos == 0) & (n_neg == 0)).ravel()] = np.nan
-        rated = ba[1:][known]
-        worst = np.full(y_pred.shape[1], np.nan) if np.isnan(rated).all() else np.nanmin(rated, axis=0)
-        return np.vstack([ba[:1], worst[None], ba[1:]])
-    return metric
-
-
-def _error_counts(y_true: np.ndarray, preds: np.ndarray, rows: np.ndarray) -> dict:
-    """Mean over runs of TP / FN / TN / FP (slices) among `rows`; preds: (N, n_runs)."""
-    y, hit = y_true[rows, None] == 1, preds[rows] == 1
-    return {"tp": float((y & hit).sum(0).mean()), "fn": float((y & ~hit).sum(0).mean()),
-            "tn": float((~y & ~hit).sum(0).mean()), "fp": float((~y & hit).sum(0).mean())}
-
-
-def _interval(point: float, replicates: np.ndarray, alpha: float = 0.05) -> dict:
-    lo, hi = percentile_interval(replicates, alpha)
-    return {"point": float(point), "lo": lo, "hi": hi}
-
-
-def _mean_std(values: list) -> dict:
-    mean, std = mean_std_over_seeds(values)
-    return {"mean": mean, "std": std, "values": [float(v) for v in values]}
-
-
-def _aggregate(summaries: list[dict], columns: tuple) -> dict:
-    """Mean/std over runs (generators x seeds) of the overall and worst-group numbers and each attribute's
-    disparities."""
-    out = {k: _mean_std([s["overall"][k] for s in summaries]) for k in ("balanced_accuracy", "auroc")}
-    out["worst_group_balanced_accuracy"] = _mean_std([s["worst_group_balanced_accuracy"] for s in summaries])
-    for column in columns:
-        out[column] = {k: _mean_std([s[column][k] for s in summaries]) for k in DISPARITY_KEYS}
-    return out
-
-
-def _group_order(column: str, present) -> list:
-    known = [g for g in KEY_VALUES.get(column, ()) if g in set(present)]
-    return known + sorted(g for g in set(present) if g not in known and g != UNKNOWN)
-
-
-METRIC_ROWS = {"balanced_accuracy": 0, "worst_group_balanced_accuracy": 1}  # rows of _ba_metrics
-FULL = list(LEVEL_SETS)[-1]  # every variance source
-
-
-def predictions_of(runs: list[dict], n_test: int) -> dict:
-    """arm -> (N_test, n_generators, n_seeds) 0/1 decisions at THRESHOLD, from a result's runs (generator-major,
-    as run_experiment appends them)."""
-    preds = {}
-    for arm in dict.fromkeys(r["arm"] for r in runs):
-        mine = [r for r in runs if r["arm"] == arm]
-        n_generators = len({r.get("generator") for r in mine})
-        decisions = np.stack([np.asarray(r["scores"]) >= THRESHOLD for r in mine], axis=1).astype(int)
-        preds[arm] = decisions.reshape(n_test, n_generators, len(mine) // n_generators)
-    return preds
-
-
-@dataclass
-class Bootstrapped:
-    """One hierarchical bootstrap of every arm: metric rows 0 overall BA, 1 worst-group BA, 2.. groups (keys)."""
-    keys: list
-    point: dict  # arm -> (2 + K,)
-    reps: dict  # LEVEL_SETS name -> arm -> (n_boot, 2 + K)
-
-    def gain(self, arm: str, base: str, row: int, levels: str = FULL) -> tuple[float, np.ndarray]:
-        """Paired: (point gain, (n_boot,) replicate gains) of one metric row, arm minus base."""
-        return (self.point[arm][row] - self.point[base][row],
-                self.reps[levels][arm][:, row] - self.reps[levels][base][:, row])
-
-
-def bootstrap_arms(y_true, preds: dict, codes: np.ndarray, subject_ids, n_boot: int, columns: tuple) -> Bootstrapped:
-    """The paired hierarchical bootstrap of every arm; preds: arm -> (N, n_generators, n_seeds) 0/1 decisions."""
-    keys = _group_keys(codes, columns)
-    masks = np.array([codes[:, columns.index(a)] == g for a, g in keys]).reshape(len(keys), len(y_true))
-    known = np.array([g != UNKNOWN for _, g in keys], dtype=bool)
-    point, reps = hierarchical_bootstrap(_ba_metrics(y_true, masks, known), preds, subject_ids, n_boot, seed=0)
-    return Bootstrapped(keys, point, reps)
-
-
-def _intervals(y_true, preds: dict, codes: np.ndarray, subject_ids, boot: Bootstrapped, columns: tuple) -> dict:
-    """Per arm: overall and worst-group intervals (all levels), interval widths per level set, error counts, and a
-    subgroup table (point, 95% CI, error counts, subjects); preds: arm -> (N, n_generators, n_seeds)."""
-    subject_ids = np.asarray(subject_ids)
-    out = {}
-    for arm, pred in preds.items():
-        flat, reps = pred.reshape(len(y_true), -1), boot.reps[FULL][arm]
-        rows = []
-        for k, (column, group) in enumerate(boot.keys):
-            in_group = codes[:, columns.index(column)] == group
-            rows.append({"attribute": column, "group": group, "count": int(in_group.sum()),
-                         "n_subjects": len(set(subject_ids[in_group])), "n_positive": int(y_true[in_group].sum()),
-                         **_interval(boot.point[arm][2 + k], reps[:, 2 + k]),
-                         "seed_std": mean_std_over_seeds(balanced_accuracy(y_true[in_group], flat[in_group]))[1],
-                         **_error_counts(y_true, flat, in_group)})
-        names = ["attribute", "group", "count", "n_subjects", "n_positive", "point", "lo", "hi", "seed_std",
-                 "tp", "fn", "tn", "fp"]
-        out[arm] = {"balanced_accuracy": _interval(boot.point[arm][0], reps[:, 0]),
-                    "worst_group_balanced_accuracy": _interval(boot.point[arm][1], reps[:, 1]),
-                    "width_by_levels": {name: float(np.subtract(*percentile_interval(r[arm][:, 1])[::-1]))
-                                        for name, r in boot.reps.items()},
-                    "counts": _error_counts(y_true, flat, np.ones(len(y_true), bool)),
-                    "n_generators": int(pred.shape[1]), "n_seeds": int(pred.shape[2]),
-                    "subgroups": pd.DataFrame(rows, columns=names)}
-    return out
-
-
-def gain_entry(boot: Bootstrapped, arm: str, base: str, row: int, alpha: float) -> dict:
-    """arm minus base on one metric row: point, (1 - alpha) interval and bootstrap p-value."""
-    point, reps = boot.gain(arm, base, row)
-    return {**_interval(point, reps, alpha), "p": bootstrap_p(reps)}
-
-
-def _primary(boot: Bootstrapped, cfg: ExperimentConfig, skipped: dict) -> dict:
-    """The declared endpoint: gain, (1 - alpha) CI, SE, minimum detectable effect, verdict, widths per level set."""
-    arm, base, metric = cfg.primary_arm, cfg.primary_baseline, cfg.primary_metric
-    out = {"metric": metric, "arm": arm, "baseline": base, "alpha": float(cfg.alpha)}
-    missing = [a for a in (arm, base) if a not in boot.point]
-    if missing:
-        reasons = "; ".join(f"{a}: {skipped.get(a, 'not in experiment.arms')}" for a in missing)
-        return out | {"point": float("nan"), "lo": float("nan"), "hi": float("nan"), "verdict": "undetermined",
-                      "not_run": reasons}
-    row = METRIC_ROWS[metric]
-    entry = gain_entry(boot, arm, base, row, cfg.alpha)
-    reps = boot.gain(arm, base, row)[1]
-    se = float(np.nanstd(reps, ddof=1)) if np.sum(~np.isnan(reps)) > 1 else float("nan")
-    widths = {name: float(np.subtract(*percentile_interval(boot.gain(arm, base, row, name)[1], cfg.alpha)[::-1]))
-              for name in boot.reps}
-    return out | entry | {"se": se, "mde": minimum_detectable_effect(se), "width_by_levels": widths,
-                          "verdict": verdict_from_interval(entry["lo"], entry["hi"])}
-
-
-def _comparison(aggregate: dict, boot: Bootstrapped, cfg: ExperimentConfig, columns: tuple) -> tuple[dict, list]:
-    """The primary arm against each baseline run: worst-group gain and per-group gains (paired, with bootstrap
-    p-values), BA and disparity changes. -> (comparison per "<arm> vs <baseline>", secondary family) where the
-    family (all but the primary endpoint) carries Holm-corrected p-values and verdicts."""
-    arm, out, family = cfg.primary_arm, {}, []  # family: (comparison, baseline, metric, entry to annotate)
-    if arm not in boot.point:
-        return out, []
-    for base in [b for b in boot.point if ARM_ROLES.get(b, "baseline") == "baseline" and b != arm]:
-        key, row = f"{arm} vs {base}", METRIC_ROWS[cfg.primary_metric]
-        gain = {"attribute": None, "group": None, **gain_entry(boot, arm, base, row, cfg.alpha)}
-        if base != cfg.primary_baseline:
-            family.append((key, base, cfg.primary_metric, gain))
-        group_gains = [{"attribute": column, "group": group, **gain_entry(boot, arm, base, 2 + k, cfg.alpha)}
-                       for k, (column, group) in enumerate(boot.keys) if group != UNKNOWN]
-        family += [(key, base, "balanced_accuracy", g) for g in group_gains]
-        a, b = aggregate[arm], aggregate[base]
-        out[key] = {"baseline": base, "primary": base == cfg.primary_baseline, "metric": cfg.primary_metric,
-                    "gain": gain, "group_gains": group_gains,
-                    "balanced_accuracy_change": a["balanced_accuracy"]["mean"] - b["balanced_accuracy"]["mean"],
-                    "disparity_change": {c: {k: a[c][k]["mean"] - b[c][k]["mean"] for k in DISPARITY_KEYS[1:]}
-                                         for c in columns}}
-    for (_, _, _, entry), p_holm in zip(family, holm([entry["p"] for *_, entry in family])):
-        entry.update(p_holm=float(p_holm), verdict=verdict_from_p(entry["point"], p_holm, cfg.alpha))
-    return out, [{"comparison": key, "baseline": base, "metric": metric, **entry} for key, base, metric, entry in family]
 
 
 @dataclass
@@ -560,14 +379,15 @@ def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Sequenc
                                     "subgroups": subgroup_metrics(y_test, y_pred, scores, groups_test, columns)})
                 bar.update(1)
         runs = [r for r in result.runs if r["arm"] == arm]
-        result.aggregate[arm] = _aggregate([r["summary"] for r in runs], columns)
+        result.aggregate[arm] = aggregate_runs([r["summary"] for r in runs], columns)
     bar.close()
     preds = predictions_of(result.runs, len(y_test))  # arm -> (N_test, n_generators, n_seeds) 0/1
     if preds:
         boot = bootstrap_arms(y_test, preds, codes, real_test.subject_ids, int(exp_cfg.n_boot), columns)
-        result.intervals = _intervals(y_test, preds, codes, real_test.subject_ids, boot, columns)
-        result.primary = _primary(boot, exp_cfg, result.skipped)
-        result.comparison, result.secondary = _comparison(result.aggregate, boot, exp_cfg, columns)
+        result.intervals = arm_intervals(y_test, preds, codes, real_test.subject_ids, boot, columns)
+        result.primary = primary_endpoint(boot, exp_cfg, result.skipped)
+        result.comparison, result.secondary = compare_with_baselines(result.aggregate, boot, exp_cfg, columns,
+                                                                      BASELINES)
         key = f"{exp_cfg.primary_arm} vs {exp_cfg.primary_baseline}"
         if key in result.comparison:  # the primary comparison's verdict comes from its CI, not from Holm
             result.comparison[key]["gain"]["verdict"] = result.primary["verdict"]

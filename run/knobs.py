@@ -34,7 +34,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
-from classify.experiment import METRIC_ROWS, bootstrap_arms, gain_entry, predictions_of
+from classify.comparisons import METRIC_ROWS, bootstrap_arms, gain_entry, predictions_of
 from classify.fairness import sensitive_frame
 from data.atomic import atomic_write_bytes
 from data.cohort import LV, MYO

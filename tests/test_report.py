@@ -163,7 +163,7 @@ def test_rare_group_setting_and_health_groups_are_reported(tmp_path):
     from data.planner import PlanTarget, plan_rebalancing, planning_attributes
     from data.rare import RareGroup, make_rare
     from classify.report import rare_section
-    from tests.test_experiment import ACDC_POSITIVE, health_slices
+    from tests.test_comparisons import ACDC_POSITIVE, health_slices
 
     real, summary = make_rare(health_slices(16, 0, "train-"), RareGroup(value="myocardial_infarction", keep=0.5), 0)
     test, syn = health_slices(16, 1, "test-"), health_slices(8, 2, "")
