@@ -172,7 +172,7 @@ def training_set_markdown(m: dict) -> str:
     n, rec = m["n"], m["attribute_recovery"]
     heads = list(rec["heads"])
     lines = [f"{n['synthetic']} synthetic training images from {n['donors']} donors, against {n['real_train']} real "
-             f"training and {n['real_test']} real held-out images (FIDs: the {m['fid_reference']['name']}). "
+             f"training and {n['real_test']} real held-out images; FIDs against the {m['fid_reference']['name']}. "
              f"Features: {m['features']}.", "",
              "**Prompted-attribute recovery** (heads trained on real training images; a synthetic image's label is "
              "its plan row, of which the prompt carries the age decade only):", "",
