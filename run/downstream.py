@@ -148,8 +148,8 @@ def oracle_subjects(cfg, plan: pd.DataFrame, run_dir: Path) -> SliceSet | None:
 def fid_reference(cfg, data: PreparedData, run_dir: Path) -> tuple[SliceSet, str]:
     """The real side of the training-set audit's FIDs and its description (evaluation.training_set.fid_reference).
 
-    The fresh test cohort when one is configured: thousands of subjects, so n >= 500 distinct images a side and a
-    bound split by subject within it, none drawn with replacement. No stage trains on it and its ids are disjoint
+    The fresh test cohort when one is configured (fresh_test.n subjects, 2,000 in tiny-stats, one image each): enough
+    for n = 500 distinct images a side and a bound split by subject within it, none drawn with replacement. No stage trains on it and its ids are disjoint
     from the training cohort's (the plan's donors). The audit only measures realism: no classifier, threshold or
     model selection reads it, so the experiment's final numbers on that cohort are untouched. All of it is used
     (experiment.test_prevalence subsamples the experiment's copy only). Otherwise the held-out test set."""
