@@ -3,7 +3,9 @@
 One attribute network trained on the real training images (evaluation/attribute_net.py) gives prompted-attribute
 recovery and the appearance features; then memorisation (donor and nearest real distances), a donor-grouped
 real-vs-synthetic discriminator with the label shortcut, the cross-subgroup FID matrix and FID at equal n against
-real held-out images beside the subject-split bound. All per planned cell and overall.
+a pool of real reference images beside the bound split by subject inside that same pool. All per planned cell and
+overall. The reference pool (run/downstream.py:fid_reference) must share no subject with the real training set,
+whose subjects the plan's donors are.
 """
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 import torch
 
 from data.atomic import atomic_write_all
+from data.errors import InputError
 from data.fields import bounded, check_fields
 from data.json_ready import json_ready
 from data.planner import KEY_VALUES, cell_keys
@@ -30,6 +33,7 @@ from evaluation.training_fid import cross_fid_matrix, equal_n_fid
 RECOVERED = ("sex", "age_group", "bmi_category", "health")  # the prompt's attributes, in attribute_labels' names
 MATRIX_KEYS = ("sex", "age_group", "bmi_group", "health")  # fairness groups; ACDC has health and BMI only
 CELL_KEYS = ("health", "sex", "age_group", "bmi_group")
+FID_REFERENCES = ("auto", "fresh", "test")
 
 
 @dataclass
@@ -39,12 +43,18 @@ class TrainingSetConfig:
     discriminator_epochs: int = bounded(2, lo=1)
     folds: int = bounded(3, lo=2)  # donor-grouped cross-validation of the discriminator
     fid_n: int = bounded(500, lo=2)  # per side; a side with fewer is drawn with replacement (reported)
+    # the FIDs' real side: "fresh" = the fresh test cohort (needs fresh_test.n > 0), "test" = the held-out test set,
+    # "auto" = fresh when one is configured, else test
+    fid_reference: str = "auto"
     fid_repeats: int = bounded(4, lo=1)
     matrix_n: int = bounded(200, lo=2)  # cross-subgroup FID: at most this many per side, one n per attribute
     min_group: int = bounded(10, lo=2)
     n_boot: int = bounded(200, lo=1)
 
     def __post_init__(self) -> None:
+        if self.fid_reference not in FID_REFERENCES:
+            raise InputError("evaluation.training_set.fid_reference",
+                             f"expected one of {', '.join(FID_REFERENCES)}, got {self.fid_reference!r}")
         check_fields(self, "evaluation.training_set")
 
 
@@ -78,11 +88,22 @@ def recovery(net, images: np.ndarray, labels: pd.DataFrame, cells: Sequence[str]
     return out
 
 
+def check_reference(reference, real_train) -> None:
+    """InputError when the FID reference pool shares a subject with the real training set (the plan's donors)."""
+    shared = sorted(set(map(str, reference.subject_ids)) & set(map(str, real_train.subject_ids)))
+    if shared:
+        raise InputError("training-set FID reference", f"shares {len(shared)} subject(s) with the real training set "
+                                                       f"(e.g. {shared[0]}); expected real images no stage trains on")
+
+
 def evaluate_training_set(real_train, real_test, synthetic, plan: pd.DataFrame, cfg: TrainingSetConfig,
-                          keys: Sequence[str], positive: Sequence[str],
-                          device: Union[str, torch.device] = "cpu") -> dict:
+                          keys: Sequence[str], positive: Sequence[str], device: Union[str, torch.device] = "cpu",
+                          reference: Optional[tuple] = None) -> dict:
     """real_train/real_test/synthetic: SliceSets (images (N, 2, S, S)); plan: plan.csv rows in synthetic's order
-    (mask_subject_id, mask_row index real_train); keys: the plan's cell keys; positive: the label's conditions."""
+    (mask_subject_id, mask_row index real_train); keys: the plan's cell keys; positive: the label's conditions;
+    reference: (SliceSet, description) of the real side of both FIDs (default: real_test, the held-out test set)."""
+    pool, pool_name = reference if reference is not None else (real_test, "held-out test set")
+    check_reference(pool, real_train)
     tic, seed = time.perf_counter(), 0
     train_labels = attribute_labels(real_train.attributes, use_numbers=True)
     net = train_attribute_net(real_train.images, train_labels, RECOVERED, cfg.epochs, seed=seed, device=device)
@@ -112,9 +133,11 @@ def evaluate_training_set(real_train, real_test, synthetic, plan: pd.DataFrame, 
     out["discriminator"] = {"folds": cfg.folds, "epochs": cfg.discriminator_epochs, "subgroup_keys": others,
                             **discriminator_report(scores, is_syn, groups, train_cells + syn_cells, subgroups, label,
                                                    cfg.n_boot, seed)}
-    out["fid_equal_n"] = equal_n_fid(f_test, real_test.subject_ids, f_syn, cfg.fid_n, cfg.fid_repeats, seed)
-    real_groups, syn_groups = cell_keys(real_test.attributes, MATRIX_KEYS), cell_keys(plan, MATRIX_KEYS)
-    out["fid_matrix"] = {k: cross_fid_matrix(f_test, real_groups[k], f_syn, syn_groups[k], cfg.matrix_n,
+    f_pool = f_test if pool is real_test else net.features(pool.images)
+    out["fid_reference"] = {"name": pool_name, "images": len(pool), "subjects": len(set(pool.subject_ids))}
+    out["fid_equal_n"] = equal_n_fid(f_pool, pool.subject_ids, f_syn, cfg.fid_n, cfg.fid_repeats, seed)
+    real_groups, syn_groups = cell_keys(pool.attributes, MATRIX_KEYS), cell_keys(plan, MATRIX_KEYS)
+    out["fid_matrix"] = {k: cross_fid_matrix(f_pool, real_groups[k], f_syn, syn_groups[k], cfg.matrix_n,
                                              cfg.min_group, cfg.fid_repeats, seed, KEY_VALUES[k]) for k in MATRIX_KEYS}
     out["features"] = (f"pooled penultimate features ({f_syn.shape[1]}-d) of a ResNet trained here on "
                        f"{len(real_train)} real training images to predict {', '.join(net.heads)} (not the Dice "
@@ -149,7 +172,8 @@ def training_set_markdown(m: dict) -> str:
     n, rec = m["n"], m["attribute_recovery"]
     heads = list(rec["heads"])
     lines = [f"{n['synthetic']} synthetic training images from {n['donors']} donors, against {n['real_train']} real "
-             f"training and {n['real_test']} real held-out images. Features: {m['features']}.", "",
+             f"training and {n['real_test']} real held-out images; FIDs against the {m['fid_reference']['name']}. "
+             f"Features: {m['features']}.", "",
              "**Prompted-attribute recovery** (heads trained on real training images; a synthetic image's label is "
              "its plan row, of which the prompt carries the age decade only):", "",
              "| attribute | synthetic (plan) | real held-out | chance (synthetic) |", "|---|---|---|---|"]
@@ -189,16 +213,19 @@ def training_set_markdown(m: dict) -> str:
     lines += [f"| {g} | {e['n_real']} | {e['n_synthetic']} | {_n(e['p_label_real'], 2)} | "
               f"{_n(e['p_label_synthetic'], 2)} | {_n(e['score_predicts_label_auc'], 2)} |"
               for g, e in d["shortcut"].items()]
-    fid = m["fid_equal_n"]
+    fid, ref = m["fid_equal_n"], m["fid_reference"]
     drawn = [side for side, yes in fid["with_replacement"].items() if yes]
     lines += ["", f"**FID at equal n** = {fid['n_per_side']} a side, {fid['repeats']} repeats on independent random "
-                  f"subsets: synthetic vs real held-out {fid['fake_vs_real']['mean']:.3g} ± "
-                  f"{fid['fake_vs_real']['std']:.2g}; real vs real (subject split) {fid['real_vs_real_bound']['mean']:.3g}"
-                  f" ± {fid['real_vs_real_bound']['std']:.2g}; ratio {fid['ratio']:.3g}."
-              + (f" Drawn with replacement (fewer than n available): {', '.join(drawn)} "
-                 f"(available: {fid['available']})." if drawn else "")]
-    lines += ["", "**Cross-subgroup FID** (rows real held-out group A, columns synthetic group B; the diagonal "
-                  "should be lowest if the prompt controls the attribute):"]
+                  f"subsets. Real side: the {ref['name']}, {ref['images']} images of {ref['subjects']} subjects; the "
+                  "bound splits its subjects into two halves (smallest half "
+                  f"{fid['available']['smallest_real_half']} images). Synthetic ({fid['available']['fake']} images) "
+                  f"vs real {fid['fake_vs_real']['mean']:.3g} ± {fid['fake_vs_real']['std']:.2g}; real vs real "
+                  f"(subject split) {fid['real_vs_real_bound']['mean']:.3g} ± {fid['real_vs_real_bound']['std']:.2g}; "
+                  f"ratio {fid['ratio']:.3g}. "
+              + (f"Drawn with replacement (fewer than n available): {', '.join(drawn)}." if drawn
+                 else "No side drawn with replacement.")]
+    lines += ["", f"**Cross-subgroup FID** (rows real group A of the {ref['name']}, columns synthetic group B; the "
+                  "diagonal should be lowest if the prompt controls the attribute):"]
     for key, mat in m["fid_matrix"].items():
         if "skipped" in mat:
             lines += ["", f"- {key}: skipped ({mat['skipped']})"]

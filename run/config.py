@@ -146,6 +146,9 @@ class RunConfig:
             if self.fresh_test.seed in (self.data.synthetic_seed, self.data.synthetic_seed + 1):
                 raise InputError("fresh_test.seed", f"{self.fresh_test.seed} drew the run's training or test cohort; "
                                                     "expected a seed no earlier stage used")
+        elif self.evaluation.training_set.fid_reference == "fresh":
+            raise InputError("evaluation.training_set.fid_reference", "'fresh' needs a fresh test cohort "
+                                                                      "(fresh_test.n > 0); expected 'auto' or 'test'")
         # runs/<name> must be a new folder inside runs/: no separators, and not '', '.' or '..'.
         if self.name != "".join(c for c in self.name if c.isalnum() or c in "-_.") or self.name.strip(".") == "":
             raise InputError("name", f"run name {self.name!r} may only contain letters, digits, '-', '_' and '.' "

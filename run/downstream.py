@@ -145,6 +145,21 @@ def oracle_subjects(cfg, plan: pd.DataFrame, run_dir: Path) -> SliceSet | None:
                          cfg.data.preprocess)
 
 
+def fid_reference(cfg, data: PreparedData, run_dir: Path) -> tuple[SliceSet, str]:
+    """The real side of the training-set audit's FIDs and its description (evaluation.training_set.fid_reference).
+
+    The fresh test cohort when one is configured (fresh_test.n subjects, 2,000 in tiny-stats, one image each): enough
+    for n = 500 distinct images a side and a bound split by subject within it, none drawn with replacement. No stage trains on it and its ids are disjoint
+    from the training cohort's (the plan's donors). The audit only measures realism: no classifier, threshold or
+    model selection reads it, so the experiment's final numbers on that cohort are untouched. All of it is used
+    (experiment.test_prevalence subsamples the experiment's copy only). Otherwise the held-out test set."""
+    choice = cfg.evaluation.training_set.fid_reference
+    if choice == "fresh" or (choice == "auto" and cfg.fresh_test.n):
+        fresh = fresh_test_set(cfg.data, cfg.fresh_test, run_dir, progress=False)
+        return fresh, f"fresh test cohort (fresh_test, seed {cfg.fresh_test.seed})"
+    return data.test, "held-out test set"
+
+
 def evaluate_plan_samples(run: RunState) -> Path:
     """The plan's samples (the synthetic images that go into training) evaluated -> evaluation/training_set.json
     and its report section training_set.md; a skip says why in both."""
@@ -159,7 +174,8 @@ def evaluate_plan_samples(run: RunState) -> Path:
     print(f"[evaluation] the plan's {len(synthetic)} synthetic training images: recovery, memorisation, "
           "discriminator, FID", flush=True)
     result = evaluate_training_set(run.data.train, run.data.test, synthetic, plan, cfg, run.cfg.plan.keys,
-                                   run.cfg.experiment.positive, resolve_device(run.cfg.device))
+                                   run.cfg.experiment.positive, resolve_device(run.cfg.device),
+                                   reference=fid_reference(run.cfg, run.data, run.dir))
     write_training_set(result, out / "training_set.json", out / "training_set.md")
     return out / "training_set.json"
 

@@ -117,8 +117,10 @@ def _prepare_synthetic(cfg, run_dir: Path, progress: bool) -> PreparedData:
 def fresh_test_set(cfg, fresh, run_dir: Path, progress: bool = True) -> SliceSet:
     """cfg: DataConfig; fresh: FreshTestConfig. fresh.n subjects of a balanced embedded cohort drawn with fresh.seed
     (ids from 3000001, disjoint from the training and test cohorts'): the experiment's final test set, which no
-    generative stage, plan or evaluation has read."""
-    root = synthetic_cohort(run_dir / "cohort-fresh", fresh.n, fresh.seed, prevalence="balanced", first_eid=3000001)
+    generative stage or plan has read (the training-set audit compares realism with it: downstream.fid_reference).
+    The phantom's knobs act on it as on the other two cohorts: it shows the disease the way they do."""
+    root = synthetic_cohort(run_dir / "cohort-fresh", fresh.n, fresh.seed, prevalence="balanced", first_eid=3000001,
+                            knobs=cfg.phantom)
     cohort = read_cohort(root, "ukbb")
     save_composition(subgroup_table(attributes_table(cohort)), run_dir / "composition-fresh.csv")
     return build_slice_set(cohort.subjects, cfg.preprocess, run_dir / "cache", progress=progress)

@@ -59,7 +59,8 @@ STAGES = (  # in run order; `python train.py --stage X` runs every stage up to X
           lambda r: train_controlnet(r.cfg, r.data.train, r.data.test, r.checkpoints["vae"], r.checkpoints["ldm"],
                                      r.dir, r.resume)),
     Stage("plan", "samples.json", "controlnet", ("plan", "sample"), plan_stage),
-    Stage("evaluation", "evaluation/metrics.json", "controlnet", ("sample", "evaluation"), evaluation_stage),
+    Stage("evaluation", "evaluation/metrics.json", "controlnet", ("sample", "evaluation", "fresh_test"),
+          evaluation_stage),
     # after the evaluation, which does not read the extra generators: adding them reruns only the experiment
     Stage("generators", "generators/generators.json", "plan", ("generators",),
           lambda r: train_generators(r, run_stages)),

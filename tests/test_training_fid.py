@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from evaluation.fid import fid_from_features
 from evaluation.training_fid import cross_fid_matrix, equal_n_fid
 
 
@@ -34,3 +35,26 @@ def test_cross_matrix_diagonal_lowest_only_when_the_attribute_is_controlled():
     ignored = cross_fid_matrix(real, real_groups, fake, swapped, 30, 5, 2)
     assert not any(ignored["diagonal_lowest_in_row"].values())
     assert "skipped" in cross_fid_matrix(real, real_groups, fake, [None] * 80, 30, 5, 2)
+
+
+def test_a_large_pool_is_drawn_without_replacement_and_the_bound_splits_by_subject(monkeypatch):
+    import evaluation.training_fid as training_fid
+    calls = []
+
+    def recording(x, y):  # column 0 of every feature row is its row index in its set
+        calls.append((x[:, 0].astype(int), y[:, 0].astype(int)))
+        return fid_from_features(x, y)
+
+    monkeypatch.setattr(training_fid, "fid_from_features", recording)
+    rng = np.random.default_rng(3)
+    real = np.c_[np.arange(120), rng.normal(size=(120, 2))]
+    ids = np.repeat([f"s{i}" for i in range(60)], 2)  # two images a subject
+    fake = np.c_[np.arange(40), rng.normal(size=(40, 2))]
+    out = equal_n_fid(real, ids, fake, n=25, repeats=3)
+    assert out["with_replacement"] == {"real": False, "fake": False, "bound": False}
+    assert len(calls) == 6  # per repeat: synthetic vs real, then the bound
+    for real_rows, fake_rows in calls[0::2]:
+        assert len(set(real_rows)) == len(set(fake_rows)) == 25
+    for half_a, half_b in calls[1::2]:
+        assert len(set(half_a)) == len(set(half_b)) == 25
+        assert not set(ids[half_a]) & set(ids[half_b])  # no subject on both sides of the bound
