@@ -2,7 +2,7 @@
 real-only, as a curve with intervals.
 
     nice -n 10 python -m run.knobs --config configs/tiny.yaml --knob preserved_ef --levels 0 0.5 1 \
-        --warm-start runs/tiny --ldm-steps 300 --controlnet-steps 150 --out docs/results/knobs sample.steps=10
+        --warm-start runs/tiny --ldm-steps 300 --controlnet-steps 150 --out docs/results/knobs/preserved_ef sample.steps=10
 
 Per level, a run folder <runs>/knobs/<knob>-<level> holds that level's cohort (training and test: the knob acts on
 both) and the same stages train.py runs, through the same stage functions (run/stages.py):
@@ -285,9 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--controlnet-steps", type=int, default=150, help="with --warm-start: ControlNet steps per level")
     parser.add_argument("--data-only", action="store_true",
                         help="only make each level's cohort and describe it (no training): what the knob does to the data")
-    parser.add_argument("--out", type=Path, default=Path("docs/results/knobs"))
+    parser.add_argument("--out", type=Path, default=None, help="default: docs/results/knobs/<knob>")
     parser.add_argument("overrides", nargs="*", help="section.key=value, applied to every level")
     args = parser.parse_args(argv)
+    args.out = args.out or Path("docs/results/knobs") / args.knob
     command = "python -m run.knobs " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
         tic, results = time.perf_counter(), []
