@@ -392,8 +392,7 @@ def load_plan(path: str | Path) -> pd.DataFrame:
             _check_int(row["mask_row"], path, line, sid, "mask_row", 0, 2**62)
         rows.append({**row, **fields.to_dict(), "mask_row": mask_row,
                      "seed": _check_int(row["seed"], path, line, sid, "seed", 0, MAX_SEED),
-                     "jitter": _check_int(row["jitter"], path, line, sid, "jitter", 0,
-                                                    JITTER_KINDS - 1)})
+                     "jitter": _check_int(row["jitter"], path, line, sid, "jitter", 0, JITTER_KINDS - 1)})
     table = pd.DataFrame(rows, columns=list(plan.columns))
     table["mask_row"] = pd.Series([r["mask_row"] for r in rows], dtype=object)  # ints, None where mask_path
     return table
