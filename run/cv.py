@@ -30,7 +30,7 @@ from classify.report import experiment_section, markdown_table, reproduce_sectio
 from data.atomic import atomic_write_bytes
 from data.errors import InputError
 from data.json_ready import json_ready, read_json_object
-from data.planner import load_plan
+from data.planner import DONORS, load_plan, plan_rebalancing, planning_attributes
 from evaluation.diversity import mask_diversity
 from run.config import CVConfig, RunConfig
 from run.downstream import real_split
@@ -54,17 +54,22 @@ def fold_folder(run_dir: Path, fold_seed: int, fold: int) -> Path:
 
 
 def donor_diversity(cfg: RunConfig, folder: Path, train) -> dict:
-    """Per donor set: how many geometries the rare group's synthetic control masks hold (after jitter / deform),
-    beside the group's real training masks. train: the real training SliceSet the plan drew from."""
-    plan = load_plan(folder / "plan.csv")
+    """Per donor strategy: how many geometries the rare group's synthetic control masks hold (after jitter /
+    deform), beside the group's real training masks. The run's own strategy is read from its plan.csv; the others
+    are planned (not sampled) on the same training slices, so each fold records what every strategy would give.
+    train: the real training SliceSet the plan drew from."""
     key, value = (cfg.data.rare.key, cfg.data.rare.value) if cfg.data.rare else ("health", None)
     if key != "health":
         raise InputError("data.rare.key", "donor diversity is measured for a health group made rare; got " + key)
-    rows = plan if value is None else plan[plan["health"] == value]
+    plans = {cfg.plan.donors: load_plan(folder / "plan.csv")}
+    for other in (d for d in DONORS if d != cfg.plan.donors):
+        plans[other] = plan_rebalancing(planning_attributes(train), replace(cfg.plan, donors=other), cfg.data.split_seed)
     out = {"strategy": cfg.plan.donors, "group": value or "all"}
-    if len(rows):
-        masks = np.stack([r.mask for r in plan_requests(rows, cfg, slices=train)])
-        out["synthetic"] = mask_diversity(masks, list(rows["mask_subject_id"]))
+    for name, plan in plans.items():
+        rows = plan if value is None else plan[plan["health"] == value]
+        if len(rows):
+            masks = np.stack([r.mask for r in plan_requests(rows, cfg, slices=train)])
+            out[name] = mask_diversity(masks, list(rows["mask_subject_id"])) | {"n_donor_slices": int(rows["mask_row"].nunique())}
     real = np.flatnonzero(train.attributes["health"].to_numpy() == value) if value else np.arange(len(train))
     if len(real):
         out["real"] = mask_diversity(train.masks[real], [train.subject_ids[i] for i in real])
@@ -146,10 +151,9 @@ def _fold_rows(records: list[dict]) -> list[list]:
     rows = []
     for r in records:
         donors = r.get("donors", {})
-        syn, real = donors.get("synthetic", {}), donors.get("real", {})
-        rows.append([r["fold_seed"], r["fold"], r["n_train"], r["n_test"], len(r["rare_dropped"]),
-                     syn.get("n_masks", 0), syn.get("n_donors", 0), syn.get("n_distinct_masks", 0),
-                     syn.get("mean_pairwise_dice", float("nan")), real.get("mean_pairwise_dice", float("nan")),
+        cells = [f"{donors[d]['n_masks']} / {donors[d]['n_donors']} / {donors[d]['n_distinct_masks']} / "
+                 f"{donors[d]['mean_pairwise_dice']:.3f}" if d in donors else "-" for d in (*DONORS, "real")]
+        rows.append([r["fold_seed"], r["fold"], r["n_train"], r["n_test"], len(r["rare_dropped"]), *cells,
                      f"{r['seconds']:.0f}"])
     return rows
 
@@ -163,8 +167,9 @@ def write_cv_report(run_dir: Path, cfg: RunConfig, records: list[dict], commands
               + (f"{rare.key} = {rare.value} kept at {rare.keep:g} among each fold's training patients; " if rare else "")
               + f"plan donors: {cfg.plan.donors}. Scores are per patient (mean of slice probabilities); in the tables "
               "below 'generators' is the fold-seed level and the counted rows are patients.")
-    headers = ["fold seed", "fold", "train patients", "test patients", "dropped (rare)", "synthetic rare masks",
-               "donors", "distinct masks", "mean pairwise Dice (synthetic)", "(real rare)", "seconds"]
+    headers = ["fold seed", "fold", "train patients", "test patients", "dropped (rare)",
+               *[f"{d}: masks / donors / distinct / mean pairwise Dice" for d in DONORS], "real rare group: same",
+               "seconds"]
     sections = {"Design": design, "Folds and donor diversity": markdown_table(headers, _fold_rows(records)),
                 "Debiasing, pooled over folds (patients)": experiment_section(experiment),
                 "Reproduce": reproduce_section(list(commands), yaml.safe_dump(to_dict(cfg), sort_keys=False))}

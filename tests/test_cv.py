@@ -16,6 +16,7 @@ from data.cohort import LV, MYO, RV
 from data.errors import InputError
 from data.planner import PlanTarget, deform_mask, jittered, plan_rebalancing
 from data.split import stratified_folds
+from ddpm.checkpoint import load_checkpoint
 from evaluation.diversity import mask_diversity
 from geometry.descriptors import describe_ed_es
 from run.config import load_run_config
@@ -231,6 +232,10 @@ def test_cv_end_to_end_on_a_tiny_acdc_layout(tmp_path):
     for fold in split["per_fold"]:  # the sub-run's own data stage held the fold out of every stage
         own = json.loads((run / "folds" / "seed-0" / f"fold-{fold['fold']}" / "split.json").read_text())
         assert own["test"] == fold["test"] and not set(own["test"]) & set(own["train"])
+        for stage in ("vae", "ldm", "controlnet"):  # every trained stage was trained on this fold's data
+            meta = load_checkpoint(run / "folds" / "seed-0" / f"fold-{fold['fold']}" / f"{stage}.safetensors",
+                                   expect_stage=stage)[1]
+            assert (meta["config"]["data"]["folds"], meta["config"]["data"]["fold"]) == (2, fold["fold"])
     record = json.loads((run / "cv.json").read_text())["folds"]
-    assert all(r["donors"]["strategy"] == "deform" for r in record)
+    assert all(r["donors"]["strategy"] == "deform" and {"own", "deform", "real"} <= set(r["donors"]) for r in record)
     assert (run / "report.md").is_file()
