@@ -30,7 +30,7 @@ from classify.report import experiment_section, markdown_table, reproduce_sectio
 from data.atomic import atomic_write_bytes
 from data.errors import InputError
 from data.json_ready import json_ready, read_json_object
-from data.planner import DONORS, load_plan, plan_rebalancing, planning_attributes
+from data.planner import DONORS, cell_keys, load_plan, plan_rebalancing, planning_attributes
 from evaluation.diversity import mask_diversity
 from run.config import CVConfig, RunConfig
 from run.downstream import real_split
@@ -59,18 +59,20 @@ def donor_diversity(cfg: RunConfig, folder: Path, train) -> dict:
     are planned (not sampled) on the same training slices, so each fold records what every strategy would give.
     train: the real training SliceSet the plan drew from."""
     key, value = (cfg.data.rare.key, cfg.data.rare.value) if cfg.data.rare else ("health", None)
-    if key != "health":
-        raise InputError("data.rare.key", "donor diversity is measured for a health group made rare; got " + key)
+
+    def in_group(table: pd.DataFrame) -> np.ndarray:  # rows of the rare group (every row without data.rare)
+        return np.ones(len(table), bool) if value is None else (cell_keys(table, (key,))[key] == value).to_numpy()
+
     plans = {cfg.plan.donors: load_plan(folder / "plan.csv")}
     for other in (d for d in DONORS if d != cfg.plan.donors):
         plans[other] = plan_rebalancing(planning_attributes(train), replace(cfg.plan, donors=other), cfg.data.split_seed)
     out = {"strategy": cfg.plan.donors, "group": value or "all"}
     for name, plan in plans.items():
-        rows = plan if value is None else plan[plan["health"] == value]
+        rows = plan[in_group(plan)]
         if len(rows):
             masks = np.stack([r.mask for r in plan_requests(rows, cfg, slices=train)])
             out[name] = mask_diversity(masks, list(rows["mask_subject_id"])) | {"n_donor_slices": int(rows["mask_row"].nunique())}
-    real = np.flatnonzero(train.attributes["health"].to_numpy() == value) if value else np.arange(len(train))
+    real = np.flatnonzero(in_group(train.attributes))
     if len(real):
         out["real"] = mask_diversity(train.masks[real], [train.subject_ids[i] for i in real])
     return out
