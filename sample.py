@@ -129,7 +129,8 @@ def make_plan(args) -> int:
     plan = plan_rebalancing(attributes, cfg.plan, args.seed)
     save_plan(plan, args.make_plan)
     print(composition_after(attributes, plan).to_string(index=False))
-    print(f"plan: {len(plan)} samples ({int(plan['jitter'].sum())} reuse a mask with jitter) -> {args.make_plan}")
+    print(f"plan: {len(plan)} samples ({int((plan['jitter'] == 1).sum())} reuse a mask with jitter, "
+          f"{int((plan['jitter'] == 2).sum())} deform theirs) -> {args.make_plan}")
     return 0
 
 

@@ -14,6 +14,7 @@ from data.errors import InputError
 from ddpm.distributed import shutdown
 from ddpm.trainer import NonFiniteLoss
 from run.config import load_run_config
+from run.cv import run_cv
 from run.stages import FORCEABLE, TRAINED, run_stages
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> Path:
         ([f"text.open_clip_model={args.clip_model}"] if args.clip_model else [])
     cfg = load_run_config(args.config, overrides)
     commands = [" ".join(["python", "train.py", *sys.argv[1:]]) if sys.argv[1:] else "python train.py"]
+    if cfg.cv.folds:  # cross-validation: one sub-run of the stage table per fold, then pooled statistics
+        return run_cv(cfg, Path(args.runs) / cfg.name, args.stage, args.resume, tuple(args.force), tuple(commands))
     return run_stages(cfg, Path(args.runs) / cfg.name, args.stage, args.resume, tuple(args.force), tuple(commands))
 
 

@@ -342,7 +342,6 @@ def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Sequenc
     synthetic = [s for s in synthetic if s is not None and len(s)]
     positive = tuple(exp_cfg.positive)
     y_test, groups_test = labels_of(real_test, positive), _groups(real_test, "real")
-    codes = sensitive_frame(groups_test, columns).to_numpy().astype(str)
     result = ExperimentResult(
         config={"experiment": asdict(exp_cfg), "classifier": asdict(clf_cfg), "train": asdict(train_cfg),
                 "threshold": THRESHOLD, "n_generators": len(synthetic),
@@ -372,19 +371,35 @@ def run_experiment(real_train: SliceSet, real_test: SliceSet, synthetic: Sequenc
             for seed in seeds:
                 bar.set_postfix(arm=arm, generator=generator, seed=seed)
                 scores, history, n_train = runner.scores(arm, seed, real_test)
-                y_pred = (scores >= THRESHOLD).astype(int)
-                result.runs.append({"arm": arm, "generator": generator, "seed": int(seed), "n_train": n_train,
-                                    "history": history, "scores": scores,
-                                    "summary": fairness_summary(y_test, y_pred, scores, groups_test, columns=columns),
-                                    "subgroups": subgroup_metrics(y_test, y_pred, scores, groups_test, columns)})
+                result.runs.append(run_record(arm, generator, seed, scores, y_test, groups_test, columns,
+                                              n_train=n_train, history=history))
                 bar.update(1)
-        runs = [r for r in result.runs if r["arm"] == arm]
-        result.aggregate[arm] = aggregate_runs([r["summary"] for r in runs], columns)
     bar.close()
+    return analyse_runs(result, y_test, groups_test, real_test.subject_ids, exp_cfg)
+
+
+def run_record(arm: str, generator, seed: int, scores: np.ndarray, y_test: np.ndarray, groups_test: pd.DataFrame,
+               columns: tuple, **extra) -> dict:
+    """One arm x generator x seed's entry of ExperimentResult.runs: its scores (N,) on the test rows, decided at
+    THRESHOLD, with the fairness summary and the per-subgroup table (fairlearn) of those decisions."""
+    y_pred = (np.asarray(scores) >= THRESHOLD).astype(int)
+    return {"arm": arm, "generator": generator, "seed": int(seed), **extra, "scores": np.asarray(scores),
+            "summary": fairness_summary(y_test, y_pred, scores, groups_test, columns=columns),
+            "subgroups": subgroup_metrics(y_test, y_pred, scores, groups_test, columns)}
+
+
+def analyse_runs(result: ExperimentResult, y_test: np.ndarray, groups_test: pd.DataFrame, subject_ids,
+                 exp_cfg: ExperimentConfig) -> ExperimentResult:
+    """Fill result's aggregate, intervals, primary endpoint and Holm-corrected comparisons from result.runs
+    (generator-major per arm) on the test rows (y_test, groups_test, subject_ids: the bootstrap's clusters)."""
+    columns = tuple(exp_cfg.groups)
+    codes = sensitive_frame(groups_test, columns).to_numpy().astype(str)
+    for arm in dict.fromkeys(r["arm"] for r in result.runs):
+        result.aggregate[arm] = aggregate_runs([r["summary"] for r in result.runs if r["arm"] == arm], columns)
     preds = predictions_of(result.runs, len(y_test))  # arm -> (N_test, n_generators, n_seeds) 0/1
     if preds:
-        boot = bootstrap_arms(y_test, preds, codes, real_test.subject_ids, int(exp_cfg.n_boot), columns)
-        result.intervals = arm_intervals(y_test, preds, codes, real_test.subject_ids, boot, columns)
+        boot = bootstrap_arms(y_test, preds, codes, subject_ids, int(exp_cfg.n_boot), columns)
+        result.intervals = arm_intervals(y_test, preds, codes, subject_ids, boot, columns)
         result.primary = primary_endpoint(boot, exp_cfg, result.skipped)
         result.comparison, result.secondary = compare_with_baselines(result.aggregate, boot, exp_cfg, columns,
                                                                       BASELINES)

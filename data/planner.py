@@ -54,6 +54,12 @@ KEY_VALUES = {"health": HEALTH_CONDITIONS, "sex": SEXES, "age_group": ("<55", "5
 AGE_BINS = {"<55": (40.0, 55.0), "55-64": (55.0, 65.0), "65+": (65.0, 80.0)}
 BMI_BINS = {"<25": (18.5, 25.0), "25-30": (25.0, 30.0), ">30": (30.0, 40.0)}
 MODES = ("equalise", "min_count", "copies")
+# Mask donors: "own" = the drawn real training masks (reused ones jittered: jitter 1); "deform" = every synthetic
+# case gets its own geometry-preserving deformation of its donor (jitter 2: a larger random rotation, shift and
+# isotropic scale, the same on ED and ES, so area ratios such as the EF proxy survive): more distinct masks from
+# the same few donors of a rare group, without another group's anatomy.
+DONORS = ("own", "deform")
+JITTER_KINDS = 3  # 0 none, 1 small (a reused mask), 2 deform
 SYNTHETIC_LABELS = ("balanced", "deficit")
 PLAN_COLUMNS = ("sample_id", "sex", "age", "bmi", "health", "prompt", "mask_subject_id", "mask_row", "seed", "jitter")
 SAMPLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -71,6 +77,7 @@ class PlanTarget:
     max_total: Optional[int] = None  # cap: deficits are then shared out proportionally
     synthetic_labels: str = "balanced"  # balanced | deficit: per-condition counts inside a cell (module docstring)
     copies: int = 0  # mode copies: number of synthetic copies of training rows to draw
+    donors: str = "own"  # own | deform (DONORS)
 
     def __post_init__(self) -> None:
         unknown = [k for k in self.keys if k not in KEY_VALUES]
@@ -81,6 +88,8 @@ class PlanTarget:
         if self.synthetic_labels not in SYNTHETIC_LABELS:
             raise InputError("target.synthetic_labels", f"unknown value {self.synthetic_labels!r}; expected one of "
                                                         f"{', '.join(SYNTHETIC_LABELS)}")
+        if self.donors not in DONORS:
+            raise InputError("target.donors", f"unknown value {self.donors!r}; expected one of {', '.join(DONORS)}")
         if self.copies < (1 if self.mode == "copies" else 0):
             raise InputError("target.copies", f"expected a count >= 1 for mode copies (>= 0 otherwise), got {self.copies}")
         lowest = 1 if self.mode == "min_count" else 0
@@ -230,7 +239,8 @@ def plan_rebalancing(attributes: pd.DataFrame, target: PlanTarget = PlanTarget()
             rows.append({"sample_id": f"syn-{len(rows):06d}", "sex": fields.sex, "age": fields.age, "bmi": fields.bmi,
                          "health": fields.health, "prompt": prompt_from_fields(**fields.to_dict(), position=position),
                          "mask_subject_id": str(donor["subject_id"]), "mask_row": int(donor["slice_row"]),
-                         "seed": int(rng.integers(MAX_SEED)), "jitter": jitter, "mask_match": match})
+                         "seed": int(rng.integers(MAX_SEED)), "jitter": 2 if target.donors == "deform" else jitter,
+                         "mask_match": match})
     return pd.DataFrame(rows, columns=[*PLAN_COLUMNS, "mask_match"])
 
 
@@ -382,20 +392,36 @@ def load_plan(path: str | Path) -> pd.DataFrame:
             _check_int(row["mask_row"], path, line, sid, "mask_row", 0, 2**62)
         rows.append({**row, **fields.to_dict(), "mask_row": mask_row,
                      "seed": _check_int(row["seed"], path, line, sid, "seed", 0, MAX_SEED),
-                     "jitter": _check_int(row["jitter"], path, line, sid, "jitter", 0, 1)})
+                     "jitter": _check_int(row["jitter"], path, line, sid, "jitter", 0, JITTER_KINDS - 1)})
     table = pd.DataFrame(rows, columns=list(plan.columns))
     table["mask_row"] = pd.Series([r["mask_row"] for r in rows], dtype=object)  # ints, None where mask_path
     return table
 
 
 def apply_jitter(mask: np.ndarray, rng: np.random.Generator, max_shift: float = 2.0,
-                 max_degrees: float = 5.0) -> np.ndarray:
-    """mask: (2, S, S) labels -> same shape, shifted (<= max_shift px) and rotated (<= max_degrees) about the
-    centre, nearest neighbour; ED and ES move together so the cardiac cycle stays coherent."""
+                 max_degrees: float = 5.0, max_scale: float = 0.0) -> np.ndarray:
+    """mask: (2, S, S) labels -> same shape, shifted (<= max_shift px), rotated (<= max_degrees) and scaled
+    isotropically (by 1 +- max_scale) about the centre, nearest neighbour; ED and ES move together so the cardiac
+    cycle stays coherent."""
     angle = np.deg2rad(rng.uniform(-max_degrees, max_degrees))
     shift = rng.uniform(-max_shift, max_shift, size=2)
-    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    scale = rng.uniform(1.0 - max_scale, 1.0 + max_scale) if max_scale else 1.0
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) / scale
     centre = (np.array(mask.shape[1:]) - 1) / 2.0
     offset = centre - rotation @ (centre + shift)  # output pixel o reads input R (o - c - shift) + c
     return np.stack([ndimage.affine_transform(m, rotation, offset=offset, order=0, mode="constant", cval=0)
                      for m in mask]).astype(mask.dtype)
+
+
+def deform_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The "deform" donor strategy's geometry-preserving deformation (jitter 2): rotation <= 20 degrees, shift <= 3
+    px, isotropic scale 0.93-1.07, identical on ED and ES (mask: (2, S, S))."""
+    return apply_jitter(mask, rng, max_shift=3.0, max_degrees=20.0, max_scale=0.07)
+
+
+def jittered(mask: np.ndarray, jitter: int, seed: int) -> np.ndarray:
+    """A plan row's control mask: as drawn (0), jittered (1) or deformed (2), seeded by the row's seed."""
+    if not jitter:
+        return mask
+    rng = np.random.default_rng(int(seed))
+    return apply_jitter(mask, rng) if int(jitter) == 1 else deform_mask(mask, rng)

@@ -43,3 +43,26 @@ def subject_split(subject_ids, labels_or_strata, fraction: float, seed: int) -> 
         in_test[rng.permutation(members)[: per_stratum[s]]] = True
     row_in_test = in_test[codes]
     return np.flatnonzero(~row_in_test), np.flatnonzero(row_in_test)
+
+
+def stratified_folds(subject_ids, strata, k: int, seed: int) -> np.ndarray:
+    """(N,) fold index in 0..k-1 of each row: a patient-level stratified k-fold partition (all of a subject's rows in
+    one fold). Subjects are sorted by stratum, shuffled within it (seeded) and dealt round-robin from a seeded
+    offset, so every stratum's count per fold differs by at most 1 across folds, and so does each fold's size.
+    Independent of row order: the same subjects and seed give the same folds."""
+    ids, strata = np.asarray(subject_ids).astype(str), np.asarray(strata).astype(str)
+    if len(ids) != len(strata):
+        raise InputError("stratified_folds", f"{len(ids)} subject ids but {len(strata)} strata")
+    subjects, first = np.unique(ids, return_index=True)
+    if not 2 <= int(k) <= len(subjects):
+        raise InputError("stratified_folds: k", f"expected 2 <= k <= {len(subjects)} subjects, got {k}")
+    of_subject = dict(zip(subjects, strata[first]))
+    mixed = [s for s, st in zip(ids, strata) if of_subject[s] != st]
+    if mixed:
+        raise InputError("stratified_folds", f"subject {mixed[0]!r} has rows in different strata; expected one per subject")
+    rng = np.random.default_rng(seed)
+    order = [s for name in sorted(set(of_subject.values()))
+             for s in rng.permutation(sorted(s for s in subjects if of_subject[s] == name))]
+    start = int(rng.integers(k))
+    fold_of = {s: (start + i) % int(k) for i, s in enumerate(order)}
+    return np.array([fold_of[s] for s in ids], dtype=np.int64)

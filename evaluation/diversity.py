@@ -1,5 +1,6 @@
-"""Diversity and memorisation checks: mean pairwise MS-SSIM among generated images (high = mode collapse) and
-the distance of each generated image to its nearest real one (near zero = a copied training image).
+"""Diversity and memorisation checks: mean pairwise MS-SSIM among generated images (high = mode collapse),
+the distance of each generated image to its nearest real one (near zero = a copied training image), and how many
+different geometries a plan's control masks hold (mask_diversity: distinct donors, mean pairwise Dice).
 
 MS-SSIM follows Wang et al. 2003: Gaussian window 11 / sigma 1.5, 'valid' filtering, data range 2 (images in
 [-1, 1]), 2x2 average-pool between scales, weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333). Small images do
@@ -9,13 +10,15 @@ fractional powers stay real. Numbers at different image sizes are therefore not 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.cohort import LABEL_NAMES
 from data.errors import InputError
+from evaluation.fidelity import dice
 
 WINDOW, SIGMA, DATA_RANGE, K1, K2 = 11, 1.5, 2.0, 0.01, 0.03
 SCALE_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -125,4 +128,24 @@ def nearest_real_distance(fake: np.ndarray, real: np.ndarray, chunk: int = 1024)
         fb = f[s:s + chunk]
         d2 = (fb * fb).sum(axis=1)[:, None] + r_sq[None, :] - 2.0 * fb @ r.T
         out[s:s + chunk] = np.sqrt(np.clip(d2.min(axis=1), 0.0, None))
+    return out
+
+
+def mask_diversity(masks: np.ndarray, donors: Sequence[str], max_pairs: int = 2000, seed: int = 0) -> dict:
+    """How many different geometries a set of control masks holds. masks: (N, 2, S, S) labels (ED, ES);
+    donors: (N,) the real subject each mask came from. -> n_masks, n_donors (distinct donor subjects),
+    n_distinct_masks (distinct arrays: a re-render of the same mask counts once), mean_pairwise_dice (mean over
+    up to max_pairs random pairs of the mean LV / MYO / RV Dice of both frames; 1 = all the same geometry)."""
+    masks = np.asarray(masks)
+    if masks.ndim != 4 or len(masks) != len(donors):
+        raise InputError("mask_diversity", f"expected (N, 2, S, S) masks and N donors, got {masks.shape}, {len(donors)}")
+    out = {"n_masks": len(masks), "n_donors": len(set(map(str, donors))),
+           "n_distinct_masks": len({m.tobytes() for m in np.ascontiguousarray(masks, dtype=np.uint8)}),
+           "mean_pairwise_dice": float("nan")}
+    pairs = [(i, j) for i in range(len(masks)) for j in range(i + 1, len(masks))]
+    if pairs:
+        rng = np.random.default_rng(seed)
+        chosen = [pairs[k] for k in rng.choice(len(pairs), min(max_pairs, len(pairs)), replace=False)]
+        out["mean_pairwise_dice"] = float(np.mean([np.mean([dice(masks[i], masks[j], label) for label in LABEL_NAMES])
+                                                   for i, j in chosen]))
     return out

@@ -12,7 +12,7 @@ from controlnet.model import ControlNetConfig
 from data.errors import InputError
 from data.fields import bounded, check_fields
 from data.phantom import PhantomKnobs
-from data.planner import PlanTarget
+from data.planner import KEY_VALUES, PlanTarget
 from data.preprocess import PreprocessConfig
 from data.rare import RareGroup
 from ddpm.sampling import SampleSettings
@@ -38,6 +38,12 @@ class DataConfig:
     synthetic_test_n: int = 200
     test_fraction: float = 0.25  # real cohort: held-out subjects (never seen by any generative stage)
     split_seed: int = 0
+    # Subject-level split strata: cell keys of data/planner.py (health, bmi_group, sex, age_group), joined.
+    stratify: tuple = ("health",)
+    # Cross-validation fold (set per fold by run/cv.py): folds > 0 holds out fold `fold` of a stratified k-fold
+    # partition of the subjects seeded by split_seed (data/split.py:stratified_folds) instead of test_fraction.
+    folds: int = 0
+    fold: int = 0
     # Make one group rare among the TRAINING subjects (test subjects untouched), e.g. {key: health, value:
     # myocardial_infarction, keep: 0.25}: the setting of the real-data debiasing arm (data/rare.py). None = off.
     rare: Optional[RareGroup] = None
@@ -50,6 +56,11 @@ class DataConfig:
             raise InputError("data.test_fraction", f"expected a fraction in (0, 1), got {self.test_fraction}")
         if self.synthetic_n < 8:
             raise InputError("data.synthetic_n", f"expected at least 8 subjects, got {self.synthetic_n}")
+        unknown = [k for k in self.stratify if k not in KEY_VALUES]
+        if not self.stratify or unknown or len(set(self.stratify)) != len(self.stratify):
+            raise InputError("data.stratify", f"expected distinct keys from {', '.join(KEY_VALUES)}, got {list(self.stratify)}")
+        if self.folds and not (self.folds >= 2 and 0 <= self.fold < self.folds):
+            raise InputError("data.fold", f"expected folds >= 2 and 0 <= fold < folds, got folds {self.folds}, fold {self.fold}")
 
 
 @dataclass
@@ -97,6 +108,26 @@ class FreshTestConfig:
 
 
 @dataclass
+class CVConfig:
+    """Patient-level stratified k-fold cross-validation (run/cv.py): every subject is tested once per fold seed; each
+    fold is a complete sub-run (generator, plan, arms) on that fold's training subjects only."""
+    folds: int = bounded(0, lo=0, hi=50)  # k; 0 = off (an ordinary run)
+    fold_seeds: tuple = (0,)  # one partition per seed (data.split_seed of the fold sub-runs)
+    only_folds: tuple = ()  # run only these fold indices (a timing run); () = all, which pooling needs
+    evaluate: bool = False  # also run each fold's evaluation stage (held-out realism; costs a sampling pass)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "cv")
+        seeds = list(self.fold_seeds)
+        if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) and 0 <= s < 2**31 for s in seeds):
+            raise InputError("cv.fold_seeds", f"expected distinct integer seeds in [0, 2**31), got {seeds}")
+        if self.folds == 1 or not all(isinstance(f, int) and 0 <= f < max(self.folds, 1) for f in self.only_folds):
+            raise InputError("cv.only_folds" if self.folds != 1 else "cv.folds",
+                             f"expected folds 0 or >= 2 and fold indices in 0..folds-1, got folds {self.folds}, "
+                             f"only_folds {list(self.only_folds)}")
+
+
+@dataclass
 class RunConfig:
     name: str = "default"
     device: str = "cpu"
@@ -117,6 +148,7 @@ class RunConfig:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     generators: GeneratorsConfig = field(default_factory=GeneratorsConfig)
     fresh_test: FreshTestConfig = field(default_factory=FreshTestConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
 
     def __post_init__(self) -> None:
         if self.unet.in_channels != self.vae.latent_channels or self.unet.out_channels != self.vae.latent_channels:
@@ -149,6 +181,9 @@ class RunConfig:
         elif self.evaluation.training_set.fid_reference == "fresh":
             raise InputError("evaluation.training_set.fid_reference", "'fresh' needs a fresh test cohort "
                                                                       "(fresh_test.n > 0); expected 'auto' or 'test'")
+        if self.cv.folds and (self.data.root is None or self.generators.extra_seeds or self.data.folds):
+            raise InputError("cv.folds", "cross-validation splits a cohort folder's subjects (set --data), with one "
+                                         "generator per fold (no generators.extra_seeds) and no data.folds of its own")
         # runs/<name> must be a new folder inside runs/: no separators, and not '', '.' or '..'.
         if self.name != "".join(c for c in self.name if c.isalnum() or c in "-_.") or self.name.strip(".") == "":
             raise InputError("name", f"run name {self.name!r} may only contain letters, digits, '-', '_' and '.' "

@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 
 from data.atomic import atomic_write_bytes
 from data.rare import describe, make_rare, members
 from data.reader import attributes_table, read_cohort
 from data.errors import InputError
+from data.planner import cell_keys
 from data.preprocess import config_hash
 from data.slices import SliceSet, build_slice_set
-from data.split import subject_split
+from data.split import stratified_folds, subject_split
 from data.subgroups import save_composition, subgroup_table
 from data.phantom import KNOBS_OFF, PhantomKnobs
 from data.synthetic import generate_cohort
@@ -77,9 +79,15 @@ def _prepare_from_slices(cfg, path: Path, run_dir: Path) -> PreparedData:
 
 
 def _split(cfg, slices: SliceSet, subjects, root: Path, layout: str, skipped: list, run_dir: Path) -> PreparedData:
-    """Split by subject (stratified by health), apply data.rare to the training part, write composition/split."""
-    strata = slices.attributes["health"].fillna("unknown").astype(str)
-    train_idx, test_idx = subject_split(slices.subject_ids, strata, cfg.test_fraction, cfg.split_seed)
+    """Split by subject (stratified by data.stratify; under data.folds the held-out fold of a stratified k-fold
+    partition), apply data.rare to the training part, write composition/split."""
+    cells = cell_keys(slices.attributes, tuple(cfg.stratify)).fillna("unknown").astype(str)
+    strata = cells.apply("|".join, axis=1) if len(cells) else pd.Series([], dtype=str)
+    if cfg.folds:
+        in_test = stratified_folds(slices.subject_ids, strata, cfg.folds, cfg.split_seed) == cfg.fold
+        train_idx, test_idx = np.flatnonzero(~in_test), np.flatnonzero(in_test)
+    else:
+        train_idx, test_idx = subject_split(slices.subject_ids, strata, cfg.test_fraction, cfg.split_seed)
     # data.rare drops training subjects only, after the split: the test set is the one a run without it holds.
     train, rare = _make_rare(slices.select(np.asarray(train_idx)), cfg)
     save_composition(subgroup_table(subjects), run_dir / "composition.csv")

@@ -22,7 +22,7 @@ from data.errors import InputError
 from data.json_ready import json_ready
 from data.mask_input import load_control_masks
 from data.nifti import load_nifti, save_nifti
-from data.planner import apply_jitter, sample_id_problem
+from data.planner import jittered, sample_id_problem
 from data.preprocess import config_hash
 from data.prompts import canonical_prompt
 from data.slices import SliceSet
@@ -224,7 +224,7 @@ def plan_requests(plan, cfg, slices=None, slices_path: Optional[Path] = None, pl
                   labels: str = "ukbb") -> list[SampleRequest]:
     """Rows of a validated plan (data.planner.load_plan) -> requests. Masks from the SliceSet row `mask_row`
     (whose subject must be mask_subject_id), or from the file in `mask_path` (relative to the plan's folder,
-    optional `mask_es_path`). jitter=1 perturbs the mask with a generator seeded by the sample's seed."""
+    optional `mask_es_path`). jitter=1 perturbs the mask, jitter=2 deforms it (plan.donors deform), seeded by the sample's seed."""
     requests = []
     for i, row in enumerate(plan.to_dict("records")):
         where = f"plan line {i + 2} (sample {row['sample_id']})"
@@ -246,8 +246,7 @@ def plan_requests(plan, cfg, slices=None, slices_path: Optional[Path] = None, pl
             mask = slices.masks[r]
             source = {"kind": "slice_set", "file": None if slices_path is None else str(slices_path), "row": r,
                       "subject_id": slices.subject_ids[r], "slice_index": int(slices.slice_index[r])}
-        if int(row["jitter"]):
-            mask = apply_jitter(mask, np.random.default_rng(int(row["seed"])))
+        mask = jittered(mask, int(row["jitter"]), int(row["seed"]))
         source["jitter"] = int(row["jitter"])
         attributes = {k: json_ready(row[k]) for k in ("sex", "age", "bmi", "health")}
         requests.append(SampleRequest(str(row["sample_id"]), str(row["prompt"]), int(row["seed"]), mask, source,

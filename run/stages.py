@@ -124,8 +124,9 @@ def prepare(cfg: RunConfig, run_dir: Path, main: bool) -> PreparedData:
 
 
 def run_stages(cfg: RunConfig, run_dir: Path, upto: str = "all", resume: bool = False, force: tuple[str, ...] = (),
-               commands: tuple[str, ...] = ()) -> Path:
-    """Run every stage up to `upto` (a stage name, or all = every stage + report.md); returns the run folder."""
+               commands: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> Path:
+    """Run every stage up to `upto` (a stage name, or all = every stage + report.md) except those in `skip` (a
+    stage no later one reads, e.g. evaluation in a cross-validation fold); returns the run folder."""
     ranks = init_from_env(cfg.device)
     if ranks.world > 1 and cfg.generators.extra_seeds:  # they train after the plan, where rank 0 runs alone
         raise InputError("generators.extra_seeds", "extra generators train in a single process; run without torchrun "
@@ -133,12 +134,13 @@ def run_stages(cfg: RunConfig, run_dir: Path, upto: str = "all", resume: bool = 
     for section in ("vae_train", "ldm_train", "controlnet_train"):  # before anything is written
         ranks.rows(getattr(cfg, section).batch_size, where=f"{section}.batch_size")
     with run_lock(run_dir) if ranks.is_main else contextlib.nullcontext():  # one writer per run folder
-        return _run_locked(cfg, run_dir, ranks, upto, resume, force, commands)
+        return _run_locked(cfg, run_dir, ranks, upto, resume, force, commands, skip)
 
 
 def _run_locked(cfg: RunConfig, run_dir: Path, ranks, upto: str, resume: bool, force: tuple[str, ...],
-                commands: tuple[str, ...]) -> Path:
+                commands: tuple[str, ...], skip: tuple[str, ...] = ()) -> Path:
     names = tuple(STAGE) if upto == "all" else tuple(STAGE)[:tuple(STAGE).index(upto) + 1]
+    names = tuple(n for n in names if n not in skip)
     check_reusable(cfg, run_dir, tuple(n for n in names if n in TRAINED), set(force))  # before config.yaml changes
     timings_path = run_dir / "timings.json"
     timings = read_json_object(timings_path, "stage timings") if timings_path.is_file() else {}

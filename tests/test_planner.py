@@ -165,7 +165,7 @@ def test_save_load_roundtrip_and_errors(tmp_path):
     assert list(loaded["mask_row"]) == list(plan["mask_row"]) and list(loaded["seed"]) == list(plan["seed"])
     assert np.allclose(loaded["age"], plan["age"])
     bad_cases = {"health": ("flu", r"line 3 \(sample syn-000001\): health.*heart_failure"),
-                 "jitter": ("2", r"line 3.*jitter"), "sample_id": ("syn-000000", "duplicate"),
+                 "jitter": ("3", r"line 3.*jitter"), "sample_id": ("syn-000000", "duplicate"),
                  "mask_row": ("-1", "mask_row")}
     for field, (value, message) in bad_cases.items():
         broken = plan.copy()
