@@ -1,9 +1,9 @@
 """Per-timestep weights of the diffusion training loss: none (plain MSE) or min-SNR-gamma.
 
-Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy": the loss at timestep t is
-weighted by min(SNR_t, gamma) / SNR_t for an eps target (min(SNR_t, gamma) for x0, divided by the target's own
-scale SNR_t), and by min(SNR_t, gamma) / (SNR_t + 1) for a v target, so the many easy low-noise steps no longer
-dominate the gradient. SNR_t = a_t / (1 - a_t) (ddpm.schedulers.snr).
+Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy": the x0-space weight
+min(SNR_t, gamma), expressed for the target actually regressed (an eps error is SNR_t times an x0 error, a v error
+SNR_t + 1 times), so min(SNR_t, gamma) / SNR_t for eps and min(SNR_t, gamma) / (SNR_t + 1) for v: the many easy
+low-noise steps no longer dominate the gradient. SNR_t = a_t / (1 - a_t) (ddpm.schedulers.snr).
 """
 from __future__ import annotations
 
