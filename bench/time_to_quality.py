@@ -54,8 +54,15 @@ RECIPES = {  # name -> config overrides on top of the run's config
 
 
 def run_data(run: Path, cfg, scratch: Path) -> PreparedData:
-    """The run's train / held-out split: a real cohort from the run's slice cache, the phantom redrawn (same seeds)."""
+    """The run's train / held-out split: a real cohort from the run's slice cache; the phantom from the run's cohort
+    folders and slice caches where it has them (copied, so the run stays untouched), else redrawn (same seeds)."""
     if cfg.data.root is None:
+        for name in ("cohort", "cohort-test"):
+            if (run / name / ".complete").is_file():
+                shutil.copytree(run / name, scratch / name)
+        for cache in (run / "cache").glob("slices-*.npz"):
+            (scratch / "cache").mkdir(exist_ok=True)
+            shutil.copyfile(cache, scratch / "cache" / cache.name)
         return prepare_data(cfg.data, scratch, progress=False)
     cached = sorted((run / "cache").glob("slices-*.npz"))
     if len(cached) != 1:
