@@ -143,6 +143,14 @@ def summarise(out: dict, reference: str = "current") -> dict:
             "rows": rows}
 
 
+def kept_recipes(before: dict, now: dict) -> dict:
+    """The recipes of an earlier --out, refused unless measured with the same settings (judges retrain the same)."""
+    same = ("run", "n", "ldm_steps", "controlnet_steps", "every", "threads", "segmenter_dice_on_real_test")
+    if any(before.get(k) != now[k] for k in same):
+        raise InputError("--add", f"the existing --out was measured with other settings ({', '.join(same)} must match)")
+    return before["recipes"]
+
+
 def plot(out: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -179,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plot", type=Path)
+    p.add_argument("--add", action="store_true",
+                   help="keep the recipes already in --out (same run, steps and n) and train only the others")
     args = p.parse_args(argv)
     if min(args.ldm_steps, args.controlnet_steps, args.every, args.n) < 1 or args.controlnet_steps % args.every:
         p.error(f"expected positive steps and --controlnet-steps a multiple of --every, got {args.controlnet_steps} "
@@ -207,7 +217,10 @@ def measure(args: argparse.Namespace) -> int:
            "every": args.every, "threads": args.threads, "judges_seconds": time.perf_counter() - tic,
            "segmenter_dice_on_real_test": real_dice, "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
            "recipes": {}}
-    for name in args.recipes:
+    if args.add and args.out.is_file():
+        kept = kept_recipes(json.loads(args.out.read_text()), out)
+        out["recipes"].update(kept)
+    for name in [r for r in args.recipes if r not in out["recipes"]]:
         cfg, ldm_path, ldm_seconds = train_recipe(args.run, RECIPES[name], data, args.work / name, args.ldm_steps,
                                                   args.controlnet_steps, args.every)
         cn_seconds = trained_seconds(args.work / name / "controlnet" / "controlnet-train-metrics.jsonl")
@@ -232,6 +245,7 @@ def measure(args: argparse.Namespace) -> int:
         atomic_write_bytes(args.out, (json.dumps(out, indent=1) + "\n").encode())  # after each recipe: partial results
         if args.plot:
             plot(out, args.plot)
+    out["summary"] = summarise(out)
     print(json.dumps(out["summary"], indent=1))
     return 0
 

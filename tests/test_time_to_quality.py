@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 import train
-from bench.time_to_quality import main, reach, summarise
+from bench.time_to_quality import kept_recipes, main, reach, summarise
+from data.errors import InputError
 from ddpm.checkpoint import load_checkpoint
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
@@ -49,3 +50,13 @@ def test_bad_every_is_one_line(capsys, tmp_path):
         main(["--run", str(tmp_path), "--work", str(tmp_path), "--out", str(tmp_path / "x.json"),
               "--controlnet-steps", "5", "--every", "2"])
     assert err.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_add_keeps_recipes_only_from_the_same_settings():
+    now = {"run": "r", "n": 8, "ldm_steps": 2, "controlnet_steps": 4, "every": 2, "threads": 1,
+           "segmenter_dice_on_real_test": {"LV": 0.5}, "recipes": {}}
+    before = {**now, "recipes": {"current": {"points": []}}}
+    assert kept_recipes(before, now) == {"current": {"points": []}}
+    for key, other in (("n", 16), ("segmenter_dice_on_real_test", {"LV": 0.6})):
+        with pytest.raises(InputError, match="--add"):
+            kept_recipes({**before, key: other}, now)
