@@ -123,23 +123,30 @@ def judges(data: PreparedData, cfg, segmenter_steps: int, classifier_epochs: int
     return seg, extractor, extractor(data.test.images, "held-out features"), real_dice
 
 
-def reach(points: list[dict], target_dice: float, target_fid: float) -> float | None:
-    """Training seconds of the first checkpoint at least as good as (mean Dice, FID) on both, or None."""
-    good = [p["train_seconds"] for p in points if p["mean_dice"] >= target_dice and p["fid"] <= target_fid]
+def reach(points: list[dict], target_dice: float, target_fid: float, key: str = "train_seconds") -> float | None:
+    """`key` (seconds, or steps) of the first checkpoint at least as good as (mean Dice, FID) on both, or None."""
+    good = [p[key] for p in points if p["mean_dice"] >= target_dice and p["fid"] <= target_fid]
     return min(good) if good else None
 
 
 def summarise(out: dict, reference: str = "current") -> dict:
-    """Per recipe: seconds to the reference recipe's final quality (no noise band: a small-n point estimate)."""
+    """Per recipe: seconds and training steps (LDM + ControlNet) to the reference recipe's final quality (no noise
+    band: a small-n point estimate; steps do not move with the machine's load, seconds do)."""
     if reference not in out["recipes"] or not out["recipes"][reference]["points"]:
         return {}
+    for r in out["recipes"].values():
+        for p in r["points"]:
+            p["train_steps"] = out["ldm_steps"] + p["controlnet_step"]
     final = out["recipes"][reference]["points"][-1]
     rows = {}
     for name, r in out["recipes"].items():
-        sec = reach(r["points"], final["mean_dice"], final["fid"])
+        sec, steps = (reach(r["points"], final["mean_dice"], final["fid"], key) for key in ("train_seconds", "train_steps"))
         rows[name] = {"seconds_to_reference_final": sec,
-                      "speedup_vs_reference": None if sec is None else final["train_seconds"] / sec}
-    return {"reference": reference, "reference_final": {k: final[k] for k in ("mean_dice", "fid", "train_seconds")},
+                      "speedup_vs_reference": None if sec is None else final["train_seconds"] / sec,
+                      "steps_to_reference_final": steps,
+                      "step_ratio_vs_reference": None if steps is None else final["train_steps"] / steps}
+    return {"reference": reference,
+            "reference_final": {k: final[k] for k in ("mean_dice", "fid", "train_seconds", "train_steps")},
             "rows": rows}
 
 

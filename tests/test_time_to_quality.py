@@ -36,12 +36,14 @@ def test_two_recipes_each_checkpoint_scored_against_training_seconds(tmp_path):
 
 
 def test_reach_and_summary_pick_the_first_checkpoint_good_on_both():
-    points = [{"train_seconds": 10.0, "mean_dice": 0.5, "fid": 9.0}, {"train_seconds": 20.0, "mean_dice": 0.7, "fid": 6.0},
-              {"train_seconds": 30.0, "mean_dice": 0.8, "fid": 5.0}]
+    points = [{"controlnet_step": 1, "train_seconds": 10.0, "mean_dice": 0.5, "fid": 9.0},
+              {"controlnet_step": 2, "train_seconds": 20.0, "mean_dice": 0.7, "fid": 6.0},
+              {"controlnet_step": 3, "train_seconds": 30.0, "mean_dice": 0.8, "fid": 5.0}]
     assert reach(points, 0.6, 7.0) == 20.0 and reach(points, 0.9, 1.0) is None
-    fast = [{"train_seconds": 12.0, "mean_dice": 0.85, "fid": 4.0}]
-    summary = summarise({"recipes": {"current": {"points": points}, "fast": {"points": fast}}})
+    fast = [{"controlnet_step": 1, "train_seconds": 12.0, "mean_dice": 0.85, "fid": 4.0}]
+    summary = summarise({"ldm_steps": 10, "recipes": {"current": {"points": points}, "fast": {"points": fast}}})
     assert summary["rows"]["fast"]["speedup_vs_reference"] == 30.0 / 12.0
+    assert summary["rows"]["fast"]["step_ratio_vs_reference"] == 13 / 11
     assert summary["rows"]["current"]["seconds_to_reference_final"] == 30.0
 
 
