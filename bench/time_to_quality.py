@@ -11,8 +11,9 @@ ControlNet checkpoint every --every steps. Each checkpoint (EMA weights) samples
 + masks, same per-sample seeds, the run's sampler settings) and is judged by the same two networks, trained once on
 the run's real training slices (bench.sampling_quality.quality: control Dice per class by the evaluation's
 segmenter, subject-disjoint FID on the realism classifier's features). Its time is the LDM's training seconds plus
-the ControlNet's up to that checkpoint (the trainer's own clock: steps only, no sampling or set-up). The LDM's
-length is fixed per invocation; another LDM length is another invocation.
+the ControlNet's up to that checkpoint (the trainer's own clock: steps only, no sampling or set-up); the summary
+gives seconds and training steps to the reference recipe's final quality (seconds move with a shared machine's
+load, steps do not). The LDM's length is fixed per invocation; another LDM length is another invocation.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -38,7 +40,7 @@ from ddpm.trainer import checkpoint_paths
 from evaluation.fidelity import dice
 from evaluation.held_out import classifier_extractor
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
-from run.config import load_run_config
+from run.config import RunConfig, load_run_config
 from run.pipeline import Pipeline, load_ldm, make_schedule_from
 from run.prepare_data import PreparedData, prepare_data
 from run.train_controlnet import train_controlnet
@@ -81,7 +83,7 @@ def trained_seconds(metrics: Path) -> dict[int, float]:
 
 
 def train_recipe(run: Path, overrides: list[str], data: PreparedData, out_dir: Path, ldm_steps: int,
-                 controlnet_steps: int, every: int):
+                 controlnet_steps: int, every: int) -> tuple[RunConfig, Path, float]:
     """Trains one recipe in out_dir on the run's VAE; returns (config, ldm path, ldm seconds)."""
     cfg = load_run_config(run / "config.yaml", [*overrides, *stage_overrides("ldm_train", ldm_steps, ldm_steps),
                                                 *stage_overrides("controlnet_train", controlnet_steps, every)])
@@ -97,7 +99,7 @@ def train_recipe(run: Path, overrides: list[str], data: PreparedData, out_dir: P
     return cfg, ldm_path, ldm_seconds
 
 
-def controlnet_pipelines(cfg, out_dir: Path, ldm_path: Path):
+def controlnet_pipelines(cfg: RunConfig, out_dir: Path, ldm_path: Path) -> Iterator[tuple[int, Pipeline]]:
     """(step, Pipeline) for every kept ControlNet checkpoint of out_dir, EMA weights, on the final LDM."""
     vae, scale, _ = load_vae(out_dir / "vae.safetensors")
     ldm, _ = load_ldm(ldm_path)
