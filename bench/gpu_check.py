@@ -128,7 +128,7 @@ def build_stages(cfg: RunConfig, device: torch.device) -> dict[str, Stage]:
     def ldm_loss(batch: int, step: int) -> torch.Tensor:
         context = ldm.text(ldm.text.tokenize([PROMPTS[i % 2] for i in range(batch)]).to(device))[0]
         draws = StepDraws(step_generator(0, step), batch)
-        return diffusion_loss(ldm.unet, z0(batch, step), context, sched, cfg.diffusion.prediction, draws)
+        return diffusion_loss(ldm.unet, z0(batch, step), context, sched, cfg.diffusion, draws)
 
     torch.manual_seed(0)
     frozen = unzero(LatentDiffusion(cfg)).to(device).eval().requires_grad_(False)
@@ -141,7 +141,7 @@ def build_stages(cfg: RunConfig, device: torch.device) -> dict[str, Stage]:
         fn = controlled_model_fn(frozen.unet, net, control)
         context = contexts[torch.arange(batch, device=device) % 2]
         draws = StepDraws(step_generator(0, step), batch)
-        return diffusion_loss(fn, z0(batch, step), context, sched, cfg.diffusion.prediction, draws)
+        return diffusion_loss(fn, z0(batch, step), context, sched, cfg.diffusion, draws)
 
     return {"vae": Stage("vae", vae_model, vae_loss), "ldm": Stage("ldm", ldm, ldm_loss),
             "controlnet": Stage("controlnet", net, controlnet_loss, parent=frozen)}

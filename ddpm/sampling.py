@@ -8,6 +8,7 @@ sigma_t = sqrt((1 - a_t) / a_t) lies in [lo, hi]; the other steps call the model
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -70,7 +71,8 @@ def guides_at(sched: NoiseSchedule, t: int, interval: Optional[Sequence[float]])
     if interval is None:
         return True
     a = float(sched.alphas_cumprod[t])
-    return interval[0] <= ((1.0 - a) / a) ** 0.5 <= interval[1]
+    sigma = ((1.0 - a) / a) ** 0.5 if a > 0 else math.inf  # a zero-terminal-SNR schedule's last step: pure noise
+    return interval[0] <= sigma <= interval[1]
 
 
 def guided_output(model_fn: ModelFn, x: Tensor, t: Tensor, cond: Tensor, uncond: Optional[Tensor],

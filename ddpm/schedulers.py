@@ -60,6 +60,27 @@ def make_schedule(kind: str = "scaled_linear", num_train_steps: int = 1000,
     return NoiseSchedule(betas=betas, alphas_cumprod=torch.cumprod(1.0 - betas, dim=0))
 
 
+def rescale_zero_terminal_snr(sched: NoiseSchedule) -> NoiseSchedule:
+    """The schedule with a_{T-1} = 0 exactly and a_0 kept (Lin et al. 2024, Algorithm 1).
+
+    sqrt(a_t) is shifted so its last value is 0 and scaled so its first is unchanged: an affine map, so it stays
+    monotone. Training then sees pure noise at the last step, the noise sampling starts from (only the v or x0
+    prediction is defined there: eps at SNR 0 carries no information about x0).
+    """
+    root = sched.alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    alphas_cumprod = root ** 2
+    alphas = torch.cat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
+    return NoiseSchedule(betas=1.0 - alphas, alphas_cumprod=alphas_cumprod)
+
+
+def snr(sched: NoiseSchedule, t: Timestep) -> Tensor:
+    """float64 signal-to-noise ratio a_t / (1 - a_t) ((B,) for a (B,) t); 0 at a zero-terminal-SNR last step."""
+    a = _at(sched.alphas_cumprod, t)
+    return a / (1.0 - a)
+
+
 def _check_prediction(prediction: str) -> None:
     if prediction not in PREDICTIONS:
         raise InputError("prediction", f"unknown prediction type {prediction!r}; expected one of {', '.join(PREDICTIONS)}")

@@ -15,6 +15,7 @@ from data.phantom import PhantomKnobs
 from data.planner import KEY_VALUES, PlanTarget
 from data.preprocess import PreprocessConfig
 from data.rare import RareGroup
+from ddpm.loss_weighting import LOSS_WEIGHTINGS
 from ddpm.sampling import SampleSettings
 from ddpm.schedulers import PREDICTIONS, SCHEDULE_KINDS, ddim_timesteps
 from ddpm.text_encoder import TextEncoderConfig
@@ -71,6 +72,9 @@ class DiffusionConfig:
     beta_end: float = bounded(0.012, lo=0, hi=1, lo_open=True, hi_open=True)
     prediction: str = "epsilon"  # epsilon | v
     cond_dropout: float = bounded(0.1, lo=0, hi=1)  # prompt replaced by "" this often (classifier-free guidance)
+    loss_weighting: str = "none"  # none | min_snr (Hang et al. 2023; ddpm/loss_weighting.py)
+    min_snr_gamma: float = bounded(5.0, lo=0, lo_open=True)  # the clip gamma of min_snr
+    zero_terminal_snr: bool = False  # rescale the schedule to a_T = 0 (Lin et al. 2024); needs prediction v
 
     def __post_init__(self) -> None:
         # here, not when the ldm stage builds the schedule: a bad value must fail before the VAE trains
@@ -78,6 +82,12 @@ class DiffusionConfig:
             raise InputError("diffusion.schedule", f"expected one of {', '.join(SCHEDULE_KINDS)}, got {self.schedule!r}")
         if self.prediction not in PREDICTIONS:
             raise InputError("diffusion.prediction", f"expected one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise InputError("diffusion.loss_weighting", f"expected one of {', '.join(LOSS_WEIGHTINGS)}, "
+                                                         f"got {self.loss_weighting!r}")
+        if self.zero_terminal_snr and self.prediction == "epsilon":
+            raise InputError("diffusion.zero_terminal_snr", "needs diffusion.prediction=v: eps-prediction is undefined "
+                                                            "at SNR 0 (the last step is pure noise)")
         check_fields(self, "diffusion")
         if self.schedule != "cosine" and self.beta_start > self.beta_end:
             raise InputError("diffusion.beta_end", f"expected beta_start <= beta_end, got {self.beta_start} > "

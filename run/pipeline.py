@@ -13,7 +13,7 @@ from controlnet.model import ControlNet, controlled_model_fn
 from data.errors import InputError
 from ddpm.checkpoint import file_sha256, load_checkpoint, model_state
 from ddpm.sampling import sample
-from ddpm.schedulers import NoiseSchedule, make_schedule
+from ddpm.schedulers import NoiseSchedule, make_schedule, rescale_zero_terminal_snr
 from ddpm.text_encoder import build_text_encoder
 from ddpm.unet import UNet
 from ddpm.vae import AutoencoderKL
@@ -34,7 +34,8 @@ class LatentDiffusion(nn.Module):
 
 def make_schedule_from(cfg) -> NoiseSchedule:
     d = cfg.diffusion
-    return make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
+    sched = make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
+    return rescale_zero_terminal_snr(sched) if d.zero_terminal_snr else sched
 
 
 @dataclass

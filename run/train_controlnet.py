@@ -37,7 +37,7 @@ def train_controlnet(cfg, train: SliceSet, test: SliceSet, vae_path: Path, ldm_p
         z0 = (mean[idx] + std[idx] * draws.randn(mean[idx].shape).to(device)) * scale
         control = encode_control(masks[idx].long(), cfg.controlnet.control).to(device)
         fn = controlled_model_fn(ldm.unet, net, control)
-        return diffusion_loss(fn, z0, contexts(idx, draws), sched, cfg.diffusion.prediction, draws), {}
+        return diffusion_loss(fn, z0, contexts(idx, draws), sched, cfg.diffusion, draws), {}
 
     meta = {"config": to_dict(cfg), "vae": file_sha256(vae_path), "ldm": file_sha256(ldm_path), "scale_factor": scale}
     ema, _ = train_loop(stage="controlnet-train", model=net, loss_fn=loss_fn, num_samples=len(train),

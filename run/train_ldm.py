@@ -15,6 +15,7 @@ from data.slices import SliceSet
 from ddpm.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from ddpm.distributed import resolve_device, on_main_then_sync
 from ddpm.images import save_grid
+from ddpm.loss_weighting import loss_weights, weighted_mse
 from ddpm.schedulers import NoiseSchedule, add_noise, prediction_target
 from ddpm.text_encoder import PromptEmbeddingCache, is_frozen
 from ddpm.trainer import StepDraws, train_loop
@@ -45,13 +46,16 @@ def shared_latents(vae_path: Path, images: np.ndarray, cache_dir: Path, device: 
     return latents if latents is not None else cached_latents(vae_path, images, cache_dir, device)
 
 
-def diffusion_loss(unet_fn, x0: torch.Tensor, context: torch.Tensor, sched: NoiseSchedule, prediction: str,
+def diffusion_loss(unet_fn, x0: torch.Tensor, context: torch.Tensor, sched: NoiseSchedule, diffusion,
                    draws: StepDraws) -> torch.Tensor:
-    """MSE between the network output and the eps/v target at uniformly drawn timesteps. x0: (B, C, h, w)."""
+    """MSE between the network output and the eps/v target at uniformly drawn timesteps, weighted per timestep
+    as diffusion.loss_weighting says (none: plain MSE). x0: (B, C, h, w); diffusion: the DiffusionConfig."""
     t = draws.randint(sched.num_train_steps, (x0.shape[0],)).to(x0.device)
     noise = draws.randn(x0.shape).to(x0.device)
     x_t = add_noise(sched, x0, noise, t)
-    return F.mse_loss(unet_fn(x_t, t, context).float(), prediction_target(sched, x0, noise, t, prediction).float())
+    out, target = unet_fn(x_t, t, context), prediction_target(sched, x0, noise, t, diffusion.prediction)
+    weight = loss_weights(sched, t, diffusion.loss_weighting, diffusion.min_snr_gamma, diffusion.prediction)
+    return F.mse_loss(out.float(), target.float()) if weight is None else weighted_mse(out, target, weight)
 
 
 class PromptContexts:
@@ -100,7 +104,7 @@ def train_ldm(cfg, train: SliceSet, vae_path: Path, run_dir: Path, resume: bool 
 
     def loss_fn(idx: torch.Tensor, draws: StepDraws, step: int):
         z0 = (mean[idx] + std[idx] * draws.randn(mean[idx].shape).to(device)) * scale
-        loss = diffusion_loss(model.unet, z0, contexts(idx, draws), sched, cfg.diffusion.prediction, draws)
+        loss = diffusion_loss(model.unet, z0, contexts(idx, draws), sched, cfg.diffusion, draws)
         return loss, {}
 
     vae, _, _ = load_vae(vae_path, device)

@@ -1,0 +1,263 @@
+"""Time to quality for training recipes (issue 17 item 2): control Dice and FID on held-out data against the
+wall-clock seconds of LDM + ControlNet training, for recipes that differ only in config overrides.
+
+    nice -n 10 env OMP_NUM_THREADS=1 python -m bench.time_to_quality --run runs/tiny --work /tmp/ttq \\
+        --recipes current min_snr --ldm-steps 300 --controlnet-steps 300 --every 100 --n 48 \\
+        --out bench/time-to-quality-tiny.json --plot bench/time-to-quality-tiny.png
+
+Every recipe reuses the run's VAE (its latents are the same for all), then trains the LDM for --ldm-steps and a
+ControlNet on that LDM's final EMA weights for --controlnet-steps (the run's own train settings otherwise), keeping a
+ControlNet checkpoint every --every steps. Each checkpoint (EMA weights) samples the same n held-out slices (prompts
++ masks, same per-sample seeds, the run's sampler settings) and is judged by the same two networks, trained once on
+the run's real training slices (bench.sampling_quality.quality: control Dice per class by the evaluation's
+segmenter, subject-disjoint FID on the realism classifier's features). Its time is the LDM's training seconds plus
+the ControlNet's up to that checkpoint (the trainer's own clock: steps only, no sampling or set-up); the summary
+gives seconds and training steps to the reference recipe's final quality (seconds move with a shared machine's
+load, steps do not). The LDM's length is fixed per invocation; another LDM length is another invocation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from bench.sampling_quality import quality
+from controlnet.model import ControlNet
+from data.atomic import atomic_write_bytes
+from data.cohort import LABEL_NAMES
+from data.errors import InputError, OneLineArgumentParser
+from ddpm.checkpoint import load_checkpoint, model_state
+from ddpm.trainer import checkpoint_paths
+from evaluation.fidelity import dice
+from evaluation.held_out import classifier_extractor
+from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
+from run.config import RunConfig, load_run_config
+from run.pipeline import Pipeline, load_ldm, make_schedule_from
+from run.prepare_data import PreparedData, prepare_data
+from run.train_controlnet import train_controlnet
+from run.train_ldm import train_ldm
+from run.train_vae import load_vae
+
+RECIPES = {  # name -> config overrides on top of the run's config
+    "current": [],
+    "min_snr": ["diffusion.loss_weighting=min_snr"],
+    "v_ztsnr": ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true"],
+    "v_ztsnr_min_snr": ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true", "diffusion.loss_weighting=min_snr"],
+}
+
+
+def run_data(run: Path, cfg, scratch: Path) -> PreparedData:
+    """The run's train / held-out split: a real cohort from the run's slice cache; the phantom from the run's cohort
+    folders and slice caches where it has them (copied, so the run stays untouched), else redrawn (same seeds)."""
+    if cfg.data.root is None:
+        for name in ("cohort", "cohort-test"):
+            if (run / name / ".complete").is_file():
+                shutil.copytree(run / name, scratch / name)
+        for cache in (run / "cache").glob("slices-*.npz"):
+            (scratch / "cache").mkdir(exist_ok=True)
+            shutil.copyfile(cache, scratch / "cache" / cache.name)
+        return prepare_data(cfg.data, scratch, progress=False)
+    cached = sorted((run / "cache").glob("slices-*.npz"))
+    if len(cached) != 1:
+        raise InputError(run / "cache", f"expected one slices-*.npz of a real cohort, found {len(cached)}")
+    return prepare_data(replace(cfg.data, root=str(cached[0])), scratch, progress=False)
+
+
+def stage_overrides(stage: str, steps: int, every: int) -> list[str]:
+    return [f"{stage}.steps={steps}", f"{stage}.checkpoint_every={every}", f"{stage}.log_every={every}",
+            f"{stage}.keep_last={steps // every + 1}"]
+
+
+def trained_seconds(metrics: Path) -> dict[int, float]:
+    """step -> the trainer's clock (seconds of training since its first step) from a stage's metrics log."""
+    return {r["step"]: r["sec"] for r in map(json.loads, metrics.read_text().splitlines())}
+
+
+def train_recipe(run: Path, overrides: list[str], data: PreparedData, out_dir: Path, ldm_steps: int,
+                 controlnet_steps: int, every: int) -> tuple[RunConfig, Path, float]:
+    """Trains one recipe in out_dir on the run's VAE; returns (config, ldm path, ldm seconds)."""
+    cfg = load_run_config(run / "config.yaml", [*overrides, *stage_overrides("ldm_train", ldm_steps, ldm_steps),
+                                                *stage_overrides("controlnet_train", controlnet_steps, every)])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vae_path = out_dir / "vae.safetensors"
+    shutil.copyfile(run / "vae.safetensors", vae_path)
+    for cache in (run / "cache").glob("latents-*.safetensors"):  # keyed by the VAE's sha256: valid here too
+        (out_dir / "cache").mkdir(exist_ok=True)
+        shutil.copyfile(cache, out_dir / "cache" / cache.name)
+    ldm_path = train_ldm(cfg, data.train, vae_path, out_dir)
+    ldm_seconds = trained_seconds(out_dir / "ldm" / "ldm-train-metrics.jsonl")[ldm_steps]
+    train_controlnet(cfg, data.train, data.test, vae_path, ldm_path, out_dir)
+    return cfg, ldm_path, ldm_seconds
+
+
+def controlnet_pipelines(cfg: RunConfig, out_dir: Path, ldm_path: Path) -> Iterator[tuple[int, Pipeline]]:
+    """(step, Pipeline) for every kept ControlNet checkpoint of out_dir, EMA weights, on the final LDM."""
+    vae, scale, _ = load_vae(out_dir / "vae.safetensors")
+    ldm, _ = load_ldm(ldm_path)
+    sched = make_schedule_from(cfg)
+    for path in checkpoint_paths(out_dir / "controlnet", "controlnet-train"):
+        states, meta = load_checkpoint(path, expect_stage="controlnet-train")
+        net = ControlNet(ldm.unet, cfg.controlnet, cfg.vae.downsample_factor)
+        net.load_state_dict(model_state(states, "ema"))
+        yield int(meta["step"]), Pipeline(cfg, vae, scale, ldm, sched, net.eval().requires_grad_(False))
+
+
+def judges(data: PreparedData, cfg, segmenter_steps: int, classifier_epochs: int):
+    """The segmenter (control Dice) and the realism-feature extractor (FID), trained once on the real train slices."""
+    ev = cfg.evaluation
+    seg = train_segmenter(data.train.images, data.train.masks, SegmenterConfig(base=ev.segmenter_base),
+                          steps=segmenter_steps, seed=ev.seed, batch_size=ev.segmenter_batch_size)
+    extractor = classifier_extractor(data.train, classifier_epochs, ev.seed, progress=False)
+    if extractor is None:
+        raise InputError("data", "the realism classifier needs two or more health x slice-position classes")
+    pred = segment(seg, data.test.images)
+    real_dice = {name: float(np.mean([dice(pred[i], data.test.masks[i], label) for i in range(len(pred))]))
+                 for label, name in LABEL_NAMES.items()}
+    return seg, extractor, extractor(data.test.images, "held-out features"), real_dice
+
+
+def reach(points: list[dict], target_dice: float, target_fid: float, key: str = "train_seconds") -> float | None:
+    """`key` (seconds, or steps) of the first checkpoint at least as good as (mean Dice, FID) on both, or None."""
+    good = [p[key] for p in points if p["mean_dice"] >= target_dice and p["fid"] <= target_fid]
+    return min(good) if good else None
+
+
+def summarise(out: dict, reference: str = "current") -> dict:
+    """Per recipe: seconds and training steps (LDM + ControlNet) to the reference recipe's final quality (no noise
+    band: a small-n point estimate; steps do not move with the machine's load, seconds do)."""
+    if reference not in out["recipes"] or not out["recipes"][reference]["points"]:
+        return {}
+    for r in out["recipes"].values():
+        for p in r["points"]:
+            p["train_steps"] = out["ldm_steps"] + p["controlnet_step"]
+    final = out["recipes"][reference]["points"][-1]
+    rows = {}
+    for name, r in out["recipes"].items():
+        sec, steps = (reach(r["points"], final["mean_dice"], final["fid"], key) for key in ("train_seconds", "train_steps"))
+        rows[name] = {"seconds_to_reference_final": sec,
+                      "speedup_vs_reference": None if sec is None else final["train_seconds"] / sec,
+                      "steps_to_reference_final": steps,
+                      "step_ratio_vs_reference": None if steps is None else final["train_steps"] / steps}
+    return {"reference": reference,
+            "reference_final": {k: final[k] for k in ("mean_dice", "fid", "train_seconds", "train_steps")},
+            "rows": rows}
+
+
+def kept_recipes(before: dict, now: dict) -> dict:
+    """The recipes of an earlier --out, refused unless measured with the same settings (judges retrain the same)."""
+    same = ("run", "n", "ldm_steps", "controlnet_steps", "every", "threads", "segmenter_dice_on_real_test")
+    if any(before.get(k) != now[k] for k in same):
+        raise InputError("--add", f"the existing --out was measured with other settings ({', '.join(same)} must match)")
+    return before["recipes"]
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, r in out["recipes"].items():
+        sec = [p["train_seconds"] for p in r["points"]]
+        axes[0].plot(sec, [p["mean_dice"] for p in r["points"]], "o-", label=name)
+        axes[1].plot(sec, [p["fid"] for p in r["points"]], "o-", label=name)
+    for ax, title in zip(axes, ("mean control Dice LV/MYO/RV (higher is better)", "FID, subject-disjoint (lower is better)")):
+        ax.set_xlabel("training seconds (LDM + ControlNet to the checkpoint)")
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"quality vs training time, {out['n']} held-out slices, {out['run']}", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, help="a run with a trained VAE (read only)")
+    p.add_argument("--work", type=Path, required=True, help="folder for each recipe's checkpoints (large; not committed)")
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--ldm-steps", type=int, default=300)
+    p.add_argument("--controlnet-steps", type=int, default=300)
+    p.add_argument("--every", type=int, default=100, help="ControlNet checkpoint interval (steps)")
+    p.add_argument("--n", type=int, default=48, help="held-out slices sampled per checkpoint")
+    p.add_argument("--segmenter-steps", type=int, help="default: the run's evaluation.segmenter_steps")
+    p.add_argument("--classifier-epochs", type=int, help="default: the run's evaluation.attribute_epochs")
+    p.add_argument("--fid-repeats", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--plot", type=Path)
+    p.add_argument("--add", action="store_true",
+                   help="keep the recipes already in --out (same run, steps and n) and train only the others")
+    args = p.parse_args(argv)
+    if min(args.ldm_steps, args.controlnet_steps, args.every, args.n) < 1 or args.controlnet_steps % args.every:
+        p.error(f"expected positive steps and --controlnet-steps a multiple of --every, got {args.controlnet_steps} "
+                f"and {args.every}")
+    try:
+        return measure(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def measure(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    base = load_run_config(args.run / "config.yaml")
+    with tempfile.TemporaryDirectory() as scratch:
+        data = run_data(args.run, base, Path(scratch))
+    ev = base.evaluation
+    tic = time.perf_counter()
+    seg, extractor, real_feats, real_dice = judges(data, base, args.segmenter_steps or ev.segmenter_steps,
+                                                   args.classifier_epochs or ev.attribute_epochs)
+    rows = np.sort(np.random.default_rng(0).choice(len(data.test), min(args.n, len(data.test)), replace=False))
+    prompts, masks = [data.test.prompts[i] for i in rows], data.test.masks[rows]
+    fake_subjects = [data.test.subject_ids[i] for i in rows]
+    pixel_mm = base.data.preprocess.crop_mm / base.data.preprocess.size
+    out = {"run": str(args.run), "n": len(rows), "ldm_steps": args.ldm_steps, "controlnet_steps": args.controlnet_steps,
+           "every": args.every, "threads": args.threads, "judges_seconds": time.perf_counter() - tic,
+           "segmenter_dice_on_real_test": real_dice, "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+           "recipes": {}}
+    if args.add and args.out.is_file():
+        kept = kept_recipes(json.loads(args.out.read_text()), out)
+        out["recipes"].update(kept)
+    for name in [r for r in args.recipes if r not in out["recipes"]]:
+        cfg, ldm_path, ldm_seconds = train_recipe(args.run, RECIPES[name], data, args.work / name, args.ldm_steps,
+                                                  args.controlnet_steps, args.every)
+        cn_seconds = trained_seconds(args.work / name / "controlnet" / "controlnet-train-metrics.jsonl")
+        points = []
+        for step, pipe in controlnet_pipelines(cfg, args.work / name, ldm_path):
+            s = cfg.sample
+            images = np.concatenate([pipe.generate(prompts[i:i + s.batch_size], masks[i:i + s.batch_size],
+                                                   seed=10_000 + i, steps=s.steps, guidance=s.guidance,
+                                                   control_scale=s.control_scale, spacing=s.spacing,
+                                                   steps_offset=s.steps_offset)
+                                     for i in range(0, len(prompts), s.batch_size)])
+            q = quality(images, masks, seg, extractor, real_feats, data.test.subject_ids, fake_subjects, pixel_mm,
+                        args.fid_repeats)
+            q.pop("dice_per_image")
+            points.append({"controlnet_step": step, "train_seconds": ldm_seconds + cn_seconds[step],
+                           "mean_dice": float(np.mean(list(q["dice"].values()))), **q})
+            print(json.dumps({"recipe": name, **points[-1]}), flush=True)
+        out["recipes"][name] = {"overrides": RECIPES[name], "ldm_seconds": ldm_seconds, "points": points,
+                                "loadavg_after": Path("/proc/loadavg").read_text().split()[:3]}
+        out["summary"] = summarise(out)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(args.out, (json.dumps(out, indent=1) + "\n").encode())  # after each recipe: partial results
+        if args.plot:
+            plot(out, args.plot)
+    out["summary"] = summarise(out)
+    print(json.dumps(out["summary"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""bench.time_to_quality end to end on the smoke config: two recipes, a few steps, every checkpoint scored."""
+import json
+from pathlib import Path
+
+import pytest
+
+import train
+from bench.time_to_quality import kept_recipes, main, reach, summarise
+from data.errors import InputError
+from ddpm.checkpoint import load_checkpoint
+
+SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+
+
+@pytest.mark.slow
+def test_two_recipes_each_checkpoint_scored_against_training_seconds(tmp_path):
+    assert train.main(["--config", SMOKE, "--runs", str(tmp_path / "runs"), "--stage", "vae"]) == 0
+    run, out = tmp_path / "runs" / "smoke", tmp_path / "ttq.json"
+    assert main(["--run", str(run), "--work", str(tmp_path / "work"), "--recipes", "current", "v_ztsnr_min_snr",
+                 "--ldm-steps", "2", "--controlnet-steps", "4", "--every", "2", "--n", "8", "--segmenter-steps", "2",
+                 "--classifier-epochs", "1", "--fid-repeats", "2", "--out", str(out), "--plot",
+                 str(tmp_path / "ttq.png")]) == 0
+    result = json.loads(out.read_text())
+    assert (tmp_path / "ttq.png").is_file() and set(result["recipes"]) == {"current", "v_ztsnr_min_snr"}
+    for name, recipe in result["recipes"].items():
+        assert [p["controlnet_step"] for p in recipe["points"]] == [2, 4]
+        seconds = [p["train_seconds"] for p in recipe["points"]]
+        assert recipe["ldm_seconds"] > 0 and recipe["ldm_seconds"] < seconds[0] < seconds[1]
+        assert all(set(p["dice"]) == {"LV", "MYO", "RV"} and p["fid"] >= 0 for p in recipe["points"])
+        # the recipe's overrides reached the trained models; the VAE is the run's own, shared
+        ldm_cfg = load_checkpoint(tmp_path / "work" / name / "ldm.safetensors", expect_stage="ldm")[1]["config"]
+        assert ldm_cfg["diffusion"]["zero_terminal_snr"] == (name != "current")
+        assert ldm_cfg["ldm_train"]["steps"] == 2
+        assert (tmp_path / "work" / name / "vae.safetensors").read_bytes() == (run / "vae.safetensors").read_bytes()
+    assert result["summary"]["rows"]["current"]["speedup_vs_reference"] >= 1.0  # it reaches its own final point
+
+
+def test_reach_and_summary_pick_the_first_checkpoint_good_on_both():
+    points = [{"controlnet_step": 1, "train_seconds": 10.0, "mean_dice": 0.5, "fid": 9.0},
+              {"controlnet_step": 2, "train_seconds": 20.0, "mean_dice": 0.7, "fid": 6.0},
+              {"controlnet_step": 3, "train_seconds": 30.0, "mean_dice": 0.8, "fid": 5.0}]
+    assert reach(points, 0.6, 7.0) == 20.0 and reach(points, 0.9, 1.0) is None
+    fast = [{"controlnet_step": 1, "train_seconds": 12.0, "mean_dice": 0.85, "fid": 4.0}]
+    summary = summarise({"ldm_steps": 10, "recipes": {"current": {"points": points}, "fast": {"points": fast}}})
+    assert summary["rows"]["fast"]["speedup_vs_reference"] == 30.0 / 12.0
+    assert summary["rows"]["fast"]["step_ratio_vs_reference"] == 13 / 11
+    assert summary["rows"]["current"]["seconds_to_reference_final"] == 30.0
+
+
+def test_bad_every_is_one_line(capsys, tmp_path):
+    with pytest.raises(SystemExit) as err:
+        main(["--run", str(tmp_path), "--work", str(tmp_path), "--out", str(tmp_path / "x.json"),
+              "--controlnet-steps", "5", "--every", "2"])
+    assert err.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_add_keeps_recipes_only_from_the_same_settings():
+    now = {"run": "r", "n": 8, "ldm_steps": 2, "controlnet_steps": 4, "every": 2, "threads": 1,
+           "segmenter_dice_on_real_test": {"LV": 0.5}, "recipes": {}}
+    before = {**now, "recipes": {"current": {"points": []}}}
+    assert kept_recipes(before, now) == {"current": {"points": []}}
+    for key, other in (("n", 16), ("segmenter_dice_on_real_test", {"LV": 0.6})):
+        with pytest.raises(InputError, match="--add"):
+            kept_recipes({**before, key: other}, now)
