@@ -31,7 +31,7 @@ from data.errors import InputError
 from data.limits import MAX_VOXELS
 from data.mask_input import read_mask_file
 from data.nifti import load_nifti
-from data.planner import load_plan
+from data.plan_csv import load_plan
 from data.ukbb import read_metadata
 from ddpm.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from run.loader import read_config_file
