@@ -19,7 +19,8 @@ from pathlib import Path
 from data.errors import InputError, OneLineArgumentParser
 from data.limits import MAX_SAMPLES
 from data.mask_input import load_control_masks
-from data.planner import composition_after, load_plan, plan_rebalancing, planning_attributes, save_plan
+from data.plan_csv import load_plan, save_plan
+from data.planner import composition_after, plan_rebalancing, planning_attributes
 from data.prompts import canonical_prompt, prompt_from_fields
 from data.slices import SliceSet
 from ddpm.checkpoint import read_meta

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from bench.gpu_check import PROMPTS, _masks, build_stages, parity_and_speed, precision_context, train_steps
 from bench.timing import cpu_stall_seconds
+from bench.train_stages import PROMPTS, _masks, build_stages, parity_and_speed, precision_context, train_steps
 from data.atomic import atomic_write_bytes
 from run.pipeline import Pipeline, make_schedule_from
 from run.config import load_run_config

@@ -48,12 +48,11 @@ def train_smoke_run(work: Path) -> Path:
 def plan_requests_for(run: Path, n: int, work: Path, seed: int = 0):
     """A rebalancing plan of n samples from the run's training split -> (requests, cfg, plan path)."""
     from run.samples import find_slice_set, plan_requests
+    from data.plan_csv import load_plan, save_plan
     from data.planner import (
         PlanTarget,
-        load_plan,
         plan_rebalancing,
         planning_attributes,
-        save_plan,
     )
     from run.config import load_run_config
 

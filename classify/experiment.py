@@ -33,11 +33,8 @@ a group's balanced accuracy is its accuracy (TPR of a positive group, TNR of a n
 """
 from __future__ import annotations
 
-import io
-import json
 import math
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -50,13 +47,12 @@ from classify.fairness import SENSITIVE_COLUMNS, check_columns, fairness_summary
 from classify.resnet import ClassifierConfig
 from classify.baselines import best_threshold, ef_rule_scores, fit_ef_rule, shift_to_threshold, subject_ef
 from classify.train import ClassifierTrainConfig, planned_steps, predict_proba, train_classifier, validation_split
-from data.json_ready import json_ready
+from classify.experiment_result import ExperimentResult
 from data.attributes import is_positive
 from data.errors import InputError
 from data.fields import bounded, check_fields
 from data.prompts import prompt_to_attributes
 from data.slices import SliceSet
-from data.atomic import atomic_write_bytes
 
 ARMS = ("real", "reweighted", "real+synthetic", "synthetic", "threshold", "oversampled", "compute-matched",
         "ef-rule", "oracle")
@@ -195,54 +191,6 @@ def arm_training_set(arm: str, real_train: SliceSet, synthetic: Optional[SliceSe
     images = np.concatenate([s.images for s, _ in parts])
     labels = np.concatenate([labels_of(s, positive) for s, _ in parts])
     return images, labels, groups, arm in BALANCED
-
-
-@dataclass
-class ExperimentResult:
-    """runs: one dict per arm x generator x seed (arm, generator (None for arms without synthetic data), seed,
-    scores (N_test,), history, summary, subgroups DataFrame); aggregate / intervals: per arm; primary: the declared
-    endpoint; comparison: per "<primary arm> vs <baseline>"; secondary: the Holm-corrected family (one row per
-    comparison); skipped: arm -> reason."""
-
-    config: dict
-    test: dict
-    runs: list = field(default_factory=list)
-    skipped: dict = field(default_factory=dict)
-    aggregate: dict = field(default_factory=dict)
-    intervals: dict = field(default_factory=dict)
-    primary: dict = field(default_factory=dict)
-    comparison: dict = field(default_factory=dict)
-    secondary: list = field(default_factory=list)
-
-    @property
-    def arms(self) -> list:
-        return list(self.aggregate)
-
-    def subgroup_table(self) -> pd.DataFrame:
-        """Long table: arm, generator, seed, then subgroup_metrics' columns."""
-        keys = ["arm", "generator", "seed"]
-        tables = [r["subgroups"].assign(arm=r["arm"], generator=r["generator"], seed=r["seed"]) for r in self.runs]
-        if not tables:
-            return pd.DataFrame(columns=keys + ["grouping", "group"])
-        table = pd.concat(tables, ignore_index=True)
-        return table[keys + [c for c in table.columns if c not in keys]]
-
-    def to_dict(self) -> dict:
-        return json_ready({"config": self.config, "test": self.test, "arms": self.arms, "skipped": self.skipped,
-                           "aggregate": self.aggregate, "intervals": self.intervals, "primary": self.primary,
-                           "comparison": self.comparison, "secondary": self.secondary, "runs": self.runs})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, allow_nan=False)
-
-    def save(self, out_dir: str | Path) -> Path:
-        """Write out_dir/experiment.json and out_dir/subgroups.csv atomically; returns out_dir."""
-        out_dir = Path(out_dir)
-        atomic_write_bytes(out_dir / "experiment.json", self.to_json().encode())
-        buffer = io.StringIO()
-        self.subgroup_table().to_csv(buffer, index=False)
-        atomic_write_bytes(out_dir / "subgroups.csv", buffer.getvalue().encode())
-        return out_dir
 
 
 class ArmRunner:

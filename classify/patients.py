@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from classify.experiment import ExperimentConfig, ExperimentResult, analyse_runs, run_record
+from classify.experiment import ExperimentConfig, analyse_runs, run_record
+from classify.experiment_result import ExperimentResult
 from data.errors import InputError
 
 POOLED_LEVELS = {"subjects": "patients", "seeds": "classifier seeds", "generators": "fold seeds"}

@@ -30,7 +30,8 @@ from classify.report import experiment_section, markdown_table, reproduce_sectio
 from data.atomic import atomic_write_bytes
 from data.errors import InputError
 from data.json_ready import json_ready, read_json_object
-from data.planner import DONORS, cell_keys, load_plan, plan_rebalancing, planning_attributes
+from data.plan_csv import load_plan
+from data.planner import DONORS, cell_keys, plan_rebalancing, planning_attributes
 from evaluation.diversity import mask_diversity
 from run.config import CVConfig, RunConfig
 from run.downstream import real_split

@@ -17,7 +17,8 @@ from data.atomic import atomic_write_all, atomic_write_bytes
 from data.attributes import age_group
 from data.json_ready import read_json_object
 from data.oracle import oracle_slices
-from data.planner import load_plan, plan_rebalancing, planning_attributes, save_plan
+from data.plan_csv import load_plan, save_plan
+from data.planner import plan_rebalancing, planning_attributes
 from data.prevalence import prevalence_subsample
 from data.slices import SliceSet
 from ddpm.checkpoint import file_sha256

@@ -22,7 +22,8 @@ from data.errors import InputError
 from data.json_ready import json_ready
 from data.mask_input import load_control_masks
 from data.nifti import load_nifti, save_nifti
-from data.planner import jittered, sample_id_problem
+from data.plan_csv import sample_id_problem
+from data.planner import jittered
 from data.preprocess import config_hash
 from data.prompts import canonical_prompt
 from data.slices import SliceSet
@@ -222,7 +223,7 @@ def find_slice_set(run_dir: Path, cfg, subject_ids: set[str]):
 
 def plan_requests(plan, cfg, slices=None, slices_path: Optional[Path] = None, plan_dir: Path = Path("."),
                   labels: str = "ukbb") -> list[SampleRequest]:
-    """Rows of a validated plan (data.planner.load_plan) -> requests. Masks from the SliceSet row `mask_row`
+    """Rows of a validated plan (data.plan_csv.load_plan) -> requests. Masks from the SliceSet row `mask_row`
     (whose subject must be mask_subject_id), or from the file in `mask_path` (relative to the plan's folder,
     optional `mask_es_path`). jitter=1 perturbs the mask, jitter=2 deforms it (plan.donors deform), seeded by the sample's seed."""
     requests = []

@@ -15,7 +15,7 @@ import sample
 import train
 from data.errors import InputError
 from data.nifti import load_nifti
-from data.planner import load_plan
+from data.plan_csv import load_plan
 from ddpm.checkpoint import load_checkpoint
 from ddpm.trainer import checkpoint_paths
 from evaluation.image_sets import load_sample_folder

@@ -7,8 +7,9 @@ from data.cohort import LV, MYO, RV
 from data.errors import InputError
 from scipy import stats
 
+from data.plan_csv import load_plan, save_plan
 from data.planner import (KEY_VALUES, PLAN_COLUMNS, PlanTarget, apply_jitter, cell_keys, composition_after,
-                          inverse_frequency_weights, load_plan, plan_rebalancing, save_plan)
+                          inverse_frequency_weights, plan_rebalancing)
 from data.prompts import prompt_from_fields
 
 CELL_KEYS = ["health", "sex", "age_group", "bmi_group"]

@@ -1,10 +1,10 @@
 """Issue 18, class 6: a plan row's fields and its prompt are cross-checked when the plan is read
-(data/planner.py:prompt_disagreement in load_plan): the image is made from the prompt and labelled with the
+(data/plan_csv.py:prompt_disagreement in load_plan): the image is made from the prompt and labelled with the
 fields, so they must say the same thing (sex, age decade, BMI category, condition: in both or in neither)."""
 import pytest
 
 from data.errors import InputError
-from data.planner import load_plan, prompt_disagreement
+from data.plan_csv import load_plan, prompt_disagreement
 from tests.test_robustness import PLAN_HEADER, PROMPT
 
 ROW = {"sex": "female", "age": "47", "bmi": "22", "health": "heart_failure", "prompt": PROMPT}

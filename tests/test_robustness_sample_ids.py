@@ -1,4 +1,4 @@
-"""Issue 18, class 7: sample ids never collide on disk. One check (data/planner.py:sample_id_problem), used by the
+"""Issue 18, class 7: sample ids never collide on disk. One check (data/plan_csv.py:sample_id_problem), used by the
 plan reader and by the sample writer, reserves the names the writer derives (<id>_mask.nii.gz, grid.png) and
 refuses ids equal up to case; evaluation refuses (no longer skips) a sample whose id ends in _mask."""
 import json
@@ -8,7 +8,7 @@ import pytest
 
 from data.errors import InputError
 from data.nifti import save_nifti
-from data.planner import load_plan, sample_id_problem
+from data.plan_csv import load_plan, sample_id_problem
 from ddpm.sampling import SampleSettings
 from evaluation.image_sets import load_sample_folder
 from run.samples import SampleRequest, output_files, run_requests

@@ -10,7 +10,7 @@ import train
 from data.cohort import MYO
 from data.mask_input import load_control_masks
 from data.nifti import load_nifti, save_nifti
-from data.planner import load_plan
+from data.plan_csv import load_plan
 from ddpm.checkpoint import file_sha256
 
 SIZE, CROP = 32, 128.0  # configs/smoke.yaml
