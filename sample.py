@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="mask label convention: ukbb (1 LV, 2 MYO, 3 RV) or acdc (1 RV, 2 MYO, 3 LV); default ukbb")
     what.add_argument("--slice", type=int, metavar="K", help="mask slice to use (default: the mid-LV slice)")
     what.add_argument("--n", type=int, default=1, help="number of samples (seeds --seed, --seed+1, ...); default 1")
-    what.add_argument("--plan", type=Path, metavar="CSV", help="plan CSV (data/planner.py): batch mode, resumable")
+    what.add_argument("--plan", type=Path, metavar="CSV", help="plan CSV (data/planner.py makes it, data/plan_csv.py checks it): batch mode, resumable")
     what.add_argument("--slices", type=Path, metavar="NPZ", help="slice set the plan's mask_row refers to (default: the run's cache)")
     how = p.add_argument_group("sampling")
     how.add_argument("--seed", type=int, default=0, help="base seed: sample i uses seed + i; also the plan's seed (default 0)")
