@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from bench.timing import sync, timed  # noqa: E402
 from bench.train_stages import (PROMPTS, Stage, _masks, build_stages, parity_and_speed,  # noqa: E402
-                                precision_context, sync, timed, train_steps)
+                                precision_context, train_steps)
 from data.atomic import atomic_write_bytes  # noqa: E402
 from run.pipeline import Pipeline, make_schedule_from  # noqa: E402
 from run.config import RunConfig, load_run_config  # noqa: E402

@@ -11,6 +11,25 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Seconds of each of `iters` calls after `warmup` untimed ones (CUDA synchronised)."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iters):
+        sync(device)
+        tic = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - tic)
+    return out
+
+
 def cpu_stall_seconds() -> float | None:
     """Total time runnable tasks waited for a CPU on this machine (Linux PSI), None where unavailable."""
     try:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
+from bench.timing import sync, timed
 from controlnet.model import ControlNet, controlled_model_fn
 from ddpm.trainer import StepDraws, autocast_context, make_optimizer, step_generator
 from ddpm.vae import AutoencoderKL, PatchDiscriminator
@@ -19,25 +19,6 @@ from run.train_vae import VAEWithDiscriminator, vae_step_loss
 
 PROMPTS = ("Female, age in 40s, normal BMI, healthy", "Male, age in 60s, obese, heart failure")
 PARITY_STEPS = 3  # optimizer steps compared fp32 vs bf16 from the same init
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> list[float]:
-    """Seconds of each of `iters` calls after `warmup` untimed ones (CUDA synchronised)."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iters):
-        sync(device)
-        tic = time.perf_counter()
-        fn()
-        sync(device)
-        out.append(time.perf_counter() - tic)
-    return out
 
 
 def precision_context(precision: str, device: torch.device):
