@@ -28,6 +28,7 @@ from evaluation.report import evaluate, write_outputs
 from run.config import load_run_config
 from run.pipeline import load_pipeline
 from run.prepare_data import prepare_data
+from run.train_vae import reconstruct
 
 
 def main(argv=None) -> int:
@@ -72,7 +73,8 @@ def main(argv=None) -> int:
                     data.test.attributes.iloc[rows].reset_index(drop=True).assign(subject_id=ids))
     pixel_mm = cfg.data.preprocess.crop_mm / cfg.data.preprocess.size
     metrics = evaluate(data.train, data.test, fake, cfg.evaluation, progress=False, spacing_mm=pixel_mm,
-                       fake_subjects=[data.test.subject_ids[i] for i in rows])
+                       fake_subjects=[data.test.subject_ids[i] for i in rows],
+                       reconstructed=reconstruct(pipe.vae, data.test.images))
     metrics["lever"] = {"controlnet": str(args.controlnet or args.run / "controlnet.safetensors"), "guidance": guidance,
                         "control_scale": scale, "spacing": spacing,
                         "steps_offset": offset, "samples_per_mask": k, "sampling_seconds": round(seconds, 1),

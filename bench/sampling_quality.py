@@ -35,7 +35,7 @@ from data.atomic import atomic_write_bytes
 from data.cohort import LABEL_NAMES
 from ddpm.schedulers import randn
 from evaluation.fidelity import dice
-from evaluation.held_out import classifier_extractor, disjoint_fid, ef_abs_errors
+from evaluation.held_out import classifier_extractor, disjoint_fid, ef_errors
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
 from geometry.encodings import encode_control
 from run.config import load_run_config
@@ -149,7 +149,7 @@ def quality(images: np.ndarray, masks: np.ndarray, seg, feats_fn, real_feats, re
             pixel_mm: float, fid_repeats: int) -> dict:
     pred = segment(seg, images)
     per_image = {name: [dice(pred[i], masks[i], label) for i in range(len(pred))] for label, name in LABEL_NAMES.items()}
-    ef = ef_abs_errors(pred, masks, pixel_mm)
+    ef = np.abs(ef_errors(pred, masks, pixel_mm))
     fid = disjoint_fid(real_feats, real_subjects, feats_fn(images), fake_subjects, len(images), fid_repeats)
     return {"dice": {k: float(np.mean(v)) for k, v in per_image.items()}, "dice_per_image": per_image,
             "ef_abs_error_median": float(np.nanmedian(ef)), "fid": fid["fake_vs_real"]["mean"],

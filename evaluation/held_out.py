@@ -82,13 +82,14 @@ def disjoint_fid(real_feats: np.ndarray, real_subjects: Sequence[str], fake_feat
             "real_vs_real_bound": stats(bound), "ratio": float(np.mean(fake) / np.mean(bound))}
 
 
-def ef_abs_errors(pred_masks: np.ndarray, target_masks: np.ndarray, spacing_mm: float) -> np.ndarray:
-    """(N, 2, S, S) ED/ES label pairs -> |EF proxy(pred) - EF proxy(target)| per item (NaN where undefined)."""
+def ef_errors(pred_masks: np.ndarray, target_masks: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """(N, 2, S, S) ED/ES label pairs -> EF proxy(pred) - EF proxy(target) per item (NaN where undefined); negative:
+    the predicted pair contracts less than its target (e.g. an ES cavity drawn too large)."""
 
     def ef(m):
         return np.array([describe_ed_es(x[0], x[1], spacing_mm)["ef_proxy"] for x in m], dtype=np.float64)
 
-    return np.abs(ef(pred_masks) - ef(target_masks))
+    return ef(pred_masks) - ef(target_masks)
 
 
 def target_checks(metrics: dict, dice_ratio: float = 0.90, ef_median: float = 0.05, fid_ratio: float = 2.0) -> dict:

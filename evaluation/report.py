@@ -28,7 +28,7 @@ from evaluation.diversity import mean_pairwise_ms_ssim, nearest_real_distance
 from evaluation.features import make_extractor
 from evaluation.fid import real_vs_real_bound, repeated_fid
 from evaluation.fidelity import descriptor_errors, dice_per_structure
-from evaluation.held_out import classifier_extractor, disjoint_fid, ef_abs_errors, target_checks
+from evaluation.held_out import classifier_extractor, disjoint_fid, ef_errors, target_checks
 from evaluation.image_sets import ImageSet, as_image_set
 from evaluation.kid import kernel_inception_distance
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
@@ -108,19 +108,29 @@ def subgroup_fid(real: np.ndarray, real_labels: pd.DataFrame, fake: np.ndarray, 
     return out
 
 
-def control_fidelity(model, real_test: ImageSet, fake: ImageSet, spacing_mm: float) -> dict:
+def control_fidelity(model, real_test: ImageSet, fake: ImageSet, spacing_mm: float,
+                     reconstructed: Optional[np.ndarray] = None) -> dict:
     """Dice per structure and descriptor errors of the segmenter on fakes (vs their conditioning masks) and on
-    real_test (vs the true masks: the segmenter's own accuracy, the ceiling)."""
+    real_test (vs the true masks: the segmenter's own accuracy, the ceiling). reconstructed: (N, 2, S, S) autoencoder
+    reconstructions of real_test's images, scored against its masks ("vae_reconstruction"): the latent space's
+    ceiling, since no generator decodes masks better than the autoencoder reproduces real images."""
+    sides = [("real_test", real_test.images, real_test.masks), ("fake", fake.images, fake.masks)]
+    if reconstructed is not None:
+        if np.shape(reconstructed) != real_test.images.shape:
+            raise InputError("reconstructed", f"shape {np.shape(reconstructed)} differs from real_test's {real_test.images.shape}")
+        sides.append(("vae_reconstruction", reconstructed, real_test.masks))
     out = {}
-    for name, data in (("real_test", real_test), ("fake", fake)):
-        if data.masks is None:
+    for name, images, masks in sides:
+        if masks is None:
             out[name] = {"skipped": "no masks (e.g. samples generated without a conditioning mask)"}
             continue
-        pred = segment(model, data.images)
-        ef = ef_abs_errors(pred, data.masks, spacing_mm)
-        out[name] = {"dice": dice_per_structure(pred, data.masks),
-                     "descriptor_mae": descriptor_errors(pred, data.masks, spacing_mm),
-                     "ef_proxy_abs_error_median": float(np.nanmedian(ef)) if np.isfinite(ef).any() else None}
+        pred = segment(model, images)
+        ef = ef_errors(pred, masks, spacing_mm)
+        defined = np.isfinite(ef).any()
+        out[name] = {"dice": dice_per_structure(pred, masks),
+                     "descriptor_mae": descriptor_errors(pred, masks, spacing_mm),
+                     "ef_proxy_abs_error_median": float(np.nanmedian(np.abs(ef))) if defined else None,
+                     "ef_proxy_signed_error_median": float(np.nanmedian(ef)) if defined else None}
     return out
 
 
@@ -161,10 +171,13 @@ def _log(message: str, progress: bool) -> None:
 def evaluate(real_train, real_test, fake, cfg: Optional[EvalConfig] = None,
              inception_weights: Optional[Union[str, Path]] = None, progress: bool = True,
              spacing_mm: Optional[float] = None, attrs=DEFAULT_ATTRIBUTES,
-             device: Union[str, torch.device] = "cpu", fake_subjects=None) -> dict:
+             device: Union[str, torch.device] = "cpu", fake_subjects=None,
+             reconstructed: Optional[np.ndarray] = None) -> dict:
     """All metrics of generated images `fake` against real images (ImageSet or SliceSet, (N, 2, S, S) in [-1, 1]).
 
     fake_subjects: the real_test subject whose masks made each fake; adds a subject-disjoint FID ("fid_disjoint").
+    reconstructed: autoencoder reconstructions of real_test's images; adds the latent space's control-fidelity
+    ceiling (control_fidelity's "vae_reconstruction").
 
     spacing_mm: pixel size of the preprocessed grid for descriptor errors (default: the samples' sidecars, else
     2.0 mm). Returns a JSON-ready dict (NaN where undefined).
@@ -214,7 +227,7 @@ def evaluate(real_train, real_test, fake, cfg: Optional[EvalConfig] = None,
         metrics["control_fidelity"] = {"skipped": "the real training images carry no masks to train a segmenter"}
     else:
         metrics["control_fidelity"] = {"segmenter": {"steps": cfg.segmenter_steps, "trained_on": len(real_train)},
-                                       **control_fidelity(seg_model, real_test, fake, float(spacing_mm))}
+                                       **control_fidelity(seg_model, real_test, fake, float(spacing_mm), reconstructed)}
     _log(f"training attribute classifiers ({cfg.attribute_epochs} epochs each)", progress)
     models = train_attribute_classifiers(real_train, attrs, cfg.attribute_epochs, seed=cfg.seed, device=device)
     metrics["attribute_fidelity"] = {
@@ -271,14 +284,18 @@ def markdown_table(m: dict) -> str:
                      f"(real A vs real B; ratio {_num(d['ratio'])}) |")
     control = m["control_fidelity"]
     sides = [control.get(side, control) for side in ("fake", "real_test")]  # a skip may sit at either level
+    recon = control.get("vae_reconstruction")
     for name in ("LV", "MYO", "RV"):
         cells = [c.get("skipped") or _num(c["dice"][name]) for c in sides]
-        lines.append(f"| Dice {name} (segmenter) | {cells[0]} | {cells[1]} (segmenter's own accuracy) |")
+        ceiling = f"; VAE reconstructions {_num(recon['dice'][name])}" if recon and "dice" in recon else ""
+        lines.append(f"| Dice {name} (segmenter) | {cells[0]} | {cells[1]} (segmenter's own accuracy{ceiling}) |")
     for key in ("ed_lv_area_mm2", "ed_wall_thickness_mm", "ef_proxy"):
         cells = [c.get("skipped") or _num(c["descriptor_mae"][f"{key}_mae"]) for c in sides]
         lines.append(f"| MAE {key} | {cells[0]} | {cells[1]} |")
-    cells = [c.get("skipped") or _num(c.get("ef_proxy_abs_error_median")) for c in sides]
-    lines.append(f"| median abs error ef_proxy | {cells[0]} | {cells[1]} |")
+    for key, label in (("ef_proxy_abs_error_median", "median abs error"), ("ef_proxy_signed_error_median", "median signed error")):
+        cells = [c.get("skipped") or _num(c.get(key)) for c in sides]
+        ceiling = f" (VAE reconstructions {_num(recon.get(key))})" if recon and "dice" in recon else ""
+        lines.append(f"| {label} ef_proxy | {cells[0]} | {cells[1]}{ceiling} |")
     attrs = m["attribute_fidelity"]
     for name, entry in attrs["fake"].items():
         lines.append(f"| accuracy {name} | {_acc(entry)} | {_acc(attrs['real_test'][name])} |")
@@ -329,10 +346,11 @@ def figure_png(m: dict) -> Optional[bytes]:
     if "skipped" not in fid:
         axes[0].legend(fontsize=7)
     control, width = m["control_fidelity"], 0.4
-    for offset, side in ((-width / 2, "fake"), (width / 2, "real_test")):
-        dice = control.get(side, {}).get("dice")
-        if dice:
-            axes[1].bar(np.arange(3) + offset, [dice[k] for k in ("LV", "MYO", "RV")], width, label=side)
+    bars = [side for side in ("fake", "real_test", "vae_reconstruction") if control.get(side, {}).get("dice")]
+    for k, side in enumerate(bars):
+        dice = control[side]["dice"]
+        axes[1].bar(np.arange(3) + (k - (len(bars) - 1) / 2) * width * 2 / len(bars),
+                    [dice[c] for c in ("LV", "MYO", "RV")], width * 2 / len(bars), label=side)
     axes[1].set_xticks(range(3), ["LV", "MYO", "RV"])
     axes[1].set_ylim(0, 1)
     axes[1].set_title("Dice of the segmenter", fontsize=9)

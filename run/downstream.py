@@ -34,6 +34,7 @@ from run.prepare_data import PreparedData, fresh_test_set
 from run.provenance import verify_stage
 from run.samples import SampleRequest, checkpoint_record, plan_requests, run_requests
 from run.state import RunState
+from run.train_vae import load_vae, reconstruct
 
 
 def _generate(cfg, ckpts: dict, requests: list[SampleRequest], out_dir: Path, overwrite: bool = False) -> None:
@@ -130,8 +131,10 @@ def evaluation_stage(run: RunState) -> Path:
     metrics_path = run_dir / "evaluation" / "metrics.json"
     mirror, sources = mirror_of_test(cfg, data, run.checkpoints, run_dir, "evaluation" in run.force)
     pixel_mm = cfg.data.preprocess.crop_mm / cfg.data.preprocess.size
-    metrics = evaluate(data.train, data.test, mirror, cfg.evaluation, spacing_mm=pixel_mm,
-                       device=resolve_device(cfg.device), fake_subjects=sources)
+    device = resolve_device(cfg.device)
+    reconstructed = reconstruct(load_vae(run.checkpoints["vae"], device)[0], data.test.images)
+    metrics = evaluate(data.train, data.test, mirror, cfg.evaluation, spacing_mm=pixel_mm, device=device,
+                       fake_subjects=sources, reconstructed=reconstructed)
     evaluate_plan_samples(run)  # before metrics.json, which marks the stage done
     write_outputs(metrics, metrics_path, run_dir / "evaluation" / "metrics.md", run_dir / "evaluation" / "metrics.png")
     return metrics_path

@@ -60,20 +60,23 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 64)
 
 
 @torch.no_grad()
-def reconstruction_metrics(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 64) -> dict:
-    """PSNR (data range 2 for [-1, 1]) and MS-SSIM of decode(encode(x).mode()) on held-out images."""
+def reconstruct(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """(N, C, S, S) in [-1, 1] -> decode(encode(x).mode()), clamped to [-1, 1], float32, same shape."""
     vae.eval()
     device = next(vae.parameters()).device
-    psnrs, ssims = [], []
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start:start + batch_size]).to(device)
-        recon = vae.decode(vae.encode(x).mode()).clamp(-1, 1).float()
-        mse = (recon - x).pow(2).flatten(1).mean(1)
-        psnrs.append(10 * torch.log10(4.0 / mse.clamp_min(1e-12)))
-        frames = lambda t: t.reshape(-1, 1, *t.shape[2:])  # noqa: E731 - each frame scored separately
-        ssims.append(ms_ssim_batch(frames(recon).cpu(), frames(x).cpu()))
-        psnrs[-1] = psnrs[-1].cpu()
-    return {"psnr_db": torch.cat(psnrs).mean().item(), "ms_ssim": torch.cat(ssims).mean().item(), "n": len(images)}
+    out = [vae.decode(vae.encode(torch.from_numpy(images[i:i + batch_size]).to(device)).mode()).clamp(-1, 1).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def reconstruction_metrics(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 64) -> dict:
+    """PSNR (data range 2 for [-1, 1]) and MS-SSIM of decode(encode(x).mode()) on held-out images."""
+    x, recon = torch.from_numpy(images), torch.from_numpy(reconstruct(vae, images, batch_size))
+    psnr = 10 * torch.log10(4.0 / (recon - x).pow(2).flatten(1).mean(1).clamp_min(1e-12))
+    frames = lambda t: t.reshape(-1, 1, *t.shape[2:])  # noqa: E731 - each frame scored separately
+    ssim = torch.cat([ms_ssim_batch(frames(recon[i:i + batch_size]), frames(x[i:i + batch_size]))
+                      for i in range(0, len(x), batch_size)])
+    return {"psnr_db": psnr.mean().item(), "ms_ssim": ssim.mean().item(), "n": len(images)}
 
 
 def load_vae(path: Path, device: torch.device = torch.device("cpu")) -> tuple[AutoencoderKL, float, dict]:

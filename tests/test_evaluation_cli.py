@@ -14,7 +14,7 @@ from evaluation.fid import real_vs_real_bound
 from evaluation.image_sets import ImageSet, as_image_set, load_image_set
 from data.json_ready import json_ready as plain
 from evaluation.report import EvalConfig, bound_capacity, control_fidelity, fid_block, markdown_table
-from evaluation.segmenter import SegmenterConfig, train_segmenter
+from evaluation.segmenter import Segmenter, SegmenterConfig, train_segmenter
 from tests.test_features import toy_slices
 
 AFFINE = np.diag([2.0, 2.0, 1.0, 1.0])
@@ -86,6 +86,17 @@ def test_dice_is_high_on_real_test_images_and_low_on_noise(toy):
     assert min(real["dice"].values()) > 0.75, real["dice"]
     assert max(noise["dice"].values()) < 0.4, noise["dice"]
     assert real["descriptor_mae"]["ed_lv_area_mm2_mae"] < noise["descriptor_mae"]["ed_lv_area_mm2_mae"]
+
+
+def test_vae_reconstruction_side_is_the_real_side_when_reconstructions_are_exact_and_rejects_other_shapes():
+    torch.manual_seed(0)
+    test = toy_slices(4, 2, seed=1, prefix="t")
+    model = Segmenter(SegmenterConfig(base=8)).eval()  # untrained: the identity holds for any segmenter
+    out = control_fidelity(model, as_image_set(test), noise_like(test), 2.0, reconstructed=test.images.copy())
+    assert plain(out["vae_reconstruction"]) == plain(out["real_test"])
+    assert "ef_proxy_signed_error_median" in out["fake"]
+    with pytest.raises(InputError, match="reconstructed"):
+        control_fidelity(model, as_image_set(test), noise_like(test), 2.0, reconstructed=test.images[:2])
 
 
 def test_sample_folder_round_trips(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 from data.cohort import LV, MYO
 from data.errors import InputError
 from evaluation.fid import fid_from_features
-from evaluation.held_out import disjoint_fid, ef_abs_errors, realism_labels, target_checks
+from evaluation.held_out import disjoint_fid, ef_errors, realism_labels, target_checks
 
 
 def _features(n_subjects=6, per_subject=5, dim=3, seed=0):
@@ -46,11 +46,12 @@ def _disk_pair(r_ed, r_es, size=48):
     return pair
 
 
-def test_ef_abs_errors_zero_on_identical_masks_and_close_to_disk_closed_form():
+def test_ef_errors_zero_on_identical_masks_and_close_to_disk_closed_form():
     target = np.stack([_disk_pair(12, 8)])
-    assert ef_abs_errors(target, target, 1.5)[0] == 0.0
-    pred = np.stack([_disk_pair(12, 12)])  # no contraction: EF 0 against 1 - (8/12)^2
-    assert ef_abs_errors(pred, target, 1.5)[0] == pytest.approx(1 - (8 / 12) ** 2, abs=0.03)
+    assert ef_errors(target, target, 1.5)[0] == 0.0
+    pred = np.stack([_disk_pair(12, 12)])  # no contraction: EF 0 against 1 - (8/12)^2, so the error is negative
+    assert ef_errors(pred, target, 1.5)[0] == pytest.approx(-(1 - (8 / 12) ** 2), abs=0.03)
+    assert ef_errors(target, pred, 1.5)[0] == pytest.approx(1 - (8 / 12) ** 2, abs=0.03)
 
 
 def test_target_checks_read_the_ratios():
