@@ -249,13 +249,15 @@ def _counts(row: dict) -> str:
     return "/".join(_count(row.get(k)) for k in ("tp", "fn", "tn", "fp"))
 
 
-def experiment_section(result, plot_path: Optional[str | Path] = None, rare: Optional[dict] = None) -> str:
+def experiment_section(result, plot_path: Optional[str | Path] = None, rare: Optional[dict] = None,
+                       unit: str = "slices") -> str:
     """Primary endpoint first (metric, arms, estimate, CI, verdict, MDE), where the uncertainty comes from, the
     arms with intervals and error counts, the Holm-corrected secondary comparisons, then disparities and
     per-subgroup balanced accuracy with CIs and error counts.
 
     rare: data.rare's summary (key, value, ...) when one group was made rare: its row is marked and its change
-    under the primary arm follows the primary endpoint."""
+    under the primary arm follows the primary endpoint. unit: what a counted test row is ("patients" when slice
+    scores were pooled per patient)."""
     data = as_dict(result)
     arms, agg, test, cfg = data["arms"], data["aggregate"], data["test"], data["config"]
     seeds, n_boot, columns = cfg["experiment"]["seeds"], cfg["experiment"]["n_boot"], _columns(data)
@@ -270,7 +272,7 @@ def experiment_section(result, plot_path: Optional[str | Path] = None, rare: Opt
              fmt_mean_std(agg[a]["auroc"]), _counts(intervals[a]["counts"]),
              *[fmt_mean_std(agg[a][c]["balanced_accuracy_gap"]) for c in columns]] for a in arms]
     headers = ["arm", "runs (generators × seeds)", "n train", "balanced accuracy [95% CI]",
-               "worst-group bal. acc. [95% CI]", "AUROC (mean ± std)", "TP/FN/TN/FP (test slices, mean over runs)",
+               "worst-group bal. acc. [95% CI]", "AUROC (mean ± std)", f"TP/FN/TN/FP (test {unit}, mean over runs)",
                *[f"gap {name} (mean ± std)" for name in names]]
     parts += ["### Arms", markdown_table(headers, rows)]
     parts.append(_secondary_table(data))
@@ -293,13 +295,13 @@ def experiment_section(result, plot_path: Optional[str | Path] = None, rare: Opt
                       info[k]["n_positive"]]
     rows = [[*lead(k), _rate_name(info[k]), *[fmt_interval(cells[(a, *k)]) if (a, *k) in cells else NA for a in arms]]
             for k in keys]
-    headers = ["attribute", "group", "test subjects", "test slices", "positive slices"]
+    headers = ["attribute", "group", "test subjects", f"test {unit}", f"positive {unit}"]
     parts += ["### Per-subgroup balanced accuracy [95% CI]",
               markdown_table(headers + ["measures", *[_label(a) for a in arms]], rows) if rows
               else f"No test subgroup with a known {' / '.join(names)}."]
     if rows:
         rows = [[*lead(k), *[_counts(cells[(a, *k)]) if (a, *k) in cells else NA for a in arms]] for k in keys]
-        parts += ["Error counts per subgroup: TP/FN/TN/FP over test slices, mean over each arm's runs:",
+        parts += [f"Error counts per subgroup: TP/FN/TN/FP over test {unit}, mean over each arm's runs:",
                   markdown_table(headers + [_label(a) for a in arms], rows)]
     if any(_rate_name(info[k]) != "bal. acc." for k in keys):
         parts.append("A group holding one class (e.g. every health group, the label being a function of it) has "
@@ -311,7 +313,7 @@ def experiment_section(result, plot_path: Optional[str | Path] = None, rare: Opt
         skipped = "; ".join(f"{_label(a)}: {r}" for a, r in data["skipped"].items())
         parts.append(f"Skipped arms: {skipped}.")
     parts.append(f"Method: test set of {test['n_slices']} slices from {test['n_subjects']} held-out real subjects "
-                 f"({test['n_positive']} positive slices); classifier seeds {', '.join(map(str, seeds))}; "
+                 f"({test['n_positive']} positive {unit}); classifier seeds {', '.join(map(str, seeds))}; "
                  f"{cfg.get('n_generators', 1)} separately trained generator(s), each arm using synthetic data run "
                  f"once per generator × seed; threshold {cfg['threshold']}. Model selection (best epoch) on "
                  f"{100 * cfg['experiment']['val_fraction']:.0f}% of each arm's own training subjects. Groups: "

@@ -175,6 +175,6 @@ def write_cv_report(run_dir: Path, cfg: RunConfig, records: list[dict], commands
                *[f"{d}: masks / donors / distinct / mean pairwise Dice" for d in DONORS], "real rare group: same",
                "stage seconds (as trained)"]
     sections = {"Design": design, "Folds and donor diversity": markdown_table(headers, _fold_rows(records)),
-                "Debiasing, pooled over folds (patients)": experiment_section(experiment),
+                "Debiasing, pooled over folds (patients)": experiment_section(experiment, unit="patients"),
                 "Reproduce": reproduce_section(list(commands), yaml.safe_dump(to_dict(cfg), sort_keys=False))}
     return write_report(run_dir / "report.md", sections, title="cardiac-ldm: cross-validated debiasing")

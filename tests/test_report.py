@@ -93,6 +93,8 @@ def test_error_counts_sit_beside_the_rates(toy):
     row = next(line for line in text.splitlines() if line.startswith("| (a) real | 1 × 2 |"))
     assert "/".join(str(int(counts[k])) if counts[k] == int(counts[k]) else f"{counts[k]:.1f}"
                     for k in ("tp", "fn", "tn", "fp")) in row
+    pooled = experiment_section(result, unit="patients")  # cross-validation scores each patient once
+    assert "test patients" in pooled and "positive patients" in pooled and "test slices" not in pooled
     errors = text.split("Error counts per subgroup")[1]
     female = result.intervals["reweighted"]["subgroups"].set_index("group").loc["female"]
     assert f"| sex | female | {female['n_subjects']} | {female['count']} |" in errors
