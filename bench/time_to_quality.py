@@ -131,15 +131,18 @@ def reach(points: list[dict], target_dice: float, target_fid: float, key: str = 
     return min(good) if good else None
 
 
-def summarise(out: dict, reference: str = "current") -> dict:
+def summarise(out: dict, reference: str = "current", reference_final: dict | None = None) -> dict:
     """Per recipe: seconds and training steps (LDM + ControlNet) to the reference recipe's final quality (no noise
-    band: a small-n point estimate; steps do not move with the machine's load, seconds do)."""
-    if reference not in out["recipes"] or not out["recipes"][reference]["points"]:
-        return {}
+    band: a small-n point estimate; steps do not move with the machine's load, seconds do). reference_final: that
+    point from another invocation (another LDM length, same judges) instead of this one's reference recipe."""
     for r in out["recipes"].values():
         for p in r["points"]:
             p["train_steps"] = out["ldm_steps"] + p["controlnet_step"]
-    final = out["recipes"][reference]["points"][-1]
+    if reference_final is None:
+        if reference not in out["recipes"] or not out["recipes"][reference]["points"]:
+            return {}
+        reference_final = out["recipes"][reference]["points"][-1]
+    final = reference_final
     rows = {}
     for name, r in out["recipes"].items():
         sec, steps = (reach(r["points"], final["mean_dice"], final["fid"], key) for key in ("train_seconds", "train_steps"))
@@ -150,6 +153,19 @@ def summarise(out: dict, reference: str = "current") -> dict:
     return {"reference": reference,
             "reference_final": {k: final[k] for k in ("mean_dice", "fid", "train_seconds", "train_steps")},
             "rows": rows}
+
+
+def reference_point(path: Path, now: dict, reference: str = "current") -> dict:
+    """The final point of `reference` in an earlier --out measured with the same judges (run, n, threads, the
+    segmenter's Dice on the real held-out slices), its training steps counted with that file's LDM length."""
+    before = json.loads(path.read_text())
+    same = ("run", "n", "threads", "segmenter_dice_on_real_test")
+    if any(before.get(k) != now[k] for k in same):
+        raise InputError(path, f"measured with other judges or data ({', '.join(same)} must match)")
+    points = before.get("recipes", {}).get(reference, {}).get("points")
+    if not points:
+        raise InputError(path, f"holds no measured '{reference}' recipe")
+    return {**points[-1], "train_steps": before["ldm_steps"] + points[-1]["controlnet_step"]}
 
 
 def kept_recipes(before: dict, now: dict) -> dict:
@@ -196,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plot", type=Path)
+    p.add_argument("--reference", type=Path,
+                   help="an earlier --out whose 'current' final point is the quality to reach (e.g. a shorter LDM here)")
     p.add_argument("--add", action="store_true",
                    help="keep the recipes already in --out (same run, steps and n) and train only the others")
     args = p.parse_args(argv)
@@ -226,6 +244,9 @@ def measure(args: argparse.Namespace) -> int:
            "every": args.every, "threads": args.threads, "judges_seconds": time.perf_counter() - tic,
            "segmenter_dice_on_real_test": real_dice, "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
            "recipes": {}}
+    target = None if args.reference is None else reference_point(args.reference, out)
+    if target is not None:
+        out["reference_from"] = str(args.reference)
     if args.add and args.out.is_file():
         kept = kept_recipes(json.loads(args.out.read_text()), out)
         out["recipes"].update(kept)
@@ -249,12 +270,12 @@ def measure(args: argparse.Namespace) -> int:
             print(json.dumps({"recipe": name, **points[-1]}), flush=True)
         out["recipes"][name] = {"overrides": RECIPES[name], "ldm_seconds": ldm_seconds, "points": points,
                                 "loadavg_after": Path("/proc/loadavg").read_text().split()[:3]}
-        out["summary"] = summarise(out)
+        out["summary"] = summarise(out, reference_final=target)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(args.out, (json.dumps(out, indent=1) + "\n").encode())  # after each recipe: partial results
         if args.plot:
             plot(out, args.plot)
-    out["summary"] = summarise(out)
+    out["summary"] = summarise(out, reference_final=target)
     print(json.dumps(out["summary"], indent=1))
     return 0
 

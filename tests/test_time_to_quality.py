@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import train
-from bench.time_to_quality import kept_recipes, main, reach, summarise
+from bench.time_to_quality import kept_recipes, main, reach, reference_point, summarise
 from data.errors import InputError
 from ddpm.checkpoint import load_checkpoint
 
@@ -62,3 +62,20 @@ def test_add_keeps_recipes_only_from_the_same_settings():
     for key, other in (("n", 16), ("segmenter_dice_on_real_test", {"LV": 0.6})):
         with pytest.raises(InputError, match="--add"):
             kept_recipes({**before, key: other}, now)
+
+
+def test_reference_from_another_ldm_length_counts_its_own_steps(tmp_path):
+    judges = {"run": "r", "n": 8, "threads": 1, "segmenter_dice_on_real_test": {"LV": 0.5}}
+    final = {"controlnet_step": 30, "train_seconds": 60.0, "mean_dice": 0.8, "fid": 5.0}
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps({**judges, "ldm_steps": 100, "recipes": {"current": {"points": [final]}}}))
+    target = reference_point(path, judges)
+    assert target["train_steps"] == 130
+    short = [{"controlnet_step": 20, "train_seconds": 30.0, "mean_dice": 0.81, "fid": 4.9}]
+    rows = summarise({"ldm_steps": 45, "recipes": {"v": {"points": short}}}, reference_final=target)["rows"]
+    assert rows["v"]["speedup_vs_reference"] == 2.0 and rows["v"]["step_ratio_vs_reference"] == 130 / 65
+    with pytest.raises(InputError, match="other judges"):
+        reference_point(path, {**judges, "n": 16})
+    path.write_text(json.dumps({**judges, "ldm_steps": 100, "recipes": {}}))
+    with pytest.raises(InputError, match="no measured"):
+        reference_point(path, judges)
