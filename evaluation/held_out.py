@@ -4,6 +4,9 @@
   (its pooled penultimate features), not from the segmenter that scores control fidelity;
 - subject-disjoint FID: generated images from the masks of one half of the held-out subjects against real images
   of the other half, beside the real-vs-real bound on the same two halves at the same n;
+- control fidelity: the segmenter's Dice and EF-proxy errors on generated images against their conditioning masks,
+  on real held-out images (its own accuracy) and on their VAE reconstructions (the latent space's ceiling), also per
+  slice position;
 - the median |EF proxy error| and the Dice ratios against the segmenter's own Dice, as target checks.
 """
 from __future__ import annotations
@@ -17,6 +20,9 @@ from data.errors import InputError
 from evaluation.attributes import attribute_labels, train_one
 from evaluation.features import Extractor
 from evaluation.fid import fid_from_features
+from evaluation.fidelity import descriptor_errors, dice_per_structure
+from evaluation.image_sets import ImageSet
+from evaluation.segmenter import segment
 from geometry.descriptors import describe_ed_es
 
 FEATURE_LABELS = ("health", "slice_position")  # what the realism classifier learns to tell apart
@@ -90,6 +96,48 @@ def ef_errors(pred_masks: np.ndarray, target_masks: np.ndarray, spacing_mm: floa
         return np.array([describe_ed_es(x[0], x[1], spacing_mm)["ef_proxy"] for x in m], dtype=np.float64)
 
     return ef(pred_masks) - ef(target_masks)
+
+
+POSITION_ORDER = ("basal", "mid", "apical")  # base to apex, the prompts' slice positions
+
+
+def _fidelity(pred: np.ndarray, masks: np.ndarray, spacing_mm: float) -> dict:
+    """Dice per structure, descriptor MAEs and the EF proxy's median absolute / signed error of predicted masks."""
+    ef = ef_errors(pred, masks, spacing_mm)
+    defined = np.isfinite(ef).any()
+    return {"dice": dice_per_structure(pred, masks), "descriptor_mae": descriptor_errors(pred, masks, spacing_mm),
+            "ef_proxy_abs_error_median": float(np.nanmedian(np.abs(ef))) if defined else None,
+            "ef_proxy_signed_error_median": float(np.nanmedian(ef)) if defined else None}
+
+
+def control_fidelity(model, real_test: ImageSet, fake: ImageSet, spacing_mm: float,
+                     reconstructed: Optional[np.ndarray] = None, positions: Optional[dict] = None) -> dict:
+    """Dice per structure and descriptor errors of the segmenter on fakes (vs their conditioning masks) and on
+    real_test (vs the true masks: the segmenter's own accuracy, the ceiling). reconstructed: (N, 2, S, S) autoencoder
+    reconstructions of real_test's images, scored against its masks ("vae_reconstruction"): the latent space's
+    ceiling, since no generator decodes masks better than the autoencoder reproduces real images.
+    positions: {"real_test": labels, "fake": labels} slice position per image (None where unknown); adds
+    "by_position" (n, Dice, EF errors per position) to every side (the reconstructions take real_test's)."""
+    sides = [("real_test", real_test.images, real_test.masks), ("fake", fake.images, fake.masks)]
+    if reconstructed is not None:
+        if np.shape(reconstructed) != real_test.images.shape:
+            raise InputError("reconstructed", f"shape {np.shape(reconstructed)} differs from real_test's {real_test.images.shape}")
+        sides.append(("vae_reconstruction", reconstructed, real_test.masks))
+    positions = positions or {}
+    out = {}
+    for name, images, masks in sides:
+        if masks is None:
+            out[name] = {"skipped": "no masks (e.g. samples generated without a conditioning mask)"}
+            continue
+        pred = segment(model, images)
+        out[name] = _fidelity(pred, masks, spacing_mm)
+        where = positions.get("real_test" if name == "vae_reconstruction" else name)
+        if where is not None:
+            where = np.asarray([p if isinstance(p, str) else "" for p in where], dtype=object)
+            order = sorted((p for p in set(where) if p), key=lambda p: (POSITION_ORDER.index(p) if p in POSITION_ORDER else 99, p))
+            out[name]["by_position"] = {p: {"n": int((where == p).sum()), **_fidelity(pred[where == p], masks[where == p], spacing_mm)}
+                                        for p in order}
+    return out
 
 
 def target_checks(metrics: dict, dice_ratio: float = 0.90, ef_median: float = 0.05, fid_ratio: float = 2.0) -> dict:

@@ -27,11 +27,10 @@ from evaluation.attributes import DEFAULT_ATTRIBUTES, attribute_accuracy, attrib
 from evaluation.diversity import mean_pairwise_ms_ssim, nearest_real_distance
 from evaluation.features import make_extractor
 from evaluation.fid import real_vs_real_bound, repeated_fid
-from evaluation.fidelity import descriptor_errors, dice_per_structure
-from evaluation.held_out import classifier_extractor, disjoint_fid, ef_errors, target_checks
+from evaluation.held_out import classifier_extractor, control_fidelity, disjoint_fid, target_checks
 from evaluation.image_sets import ImageSet, as_image_set
 from evaluation.kid import kernel_inception_distance
-from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
+from evaluation.segmenter import SegmenterConfig, train_segmenter
 from evaluation.training_set import TrainingSetConfig
 
 SUBGROUP_KEYS = ("sex", "age_decade", "bmi_category", "health")
@@ -105,32 +104,6 @@ def subgroup_fid(real: np.ndarray, real_labels: pd.DataFrame, fake: np.ndarray, 
             fid = repeated_fid(real[r], fake[f], n, cfg.fid_repeats, cfg.seed)
             kid = kernel_inception_distance(real[r], fake[f], cfg.kid_subsets, n, seed=cfg.seed)
             out[key][value] = {**entry, "n_per_side": n, "fid": _mean_std(fid), "kid": _mean_std(kid)}
-    return out
-
-
-def control_fidelity(model, real_test: ImageSet, fake: ImageSet, spacing_mm: float,
-                     reconstructed: Optional[np.ndarray] = None) -> dict:
-    """Dice per structure and descriptor errors of the segmenter on fakes (vs their conditioning masks) and on
-    real_test (vs the true masks: the segmenter's own accuracy, the ceiling). reconstructed: (N, 2, S, S) autoencoder
-    reconstructions of real_test's images, scored against its masks ("vae_reconstruction"): the latent space's
-    ceiling, since no generator decodes masks better than the autoencoder reproduces real images."""
-    sides = [("real_test", real_test.images, real_test.masks), ("fake", fake.images, fake.masks)]
-    if reconstructed is not None:
-        if np.shape(reconstructed) != real_test.images.shape:
-            raise InputError("reconstructed", f"shape {np.shape(reconstructed)} differs from real_test's {real_test.images.shape}")
-        sides.append(("vae_reconstruction", reconstructed, real_test.masks))
-    out = {}
-    for name, images, masks in sides:
-        if masks is None:
-            out[name] = {"skipped": "no masks (e.g. samples generated without a conditioning mask)"}
-            continue
-        pred = segment(model, images)
-        ef = ef_errors(pred, masks, spacing_mm)
-        defined = np.isfinite(ef).any()
-        out[name] = {"dice": dice_per_structure(pred, masks),
-                     "descriptor_mae": descriptor_errors(pred, masks, spacing_mm),
-                     "ef_proxy_abs_error_median": float(np.nanmedian(np.abs(ef))) if defined else None,
-                     "ef_proxy_signed_error_median": float(np.nanmedian(ef)) if defined else None}
     return out
 
 
@@ -227,7 +200,9 @@ def evaluate(real_train, real_test, fake, cfg: Optional[EvalConfig] = None,
         metrics["control_fidelity"] = {"skipped": "the real training images carry no masks to train a segmenter"}
     else:
         metrics["control_fidelity"] = {"segmenter": {"steps": cfg.segmenter_steps, "trained_on": len(real_train)},
-                                       **control_fidelity(seg_model, real_test, fake, float(spacing_mm), reconstructed)}
+                                       **control_fidelity(seg_model, real_test, fake, float(spacing_mm), reconstructed,
+                                                         {"real_test": real_labels["slice_position"],
+                                                          "fake": fake_labels["slice_position"]})}
     _log(f"training attribute classifiers ({cfg.attribute_epochs} epochs each)", progress)
     models = train_attribute_classifiers(real_train, attrs, cfg.attribute_epochs, seed=cfg.seed, device=device)
     metrics["attribute_fidelity"] = {
@@ -313,6 +288,18 @@ def markdown_table(m: dict) -> str:
         for value, g in groups.items():
             lines.append(f"| {key} | {value} | {g['n_real']} | {g['n_fake']} | "
                          f"{g.get('skipped') or _pm(g['fid'])} | {'' if 'skipped' in g else _pm(g['kid'])} |")
+    by_position = {side: control.get(side, {}).get("by_position") or {} for side in ("fake", "real_test", "vae_reconstruction")}
+    if by_position["fake"]:
+        lines += ["", "## Control fidelity by slice position", "",
+                  "| position | n generated / real | Dice LV / MYO / RV generated | real (segmenter's own) | "
+                  "median abs EF error generated / real / VAE reconstructions | median signed EF error generated |",
+                  "|---|---|---|---|---|---|"]
+        for pos, f in by_position["fake"].items():
+            r, v = by_position["real_test"].get(pos, {}), by_position["vae_reconstruction"].get(pos, {})
+            dice3 = lambda e: " / ".join(_num(e["dice"][c]) for c in ("LV", "MYO", "RV")) if e else "—"  # noqa: E731
+            lines.append(f"| {pos} | {f['n']} / {r.get('n', 0)} | {dice3(f)} | {dice3(r)} | "
+                         f"{_num(f['ef_proxy_abs_error_median'])} / {_num(r.get('ef_proxy_abs_error_median'))} / "
+                         f"{_num(v.get('ef_proxy_abs_error_median'))} | {_num(f['ef_proxy_signed_error_median'])} |")
     if m.get("targets"):
         lines += ["", "## Targets (issue 12)", "", "| check | value | target | met |", "|---|---|---|---|"]
         lines += [f"| {k} | {_num(t['value'])} | {t['target']} | {'yes' if t['met'] else 'no'} |"

@@ -13,7 +13,8 @@ from evaluation.features import segmenter_extractor
 from evaluation.fid import real_vs_real_bound
 from evaluation.image_sets import ImageSet, as_image_set, load_image_set
 from data.json_ready import json_ready as plain
-from evaluation.report import EvalConfig, bound_capacity, control_fidelity, fid_block, markdown_table
+from evaluation.held_out import control_fidelity
+from evaluation.report import EvalConfig, bound_capacity, fid_block, markdown_table
 from evaluation.segmenter import Segmenter, SegmenterConfig, train_segmenter
 from tests.test_features import toy_slices
 
@@ -92,9 +93,13 @@ def test_vae_reconstruction_side_is_the_real_side_when_reconstructions_are_exact
     torch.manual_seed(0)
     test = toy_slices(4, 2, seed=1, prefix="t")
     model = Segmenter(SegmenterConfig(base=8)).eval()  # untrained: the identity holds for any segmenter
-    out = control_fidelity(model, as_image_set(test), noise_like(test), 2.0, reconstructed=test.images.copy())
+    positions = ["basal", "apical", None, "apical"] * (len(test) // 4)
+    out = control_fidelity(model, as_image_set(test), noise_like(test), 2.0, reconstructed=test.images.copy(),
+                           positions={"real_test": positions, "fake": positions})
     assert plain(out["vae_reconstruction"]) == plain(out["real_test"])
     assert "ef_proxy_signed_error_median" in out["fake"]
+    by_position = out["fake"]["by_position"]  # base to apex; an unknown position is left out
+    assert list(by_position) == ["basal", "apical"] and by_position["apical"]["n"] == positions.count("apical")
     with pytest.raises(InputError, match="reconstructed"):
         control_fidelity(model, as_image_set(test), noise_like(test), 2.0, reconstructed=test.images[:2])
 
@@ -199,6 +204,12 @@ def test_plain_turns_nan_into_null_and_markdown_survives_skips():
                "memorisation": {"ratio": None, "fake_to_train_median": None, "real_test_to_train_median": None}}
     table = markdown_table(skipped)
     assert "too few" in table and "no masks" in table and "no sex labels" in table
+    side = {"dice": {"LV": 0.9, "MYO": 0.8, "RV": 0.7}, "descriptor_mae": {f"{k}_mae": 1.0 for k in (
+        "ed_lv_area_mm2", "ed_wall_thickness_mm", "ef_proxy")}, "ef_proxy_abs_error_median": 0.05,
+        "ef_proxy_signed_error_median": -0.02}
+    control = {name: {**side, "by_position": {"apical": {"n": 3, **side}}} for name in ("fake", "real_test")}
+    table = markdown_table({**skipped, "control_fidelity": control})
+    assert "## Control fidelity by slice position" in table and "| apical | 3 / 3 | 0.9 / 0.8 / 0.7 |" in table
 
 
 def test_input_error_for_unknown_path(tmp_path):
