@@ -121,7 +121,8 @@ def control_fidelity(model, real_test: ImageSet, fake: ImageSet, spacing_mm: flo
     sides = [("real_test", real_test.images, real_test.masks), ("fake", fake.images, fake.masks)]
     if reconstructed is not None:
         if np.shape(reconstructed) != real_test.images.shape:
-            raise InputError("reconstructed", f"shape {np.shape(reconstructed)} differs from real_test's {real_test.images.shape}")
+            raise InputError("reconstructed", f"shape {np.shape(reconstructed)} differs from real_test's "
+                                              f"{real_test.images.shape}")
         sides.append(("vae_reconstruction", reconstructed, real_test.masks))
     positions = positions or {}
     out = {}
@@ -134,9 +135,10 @@ def control_fidelity(model, real_test: ImageSet, fake: ImageSet, spacing_mm: flo
         where = positions.get("real_test" if name == "vae_reconstruction" else name)
         if where is not None:
             where = np.asarray([p if isinstance(p, str) else "" for p in where], dtype=object)
-            order = sorted((p for p in set(where) if p), key=lambda p: (POSITION_ORDER.index(p) if p in POSITION_ORDER else 99, p))
-            out[name]["by_position"] = {p: {"n": int((where == p).sum()), **_fidelity(pred[where == p], masks[where == p], spacing_mm)}
-                                        for p in order}
+            rank = lambda p: (POSITION_ORDER.index(p) if p in POSITION_ORDER else len(POSITION_ORDER), p)  # noqa: E731
+            out[name]["by_position"] = {p: {"n": int((where == p).sum()),
+                                            **_fidelity(pred[where == p], masks[where == p], spacing_mm)}
+                                        for p in sorted((p for p in set(where) if p), key=rank)}
     return out
 
 

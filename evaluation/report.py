@@ -267,7 +267,8 @@ def markdown_table(m: dict) -> str:
     for key in ("ed_lv_area_mm2", "ed_wall_thickness_mm", "ef_proxy"):
         cells = [c.get("skipped") or _num(c["descriptor_mae"][f"{key}_mae"]) for c in sides]
         lines.append(f"| MAE {key} | {cells[0]} | {cells[1]} |")
-    for key, label in (("ef_proxy_abs_error_median", "median abs error"), ("ef_proxy_signed_error_median", "median signed error")):
+    for key, label in (("ef_proxy_abs_error_median", "median abs error"),
+                       ("ef_proxy_signed_error_median", "median signed error")):
         cells = [c.get("skipped") or _num(c.get(key)) for c in sides]
         ceiling = f" (VAE reconstructions {_num(recon.get(key))})" if recon and "dice" in recon else ""
         lines.append(f"| {label} ef_proxy | {cells[0]} | {cells[1]}{ceiling} |")
@@ -288,15 +289,16 @@ def markdown_table(m: dict) -> str:
         for value, g in groups.items():
             lines.append(f"| {key} | {value} | {g['n_real']} | {g['n_fake']} | "
                          f"{g.get('skipped') or _pm(g['fid'])} | {'' if 'skipped' in g else _pm(g['kid'])} |")
-    by_position = {side: control.get(side, {}).get("by_position") or {} for side in ("fake", "real_test", "vae_reconstruction")}
+    by_position = {side: control.get(side, {}).get("by_position") or {}
+                   for side in ("fake", "real_test", "vae_reconstruction")}
     if by_position["fake"]:
         lines += ["", "## Control fidelity by slice position", "",
                   "| position | n generated / real | Dice LV / MYO / RV generated | real (segmenter's own) | "
                   "median abs EF error generated / real / VAE reconstructions | median signed EF error generated |",
                   "|---|---|---|---|---|---|"]
+        dice3 = lambda e: " / ".join(_num(e["dice"][c]) for c in ("LV", "MYO", "RV")) if e else "—"  # noqa: E731
         for pos, f in by_position["fake"].items():
             r, v = by_position["real_test"].get(pos, {}), by_position["vae_reconstruction"].get(pos, {})
-            dice3 = lambda e: " / ".join(_num(e["dice"][c]) for c in ("LV", "MYO", "RV")) if e else "—"  # noqa: E731
             lines.append(f"| {pos} | {f['n']} / {r.get('n', 0)} | {dice3(f)} | {dice3(r)} | "
                          f"{_num(f['ef_proxy_abs_error_median'])} / {_num(r.get('ef_proxy_abs_error_median'))} / "
                          f"{_num(v.get('ef_proxy_abs_error_median'))} | {_num(f['ef_proxy_signed_error_median'])} |")

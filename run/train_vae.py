@@ -64,8 +64,10 @@ def reconstruct(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 64) ->
     """(N, C, S, S) in [-1, 1] -> decode(encode(x).mode()), clamped to [-1, 1], float32, same shape."""
     vae.eval()
     device = next(vae.parameters()).device
-    out = [vae.decode(vae.encode(torch.from_numpy(images[i:i + batch_size]).to(device)).mode()).clamp(-1, 1).float().cpu()
-           for i in range(0, len(images), batch_size)]
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start:start + batch_size]).to(device)
+        out.append(vae.decode(vae.encode(x).mode()).clamp(-1, 1).float().cpu())
     return torch.cat(out).numpy()
 
 
