@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from data.errors import InputError
+from data.prompts import SLICE_POSITIONS
 from evaluation.attributes import attribute_labels, train_one
 from evaluation.features import Extractor
 from evaluation.fid import fid_from_features
@@ -98,9 +99,6 @@ def ef_errors(pred_masks: np.ndarray, target_masks: np.ndarray, spacing_mm: floa
     return ef(pred_masks) - ef(target_masks)
 
 
-POSITION_ORDER = ("basal", "mid", "apical")  # base to apex, the prompts' slice positions
-
-
 def _fidelity(pred: np.ndarray, masks: np.ndarray, spacing_mm: float) -> dict:
     """Dice per structure, descriptor MAEs and the EF proxy's median absolute / signed error of predicted masks."""
     ef = ef_errors(pred, masks, spacing_mm)
@@ -135,7 +133,7 @@ def control_fidelity(model, real_test: ImageSet, fake: ImageSet, spacing_mm: flo
         where = positions.get("real_test" if name == "vae_reconstruction" else name)
         if where is not None:
             where = np.asarray([p if isinstance(p, str) else "" for p in where], dtype=object)
-            rank = lambda p: (POSITION_ORDER.index(p) if p in POSITION_ORDER else len(POSITION_ORDER), p)  # noqa: E731
+            rank = lambda p: (SLICE_POSITIONS.index(p) if p in SLICE_POSITIONS else len(SLICE_POSITIONS), p)  # noqa: E731
             out[name]["by_position"] = {p: {"n": int((where == p).sum()),
                                             **_fidelity(pred[where == p], masks[where == p], spacing_mm)}
                                         for p in sorted((p for p in set(where) if p), key=rank)}
