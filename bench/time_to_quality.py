@@ -13,7 +13,8 @@ the run's real training slices (bench.sampling_quality.quality: control Dice per
 segmenter, subject-disjoint FID on the realism classifier's features). Its time is the LDM's training seconds plus
 the ControlNet's up to that checkpoint (the trainer's own clock: steps only, no sampling or set-up); the summary
 gives seconds and training steps to the reference recipe's final quality (seconds move with a shared machine's
-load, steps do not). The LDM's length is fixed per invocation; another LDM length is another invocation.
+load, steps do not). A recipe may train its own LDM length (`v_ztsnr@600`: 600 LDM steps; a plain name trains
+--ldm-steps), so a shorter recipe and the reference are measured in one invocation, on one machine at one time.
 """
 from __future__ import annotations
 
@@ -53,6 +54,14 @@ RECIPES = {  # name -> config overrides on top of the run's config
     "v_ztsnr": ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true"],
     "v_ztsnr_min_snr": ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true", "diffusion.loss_weighting=min_snr"],
 }
+
+
+def parse_recipe(spec: str, ldm_steps: int) -> tuple[str, int]:
+    """'v_ztsnr@600' -> ('v_ztsnr', 600); 'current' -> ('current', ldm_steps)."""
+    name, _, steps = spec.partition("@")
+    if name not in RECIPES or (steps and (not steps.isdigit() or int(steps) < 1)):
+        raise InputError("--recipes", f"expected NAME or NAME@LDM_STEPS with NAME one of {', '.join(RECIPES)}, got {spec!r}")
+    return name, int(steps) if steps else ldm_steps
 
 
 def run_data(run: Path, cfg, scratch: Path) -> PreparedData:
@@ -137,7 +146,7 @@ def summarise(out: dict, reference: str = "current", reference_final: dict | Non
     point from another invocation (another LDM length, same judges) instead of this one's reference recipe."""
     for r in out["recipes"].values():
         for p in r["points"]:
-            p["train_steps"] = out["ldm_steps"] + p["controlnet_step"]
+            p["train_steps"] = r.get("ldm_steps", out["ldm_steps"]) + p["controlnet_step"]
     if reference_final is None:
         if reference not in out["recipes"] or not out["recipes"][reference]["points"]:
             return {}
@@ -165,7 +174,8 @@ def reference_point(path: Path, now: dict, reference: str = "current") -> dict:
     points = before.get("recipes", {}).get(reference, {}).get("points")
     if not points:
         raise InputError(path, f"holds no measured '{reference}' recipe")
-    return {**points[-1], "train_steps": before["ldm_steps"] + points[-1]["controlnet_step"]}
+    ldm_steps = before["recipes"][reference].get("ldm_steps", before["ldm_steps"])
+    return {**points[-1], "train_steps": ldm_steps + points[-1]["controlnet_step"]}
 
 
 def kept_recipes(before: dict, now: dict) -> dict:
@@ -201,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="a run with a trained VAE (read only)")
     p.add_argument("--work", type=Path, required=True, help="folder for each recipe's checkpoints (large; not committed)")
-    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    p.add_argument("--ldm-steps", type=int, default=300)
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES),
+                   help=f"NAME or NAME@LDM_STEPS (its own LDM length), NAME one of {', '.join(RECIPES)}")
+    p.add_argument("--ldm-steps", type=int, default=300, help="LDM steps of a recipe named without @")
     p.add_argument("--controlnet-steps", type=int, default=300)
     p.add_argument("--every", type=int, default=100, help="ControlNet checkpoint interval (steps)")
     p.add_argument("--n", type=int, default=48, help="held-out slices sampled per checkpoint")
@@ -221,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"expected positive steps and --controlnet-steps a multiple of --every, got {args.controlnet_steps} "
                 f"and {args.every}")
     try:
+        args.recipes = {spec: parse_recipe(spec, args.ldm_steps) for spec in args.recipes}
         return measure(args)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -250,8 +262,8 @@ def measure(args: argparse.Namespace) -> int:
     if args.add and args.out.is_file():
         kept = kept_recipes(json.loads(args.out.read_text()), out)
         out["recipes"].update(kept)
-    for name in [r for r in args.recipes if r not in out["recipes"]]:
-        cfg, ldm_path, ldm_seconds = train_recipe(args.run, RECIPES[name], data, args.work / name, args.ldm_steps,
+    for name, (recipe, ldm_steps) in [(k, v) for k, v in args.recipes.items() if k not in out["recipes"]]:
+        cfg, ldm_path, ldm_seconds = train_recipe(args.run, RECIPES[recipe], data, args.work / name, ldm_steps,
                                                   args.controlnet_steps, args.every)
         cn_seconds = trained_seconds(args.work / name / "controlnet" / "controlnet-train-metrics.jsonl")
         points = []
@@ -268,7 +280,8 @@ def measure(args: argparse.Namespace) -> int:
             points.append({"controlnet_step": step, "train_seconds": ldm_seconds + cn_seconds[step],
                            "mean_dice": float(np.mean(list(q["dice"].values()))), **q})
             print(json.dumps({"recipe": name, **points[-1]}), flush=True)
-        out["recipes"][name] = {"overrides": RECIPES[name], "ldm_seconds": ldm_seconds, "points": points,
+        out["recipes"][name] = {"overrides": RECIPES[recipe], "ldm_steps": ldm_steps, "ldm_seconds": ldm_seconds,
+                                "points": points,
                                 "loadavg_after": Path("/proc/loadavg").read_text().split()[:3]}
         out["summary"] = summarise(out, reference_final=target)
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -79,3 +79,25 @@ def test_reference_from_another_ldm_length_counts_its_own_steps(tmp_path):
     path.write_text(json.dumps({**judges, "ldm_steps": 100, "recipes": {}}))
     with pytest.raises(InputError, match="no measured"):
         reference_point(path, judges)
+
+
+def test_a_recipe_may_name_its_own_ldm_length_and_its_steps_count_it():
+    from bench.time_to_quality import parse_recipe
+
+    assert parse_recipe("v_ztsnr@600", 1800) == ("v_ztsnr", 600) and parse_recipe("current", 1800) == ("current", 1800)
+    assert parse_recipe("v_ztsnr@", 5) == ("v_ztsnr", 5)  # an empty length is the default
+    for bad in ("v_ztsnr@0", "v_ztsnr@x", "nope@600"):
+        with pytest.raises(InputError, match="--recipes"):
+            parse_recipe(bad, 1800)
+    ref = [{"controlnet_step": 10, "train_seconds": 40.0, "mean_dice": 0.8, "fid": 5.0}]
+    short = [{"controlnet_step": 10, "train_seconds": 20.0, "mean_dice": 0.8, "fid": 5.0}]
+    rows = summarise({"ldm_steps": 90, "recipes": {"current": {"points": ref},
+                                                   "v_ztsnr@30": {"ldm_steps": 30, "points": short}}})["rows"]
+    assert rows["v_ztsnr@30"]["speedup_vs_reference"] == 2.0 and rows["v_ztsnr@30"]["step_ratio_vs_reference"] == 100 / 40
+
+
+def test_bad_recipe_is_one_line(capsys, tmp_path):
+    assert main(["--run", str(tmp_path), "--work", str(tmp_path), "--out", str(tmp_path / "x.json"),
+                 "--recipes", "current", "fast@ten"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--recipes" in err[0] and not (tmp_path / "x.json").exists()
