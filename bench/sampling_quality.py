@@ -9,7 +9,8 @@ subset) from the same per-sample seeds, and is judged by the same two networks t
 training slices (evaluation.report's recipe): the segmenter (control Dice per class against the conditioning masks,
 median |EF proxy error|) and the realism classifier (subject-disjoint FID, evaluation.held_out.disjoint_fid, with
 its real-vs-real bound at the same n). Speed: images per second of the median batch (text encoding, denoising
-loop and VAE decode), by wall clock and by the process's CPU time (the ratio to quote on a loaded shared machine).
+loop and VAE decode), by wall clock and by the process's CPU time (the ratio to quote on a loaded shared machine);
+with --timing-rounds R, of the median of R batches timed apart from the quality pass, the settings interleaved.
 
 The diffusers side runs diffusers' UNet2DConditionModel + ControlNetModel on our converted weights
 (bench.convert; the forward is checked equal to ours below) inside the loop of StableDiffusionControlNetPipeline
@@ -34,6 +35,7 @@ import torch
 from data.atomic import atomic_write_bytes
 from data.cohort import LABEL_NAMES
 from ddpm.schedulers import randn
+from ddpm.trainer import autocast_context
 from evaluation.fidelity import dice
 from evaluation.held_out import classifier_extractor, disjoint_fid, ef_errors
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
@@ -55,6 +57,7 @@ class Setting:
     interval: Optional[tuple[float, float]] = None
     spacing: Optional[str] = None  # None: the run's
     seed: int = 10_000  # first per-sample seed
+    precision: str = "fp32"  # "bf16": the whole call under bf16 autocast (text encoder, loop, VAE decode)
 
 
 def settings(run_guidance: float, hi_guidance: float) -> list[Setting]:
@@ -64,8 +67,12 @@ def settings(run_guidance: float, hi_guidance: float) -> list[Setting]:
             Setting("dpmpp2m 10 trailing", sampler="dpmpp2m", steps=10, spacing="trailing"),
             Setting("diffusers default (PNDM) 20", impl="diffusers-pndm"),
             Setting("diffusers DPMSolverMultistep 10", impl="diffusers-dpm", steps=10),
-            Setting("ddim 10", steps=10),
             Setting("dpmpp2m 8 trailing", sampler="dpmpp2m", steps=8, spacing="trailing"),
+            Setting("diffusers DPMSolverMultistep 8", impl="diffusers-dpm", steps=8),
+            Setting("dpmpp2m 10 trailing bf16", sampler="dpmpp2m", steps=10, spacing="trailing", precision="bf16"),
+            Setting("dpmpp2m 8 trailing bf16", sampler="dpmpp2m", steps=8, spacing="trailing", precision="bf16"),
+            Setting("diffusers DPMSolverMultistep 10 bf16", impl="diffusers-dpm", steps=10, precision="bf16"),
+            Setting("ddim 10", steps=10),
             Setting("dpmpp2m 12 trailing", sampler="dpmpp2m", steps=12, spacing="trailing"),
             Setting(f"ddim 20 g{g:g}", guidance=g), Setting(f"ddim 20 g{g:g} interval", guidance=g, interval=INTERVAL),
             Setting(f"dpmpp2m 10 trailing g{g:g} interval", sampler="dpmpp2m", steps=10, spacing="trailing",
@@ -239,16 +246,29 @@ def generate(setting: Setting, pipe: Pipeline, cfg, prompts, masks, d_fn) -> tup
         idx = slice(start, start + s.batch_size)
         seeds = [setting.seed + j for j in range(start, min(start + s.batch_size, len(prompts)))]
         t0, c0 = time.perf_counter(), time.process_time()
-        if scheduler is None:
-            images.append(pipe.generate(prompts[idx], masks[idx], seed=seeds, sampler=setting.sampler,
-                                        steps=setting.steps, guidance=g, control_scale=s.control_scale,
-                                        spacing=setting.spacing or s.spacing, steps_offset=s.steps_offset,
-                                        guidance_interval=setting.interval))
-        else:
-            images.append(diffusers_generate(pipe, d_fn, scheduler, prompts[idx], masks[idx], seeds, setting.steps,
-                                             g, s.control_scale))
+        with autocast_context(setting.precision, pipe.device):
+            images.append(_generate_batch(setting, pipe, s, g, scheduler, d_fn, prompts[idx], masks[idx], seeds))
         batches.append((time.perf_counter() - t0, time.process_time() - c0, len(seeds)))
     return np.concatenate(images), batches
+
+
+def timing_rounds(chosen: list[Setting], pipe: Pipeline, cfg, prompts, masks, d_fn, rounds: int) -> dict[str, list]:
+    """Speed apart from the quality pass: each round times one batch of every setting, the settings interleaved, so a
+    change in a shared machine's load falls on all of them alike. name -> [(wall s, CPU s, images)] per round."""
+    bs = cfg.sample.batch_size
+    out: dict[str, list] = {x.name: [] for x in chosen}
+    for _ in range(rounds):
+        for setting in chosen:
+            out[setting.name] += generate(setting, pipe, cfg, prompts[:bs], masks[:bs], d_fn)[1]
+    return out
+
+
+def _generate_batch(setting: Setting, pipe: Pipeline, s, g: float, scheduler, d_fn, prompts, masks, seeds) -> np.ndarray:
+    if scheduler is None:
+        return pipe.generate(prompts, masks, seed=seeds, sampler=setting.sampler, steps=setting.steps, guidance=g,
+                             control_scale=s.control_scale, spacing=setting.spacing or s.spacing,
+                             steps_offset=s.steps_offset, guidance_interval=setting.interval)
+    return diffusers_generate(pipe, d_fn, scheduler, prompts, masks, seeds, setting.steps, g, s.control_scale)
 
 
 def main(argv=None) -> int:
@@ -269,6 +289,9 @@ def main(argv=None) -> int:
     p.add_argument("--judge-follow", action="store_true",
                    help="sample nothing: train the judges, then judge each setting as its images appear in --images "
                         "(beside a --generate-only process), rewriting --out after each")
+    p.add_argument("--timing-rounds", type=int, default=0,
+                   help="after sampling, time one batch per setting this many times, settings interleaved; speeds are "
+                        "then the median over rounds (written to --images/timing-n<N>.json)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if args.report is not None:
@@ -311,6 +334,13 @@ def main(argv=None) -> int:
         tmp.replace(cached(setting))
         print(f"{setting.name}: {len(images)} images, median batch {np.median([b[0] for b in batches]):.1f} s wall / "
               f"{np.median([b[1] for b in batches]):.1f} s CPU, load {loads[-1]}", flush=True)
+    timing_path = args.images / f"timing-n{len(rows)}.json"
+    if args.timing_rounds > 0 and not args.judge_follow:
+        if d_fn is None and any(x.impl != "ours" for x in chosen):
+            d_fn = diffusers_denoiser(pipe)
+        rounds = timing_rounds(chosen, pipe, cfg, prompts, masks, d_fn, args.timing_rounds)
+        atomic_write_bytes(timing_path, json.dumps({"rounds": rounds, "load": Path("/proc/loadavg").read_text().split()[:3]}).encode())
+    timed = json.loads(timing_path.read_text())["rounds"] if timing_path.is_file() else {}
     if args.generate_only:
         return 0
 
@@ -338,14 +368,17 @@ def main(argv=None) -> int:
             continue
         saved = np.load(cached(setting))
         batches = saved["batches"].tolist()
-        wall = float(np.median([sec / k for sec, _, k in batches]))
-        cpu = float(np.median([sec / k for _, sec, k in batches]))
+        speed_from = timed.get(setting.name, batches)  # the interleaved rounds when there are some
+        wall = float(np.median([sec / k for sec, _, k in speed_from]))
+        cpu = float(np.median([sec / k for _, sec, k in speed_from]))
         q = quality(saved["images"], masks, seg, extractor, real_feats, test.subject_ids, fake_subjects,
                     pixel_mm, args.fid_repeats)
         equal = None if np.isnan(saved["equal"]) else float(saved["equal"])
         results.append({**asdict(setting), "guidance": s.guidance if setting.guidance is None else setting.guidance,
                         "spacing": setting.spacing or s.spacing, "images_per_s": 1.0 / wall,
                         "images_per_cpu_s": 1.0 / cpu, "batch_wall_cpu_n": batches,
+                        "speed_from": "interleaved rounds" if setting.name in timed else "quality pass",
+                        "round_wall_cpu_n": timed.get(setting.name),
                         "loadavg_after": saved["load"].tolist(), **q})
         if equal is not None:
             results[-1]["diffusers_vs_ours_eps_max_abs"] = equal

@@ -69,26 +69,35 @@ class ControlNet(nn.Module):
         mid = unet.skip_channels()[-1]
         self.mid_zero_conv = zero_module(nn.Conv2d(mid, mid, 1))
 
-    def forward(self, x: Tensor, t: Tensor, context: Tensor, control: Tensor,
-                scale: float = 1.0) -> tuple[list[Tensor], Tensor]:
-        """x: (B, 4, h, w) latents; control: (B, C, h*f, w*f) encoded masks."""
+    def check_control(self, x: Tensor, control: Tensor) -> None:
         expected = (x.shape[0], control_channels(self.cfg.control, self.cfg.frames),
                     x.shape[2] * self.hint.factor, x.shape[3] * self.hint.factor)
         if tuple(control.shape) != expected:
             raise InputError("control", f"expected control of shape {expected}, got {tuple(control.shape)}")
-        skips, h_mid, _ = self.copy.encode(x, t, context, hint=self.hint(control))
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor, control: Tensor, scale: float = 1.0,
+                hint: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+        """x: (B, 4, h, w) latents; control: (B, C, h*f, w*f) encoded masks; hint: self.hint(control) (B, base, h, w)
+        when the caller already has it (it depends on the masks only, not on x or t)."""
+        self.check_control(x, control)
+        skips, h_mid, _ = self.copy.encode(x, t, context, hint=self.hint(control) if hint is None else hint)
         down = [conv(s) * scale for conv, s in zip(self.zero_convs, skips)]
         return down, self.mid_zero_conv(h_mid) * scale
 
 
 def controlled_model_fn(unet: UNet, controlnet: ControlNet | None, control: Tensor | None, scale: float = 1.0):
-    """model_fn(x, t, context) for ddpm.sampling; repeats the control when CFG doubles the batch."""
+    """model_fn(x, t, context) for ddpm.sampling; repeats the control when CFG doubles the batch. The hint encoder runs
+    once per batch size, not once per call: its output depends on the masks only, so a sampler's steps share it."""
+    hints: dict[int, Tensor] = {}
 
     def model_fn(x: Tensor, t: Tensor, context: Tensor) -> Tensor:
         if controlnet is None or control is None or scale == 0.0:
             return unet(x, t, context)
         ctrl = control.repeat(x.shape[0] // control.shape[0], 1, 1, 1) if x.shape[0] != control.shape[0] else control
-        down, mid = controlnet(x, t, context, ctrl, scale)
+        if x.shape[0] not in hints:
+            controlnet.check_control(x, ctrl)
+            hints[x.shape[0]] = controlnet.hint(ctrl)
+        down, mid = controlnet(x, t, context, ctrl, scale, hint=hints[x.shape[0]])
         return unet(x, t, context, down_residuals=down, mid_residual=mid)
 
     return model_fn

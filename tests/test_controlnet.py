@@ -77,11 +77,30 @@ def test_control_is_repeated_under_fused_guidance():
         assert torch.allclose(doubled[:2], fn(x, t, context), atol=1e-5)
 
 
+def test_hint_encoder_runs_once_per_batch_size_and_changes_nothing():
+    unet = _tiny_unet()
+    net = ControlNet(unet, ControlNetConfig(), FACTOR)
+    _perturb(net)
+    x, t, context, control = _inputs()
+    calls = []
+    net.hint.register_forward_hook(lambda *_: calls.append(1))
+    fn = controlled_model_fn(unet, net, control)
+    with torch.no_grad():
+        steps = [fn(x, t + k, context) for k in (0, 7, 30)]  # a sampler's steps: new t, same masks
+        fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([context, context]))  # guidance on: the doubled batch
+        fresh = [unet(x, t + k, context, *net(x, t + k, context, control)) for k in (0, 7, 30)]
+    assert len(calls) == 2 + 3  # one per batch size in fn; the three uncached forwards run it each time
+    for a, b in zip(steps, fresh):
+        assert torch.equal(a, b)
+
+
 def test_bad_control_shape_and_type():
     unet = _tiny_unet()
     net = ControlNet(unet, ControlNetConfig(), FACTOR)
     x, t, context, control = _inputs()
     with pytest.raises(InputError, match="expected control of shape"):
         net(x, t, context, control[:, :3])
+    with pytest.raises(InputError, match="expected control of shape"):  # before the hint encoder sees it
+        controlled_model_fn(unet, net, control[:, :3])(x, t, context)
     with pytest.raises(InputError, match="unknown control type"):
         ControlNetConfig(control="edges")
