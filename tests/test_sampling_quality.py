@@ -51,3 +51,12 @@ def test_timing_rounds_interleave_the_settings_one_batch_each(monkeypatch):
     out = sq.timing_rounds(chosen, None, cfg, list("pqrstuv"), np.zeros((7, 2, 4, 4)), None, rounds=2)
     assert calls == [("a", 3), ("b", 3), ("a", 3), ("b", 3)]  # a, b, a, b: never all rounds of one, then the other
     assert out == {"a": [(1.0, 2.0, 3)] * 2, "b": [(1.0, 2.0, 3)] * 2}
+
+
+def test_texture_stats_closed_form():
+    from bench.texture import texture_stats
+
+    flat = np.full((2, 1, 4, 4), 0.5)
+    stripes = np.tile(np.array([-1.0, 1.0]), (2, 1, 4, 2))  # columns alternate -1, 1
+    assert texture_stats(flat) == {"mean": 0.5, "std": 0.0, "mean_abs_dx": 0.0}
+    assert texture_stats(stripes) == {"mean": 0.0, "std": 1.0, "mean_abs_dx": 2.0}
