@@ -2,7 +2,7 @@
 weights, run inside the denoising loop of StableDiffusionControlNetPipeline with its schedulers (needs diffusers)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -46,8 +46,10 @@ def diffusers_scheduler(cfg, kind: str):
 
 @torch.no_grad()
 def diffusers_generate(pipe: Pipeline, fn: Callable, scheduler, prompts, masks, seeds, steps: int, guidance: float,
-                       control_scale: float) -> np.ndarray:
-    """StableDiffusionControlNetPipeline.__call__'s denoising loop, our text encoder and VAE around it."""
+                       control_scale: float, keep: Optional[Callable[[int], bool]] = None) -> np.ndarray:
+    """StableDiffusionControlNetPipeline.__call__'s denoising loop, our text encoder and VAE around it. keep(t):
+    whether the ControlNet counts at timestep t; where not, its scale is 0 and it still runs (the pipeline's
+    controlnet_keep from control_guidance_start / _end)."""
     cond, uncond = pipe.context(prompts), pipe.context([""]).expand(len(prompts), -1, -1)
     control = encode_control(torch.as_tensor(np.asarray(masks)).long(), pipe.controlnet.cfg.control)
     size, f = pipe.cfg.data.preprocess.size, pipe.vae.cfg.downsample_factor
@@ -61,7 +63,7 @@ def diffusers_generate(pipe: Pipeline, fn: Callable, scheduler, prompts, masks, 
     for t in scheduler.timesteps:
         x = torch.cat([latents, latents]) if guided else latents
         x = scheduler.scale_model_input(x, t)
-        eps = fn(x, t, context, ctrl, control_scale)
+        eps = fn(x, t, context, ctrl, control_scale if keep is None or keep(int(t)) else 0.0)
         if guided:
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + guidance * (eps_c - eps_u)

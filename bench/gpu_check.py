@@ -36,7 +36,7 @@ from bench.timing import sync, timed  # noqa: E402
 from bench.train_stages import (PROMPTS, Stage, _masks, build_stages, parity_and_speed,  # noqa: E402
                                 precision_context, train_steps)
 from data.atomic import atomic_write_bytes  # noqa: E402
-from run.pipeline import Pipeline, make_schedule_from  # noqa: E402
+from run.pipeline import Pipeline, generation_kwargs, make_schedule_from  # noqa: E402
 from run.config import RunConfig, load_run_config  # noqa: E402
 
 GB = 1e9
@@ -135,9 +135,7 @@ def sampling_speed(cfg: RunConfig, stages: dict[str, Stage], batch: int, device:
     for precision in ("fp32", "bf16"):
         def call(precision=precision):
             with precision_context(precision, device):
-                return pipe.generate(prompts, masks, seed=0, sampler=s.sampler, steps=s.steps, eta=s.eta,
-                                     guidance=s.guidance, control_scale=s.control_scale, spacing=s.spacing,
-                                     steps_offset=s.steps_offset)
+                return pipe.generate(prompts, masks, seed=0, **generation_kwargs(s))
         images[precision] = torch.from_numpy(call())
         times = timed(call, device, max(0, warmup - 1), iters)
         out[precision] = {"images_per_s": batch / statistics.median(times), "samples": times}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -35,6 +36,7 @@ import torch
 from bench.diffusers_loop import check_diffusers_equal, diffusers_denoiser, diffusers_generate, diffusers_scheduler
 from data.atomic import atomic_write_bytes
 from data.cohort import LABEL_NAMES
+from ddpm.sampling import in_sigma_interval
 from ddpm.trainer import autocast_context
 from evaluation.fidelity import dice
 from evaluation.held_out import classifier_extractor, disjoint_fid, ef_errors
@@ -44,6 +46,9 @@ from run.pipeline import Pipeline, load_pipeline
 from run.prepare_data import prepare_data
 
 INTERVAL = (0.28, 5.42)  # sigma interval of Kynkaanniemi et al. 2024 for SD-XL (same sigma scale as our schedule)
+# ControlNet only above these sigmas; on scaled_linear's 10 trailing steps (sigma 14.6, 8.3, 5.1, 3.3, 2.3, 1.6, 1.2,
+# 0.83, 0.57, 0.34) they drop the ControlNet from the last 2 / 4 / 6 steps
+CONTROL_FROM = (0.7, 1.4, 3.0)
 
 
 @dataclass
@@ -57,6 +62,8 @@ class Setting:
     spacing: Optional[str] = None  # None: the run's
     seed: int = 10_000  # first per-sample seed
     precision: str = "fp32"  # "bf16": the whole call under bf16 autocast (text encoder, loop, VAE decode)
+    control_interval: Optional[tuple[float, float]] = None  # sigma range where the ControlNet runs (ours: skipped
+    # elsewhere; diffusers: its conditioning scale 0 elsewhere, the net still run, as its control_guidance_end does)
 
 
 def settings(run_guidance: float, hi_guidance: float) -> list[Setting]:
@@ -71,6 +78,12 @@ def settings(run_guidance: float, hi_guidance: float) -> list[Setting]:
             Setting("dpmpp2m 10 trailing bf16", sampler="dpmpp2m", steps=10, spacing="trailing", precision="bf16"),
             Setting("dpmpp2m 8 trailing bf16", sampler="dpmpp2m", steps=8, spacing="trailing", precision="bf16"),
             Setting("diffusers DPMSolverMultistep 10 bf16", impl="diffusers-dpm", steps=10, precision="bf16"),
+            *[Setting(f"dpmpp2m 10 trailing control>{lo:g}", sampler="dpmpp2m", steps=10, spacing="trailing",
+                      control_interval=(lo, math.inf)) for lo in CONTROL_FROM],
+            *[Setting(f"diffusers DPMSolverMultistep 10 control>{lo:g}", impl="diffusers-dpm", steps=10,
+                      control_interval=(lo, math.inf)) for lo in CONTROL_FROM],
+            *[Setting(f"dpmpp2m 10 trailing control>{lo:g} bf16", sampler="dpmpp2m", steps=10, spacing="trailing",
+                      control_interval=(lo, math.inf), precision="bf16") for lo in CONTROL_FROM],
             Setting("ddim 10", steps=10),
             Setting("dpmpp2m 12 trailing", sampler="dpmpp2m", steps=12, spacing="trailing"),
             Setting(f"ddim 20 g{g:g}", guidance=g), Setting(f"ddim 20 g{g:g} interval", guidance=g, interval=INTERVAL),
@@ -196,8 +209,11 @@ def _generate_batch(setting: Setting, pipe: Pipeline, s, g: float, scheduler, d_
     if scheduler is None:
         return pipe.generate(prompts, masks, seed=seeds, sampler=setting.sampler, steps=setting.steps, guidance=g,
                              control_scale=s.control_scale, spacing=setting.spacing or s.spacing,
-                             steps_offset=s.steps_offset, guidance_interval=setting.interval)
-    return diffusers_generate(pipe, d_fn, scheduler, prompts, masks, seeds, setting.steps, g, s.control_scale)
+                             steps_offset=s.steps_offset, guidance_interval=setting.interval,
+                             control_interval=setting.control_interval)
+    keep = None if setting.control_interval is None else \
+        (lambda t: in_sigma_interval(pipe.schedule, int(t), setting.control_interval))
+    return diffusers_generate(pipe, d_fn, scheduler, prompts, masks, seeds, setting.steps, g, s.control_scale, keep)
 
 
 def main(argv=None) -> int:

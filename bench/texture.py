@@ -22,7 +22,7 @@ from bench.time_to_quality import run_data
 from data.errors import InputError, OneLineArgumentParser
 from ddpm.trainer import autocast_context
 from run.config import load_run_config
-from run.pipeline import load_pipeline
+from run.pipeline import generation_kwargs, load_pipeline
 
 
 def texture_stats(images: np.ndarray) -> dict:
@@ -50,9 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"run": str(args.run), "n": n, "real": texture_stats(test.images[:n])}
     def sample(precision: str) -> np.ndarray:
         with autocast_context(precision, pipe.device):
-            return pipe.generate(test.prompts[:n], test.masks[:n], seed=0, sampler=s.sampler, steps=s.steps,
-                                 guidance=s.guidance, control_scale=s.control_scale, spacing=s.spacing,
-                                 steps_offset=s.steps_offset)
+            return pipe.generate(test.prompts[:n], test.masks[:n], seed=0, **generation_kwargs(s))
 
     fp32 = sample("fp32")
     out["generated_fp32"] = texture_stats(fp32)

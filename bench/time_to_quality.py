@@ -42,7 +42,7 @@ from evaluation.fidelity import dice
 from evaluation.held_out import classifier_extractor
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
 from run.config import RunConfig, load_run_config
-from run.pipeline import Pipeline, load_ldm, make_schedule_from
+from run.pipeline import Pipeline, generation_kwargs, load_ldm, make_schedule_from
 from run.prepare_data import PreparedData, prepare_data
 from run.train_controlnet import train_controlnet
 from run.train_ldm import train_ldm
@@ -270,9 +270,7 @@ def measure(args: argparse.Namespace) -> int:
         for step, pipe in controlnet_pipelines(cfg, args.work / name, ldm_path):
             s = cfg.sample
             images = np.concatenate([pipe.generate(prompts[i:i + s.batch_size], masks[i:i + s.batch_size],
-                                                   seed=10_000 + i, steps=s.steps, guidance=s.guidance,
-                                                   control_scale=s.control_scale, spacing=s.spacing,
-                                                   steps_offset=s.steps_offset)
+                                                   seed=10_000 + i, **generation_kwargs(s))
                                      for i in range(0, len(prompts), s.batch_size)])
             q = quality(images, masks, seg, extractor, real_feats, data.test.subject_ids, fake_subjects, pixel_mm,
                         args.fid_repeats)

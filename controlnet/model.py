@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 from torch import Tensor, nn
 
@@ -14,6 +15,8 @@ from data.errors import InputError
 from data.limits import MAX_CHANNELS, MAX_LEVELS
 from ddpm.blocks import zero_module
 from data.fields import bounded, check_fields
+from ddpm.sampling import check_interval, in_sigma_interval
+from ddpm.schedulers import NoiseSchedule
 from ddpm.unet import UNet
 from geometry.encodings import CONTROL_TYPES, control_channels
 
@@ -85,13 +88,21 @@ class ControlNet(nn.Module):
         return down, self.mid_zero_conv(h_mid) * scale
 
 
-def controlled_model_fn(unet: UNet, controlnet: ControlNet | None, control: Tensor | None, scale: float = 1.0):
+def controlled_model_fn(unet: UNet, controlnet: ControlNet | None, control: Tensor | None, scale: float = 1.0,
+                        sched: NoiseSchedule | None = None, interval: Sequence[float] | None = None):
     """model_fn(x, t, context) for ddpm.sampling; repeats the control when CFG doubles the batch. The hint encoder runs
-    once per batch size, not once per call: its output depends on the masks only, so a sampler's steps share it."""
+    once per batch size, not once per call: its output depends on the masks only, so a sampler's steps share it.
+    interval: [lo, hi] in sigma (SampleSettings.control_interval, needs sched); at a step outside it the ControlNet
+    is not run at all and the UNet denoises alone (a sampler calls with one timestep for the whole batch)."""
+    check_interval(interval, "control_interval")
+    if interval is not None and sched is None:
+        raise InputError("control_interval", "a control interval needs the noise schedule (sched), got None")
     hints: dict[int, Tensor] = {}
 
     def model_fn(x: Tensor, t: Tensor, context: Tensor) -> Tensor:
         if controlnet is None or control is None or scale == 0.0:
+            return unet(x, t, context)
+        if interval is not None and not in_sigma_interval(sched, int(t[0]), interval):
             return unet(x, t, context)
         ctrl = control.repeat(x.shape[0] // control.shape[0], 1, 1, 1) if x.shape[0] != control.shape[0] else control
         if x.shape[0] not in hints:

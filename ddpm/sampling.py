@@ -5,6 +5,8 @@ called ONCE per step on a doubled batch: x: (2B, ...), t: (2B,), context = cat([
 half unconditional — so a closure that adds per-sample inputs (e.g. control images) must repeat them twice.
 With a guidance interval (Kynkaanniemi et al. 2024) guidance runs only at the steps whose noise level
 sigma_t = sqrt((1 - a_t) / a_t) lies in [lo, hi]; the other steps call the model once, on cond alone.
+A control interval (sample.control_interval, applied by controlnet.model.controlled_model_fn) is the same test
+for the ControlNet: outside it the UNet runs alone.
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ class SampleSettings:
     # [lo, hi] in sigma = sqrt((1 - a_t) / a_t): guidance only there, one cond-only pass elsewhere; None = all steps.
     # Sigma (not schedule fraction) as the paper, so an interval means the same noise levels at any steps / spacing.
     guidance_interval: Optional[Tuple[float, float]] = None
+    # [lo, hi] in sigma: the ControlNet runs only there, the UNet alone elsewhere (late steps refine texture, the
+    # anatomy is set); None = all steps. diffusers' control_guidance_end zeroes the scale but still runs the net.
+    control_interval: Optional[Tuple[float, float]] = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -54,10 +59,11 @@ class SampleSettings:
         if self.spacing not in SPACINGS:
             raise InputError("sample.spacing", f"unknown spacing {self.spacing!r}; expected one of {', '.join(SPACINGS)}")
         check_interval(self.guidance_interval, "sample.guidance_interval")
+        check_interval(self.control_interval, "sample.control_interval")
         check_fields(self)
 
 
-def check_interval(interval: Optional[Sequence[float]], where: str = "guidance_interval") -> None:
+def check_interval(interval: Optional[Sequence[float]], where: str = "interval") -> None:
     """InputError unless interval is None or [lo, hi] with 0 <= lo <= hi (hi may be inf)."""
     if interval is None:
         return
@@ -66,8 +72,8 @@ def check_interval(interval: Optional[Sequence[float]], where: str = "guidance_i
         raise InputError(where, f"expected [lo, hi] noise levels (sigma) with 0 <= lo <= hi, got {interval!r}")
 
 
-def guides_at(sched: NoiseSchedule, t: int, interval: Optional[Sequence[float]]) -> bool:
-    """Whether guidance runs at timestep t: sigma_t = sqrt((1 - a_t) / a_t) in [lo, hi] (always when None)."""
+def in_sigma_interval(sched: NoiseSchedule, t: int, interval: Optional[Sequence[float]]) -> bool:
+    """Whether timestep t's noise level sigma_t = sqrt((1 - a_t) / a_t) lies in [lo, hi] (always when None)."""
     if interval is None:
         return True
     a = float(sched.alphas_cumprod[t])
@@ -104,7 +110,7 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
     sampler "ddpm": ancestral sampling. With num_steps == T it runs ddpm_step over every train step;
     with fewer steps it runs the strided chain via ddim_step(eta=1), which IS the DDPM posterior there.
     sampler "dpmpp2m": DPM-Solver++(2M) (ddpm.multistep) on the same timesteps; deterministic, eta unused.
-    guidance_interval: [lo, hi] in sigma; guidance only at timesteps inside it (guides_at), else one cond pass.
+    guidance_interval: [lo, hi] in sigma; guidance only at timesteps inside it (in_sigma_interval), else one cond pass.
     device defaults to cond's device. dtype: what the model is called with; the chain itself (noise, x_t, the
     updates) runs in float32 or wider, so x0 comes back in promote(dtype, float32): a 1000-step chain moves x by
     ~1e-4 per step, below bf16's resolution (2^-8) — a bf16 state would not follow it.
@@ -113,7 +119,7 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
         raise InputError("sampler", f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
     if eta < 0:
         raise InputError("eta", f"expected eta >= 0, got {eta}")
-    check_interval(guidance_interval)
+    check_interval(guidance_interval, "guidance_interval")
     if cond.shape[0] != shape[0]:
         raise InputError("cond", f"batch of cond ({cond.shape[0]}) differs from the sample batch ({shape[0]})")
     device = cond.device if device is None else torch.device(device)
@@ -126,7 +132,7 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
     d_prev = None  # dpmpp2m: the previous step's data prediction
     for i, t in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
-        g = guidance if guides_at(sched, t, guidance_interval) else 1.0
+        g = guidance if in_sigma_interval(sched, t, guidance_interval) else 1.0
         out = guided_output(model_fn, x.to(dtype), t_batch, cond, uncond, g)
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         if full_chain:

@@ -12,7 +12,7 @@ from torch import nn
 from controlnet.model import ControlNet, controlled_model_fn
 from data.errors import InputError
 from ddpm.checkpoint import file_sha256, load_checkpoint, model_state
-from ddpm.sampling import sample
+from ddpm.sampling import SampleSettings, sample
 from ddpm.schedulers import NoiseSchedule, make_schedule, rescale_zero_terminal_snr
 from ddpm.text_encoder import build_text_encoder
 from ddpm.unet import UNet
@@ -59,12 +59,14 @@ class Pipeline:
     def generate(self, prompts: Sequence[str], masks: Optional[np.ndarray] = None, seed: int | Sequence[int] = 0,
                  sampler: str = "ddim", steps: int = 20, eta: float = 0.0, guidance: float = 4.0,
                  control_scale: float = 1.0, progress: bool = False, spacing: str = "linspace",
-                 steps_offset: int = 0, guidance_interval: Optional[Sequence[float]] = None) -> np.ndarray:
+                 steps_offset: int = 0, guidance_interval: Optional[Sequence[float]] = None,
+                 control_interval: Optional[Sequence[float]] = None) -> np.ndarray:
         """prompts: B strings; masks: (B, 2, S, S) labels or None -> images (B, 2, S, S) in [-1, 1].
 
         seed: one per sample, or an int s meaning seeds s, s+1, ...; each sample draws all its noise from its
         own generator, so it does not depend on the batch it is generated in (resume, batch size).
-        spacing, steps_offset: the sampling timesteps; guidance_interval: where guidance runs (SampleSettings).
+        spacing, steps_offset: the sampling timesteps; guidance_interval / control_interval: where guidance / the
+        ControlNet runs (SampleSettings).
         """
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else [int(s) for s in seed]
         size = self.cfg.data.preprocess.size
@@ -74,13 +76,20 @@ class Pipeline:
         control = None
         if masks is not None and self.controlnet is not None:
             control = encode_control(torch.as_tensor(np.asarray(masks)).long(), self.controlnet.cfg.control).to(self.device)
-        fn = controlled_model_fn(self.ldm.unet, self.controlnet, control, control_scale)
+        fn = controlled_model_fn(self.ldm.unet, self.controlnet, control, control_scale, self.schedule, control_interval)
         shape = (len(prompts), self.vae.cfg.latent_channels, size // f, size // f)
         z = sample(fn, shape, cond, uncond, self.schedule, sampler=sampler, num_steps=steps, eta=eta,
                    guidance=guidance, prediction=self.cfg.diffusion.prediction, spacing=spacing,
                    steps_offset=steps_offset, generator=[torch.Generator().manual_seed(s) for s in seeds],
                    progress=progress, guidance_interval=guidance_interval)
         return self.vae.decode(z / self.scale_factor).clamp(-1, 1).float().cpu().numpy()
+
+
+def generation_kwargs(s: SampleSettings) -> dict:
+    """Pipeline.generate's sampling arguments from a `sample` section (batch_size and precision are the caller's)."""
+    return {"sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance": s.guidance,
+            "control_scale": s.control_scale, "spacing": s.spacing, "steps_offset": s.steps_offset,
+            "guidance_interval": s.guidance_interval, "control_interval": s.control_interval}
 
 
 def _config_of(meta: dict, where: str):

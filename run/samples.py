@@ -31,7 +31,7 @@ from ddpm.checkpoint import file_sha256
 from ddpm.images import save_grid, to_uint8
 from ddpm.sampling import SampleSettings
 from ddpm.trainer import autocast_context
-from run.pipeline import Pipeline
+from run.pipeline import Pipeline, generation_kwargs
 
 GRID_LIMIT = 64  # grid.png shows at most this many samples of a call
 SEED_LIMIT = 2 ** 64  # torch.Generator.manual_seed takes [0, 2^64)
@@ -72,7 +72,8 @@ def sidecar_path(out_dir: Path, sample_id: str) -> Path:
 
 
 # What sidecars written before a setting existed were made with (their code's fixed behaviour).
-LEGACY_SETTINGS = {"spacing": "leading", "steps_offset": 0, "precision": "fp32", "guidance_interval": None}
+LEGACY_SETTINGS = {"spacing": "leading", "steps_offset": 0, "precision": "fp32", "guidance_interval": None,
+                   "control_interval": None}
 
 
 def _identity(request: SampleRequest, settings: SampleSettings, checkpoints: dict) -> dict:
@@ -162,10 +163,7 @@ def run_requests(pipe: Pipeline, requests: Sequence[SampleRequest], out_dir: Pat
             masks = None if batch[0].mask is None else np.stack([r.mask for r in batch])
             with autocast_context(settings.precision, pipe.device):
                 images = pipe.generate([r.prompt for r in batch], masks, seed=[r.seed for r in batch],
-                                       sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
-                                       guidance=settings.guidance, control_scale=settings.control_scale,
-                                       spacing=settings.spacing, steps_offset=settings.steps_offset,
-                                       guidance_interval=settings.guidance_interval)
+                                       **generation_kwargs(settings))
             broken = [r.sample_id for r, image in zip(batch, images) if not np.isfinite(image).all()]
             if broken:  # before any file of the batch: a NaN sample must never be written and marked complete
                 raise InputError("sampling", f"sample(s) {', '.join(broken[:3])} came out NaN/Inf (guidance "

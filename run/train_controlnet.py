@@ -14,7 +14,7 @@ from ddpm.images import save_grid
 from ddpm.trainer import StepDraws, train_loop
 from geometry.encodings import encode_control
 from run.loader import to_dict
-from run.pipeline import Pipeline, load_ldm, make_schedule_from
+from run.pipeline import Pipeline, generation_kwargs, load_ldm, make_schedule_from
 from run.train_ldm import PromptContexts, diffusion_loss, shared_latents
 from run.train_vae import load_vae
 
@@ -52,10 +52,8 @@ def train_controlnet(cfg, train: SliceSet, test: SliceSet, vae_path: Path, ldm_p
         vae, _, _ = load_vae(vae_path, device)
         pipe = Pipeline(cfg, vae, scale, ldm, sched, net.eval())
         n = min(8, len(test))
-        s = cfg.sample
-        fake = pipe.generate(test.prompts[:n], test.masks[:n], seed=cfg.controlnet_train.seed, steps=s.steps,
-                             guidance=s.guidance, control_scale=s.control_scale, spacing=s.spacing,
-                             steps_offset=s.steps_offset)
+        fake = pipe.generate(test.prompts[:n], test.masks[:n], seed=cfg.controlnet_train.seed,
+                             **generation_kwargs(cfg.sample))
         grid_images = np.stack([x for pair in zip(fake, test.images[:n]) for x in pair])
         grid_masks = np.stack([m for m in test.masks[:n] for _ in range(2)])
         labels = [f"{tag}: {p}" for p in test.prompts[:n] for tag in ("gen", "real")]

@@ -104,3 +104,43 @@ def test_bad_control_shape_and_type():
         controlled_model_fn(unet, net, control[:, :3])(x, t, context)
     with pytest.raises(InputError, match="unknown control type"):
         ControlNetConfig(control="edges")
+
+
+def test_control_interval_runs_the_controlnet_only_at_sigmas_inside_it():
+    import math
+
+    from ddpm.sampling import SampleSettings, in_sigma_interval, sample
+    from ddpm.schedulers import ddim_timesteps, make_schedule
+
+    unet = _tiny_unet()
+    net = ControlNet(unet, ControlNetConfig(), FACTOR)
+    _perturb(net)
+    x, _, context, control = _inputs()
+    sched = make_schedule("scaled_linear", 1000)
+    calls = []
+    net.register_forward_hook(lambda *_: calls.append(1))
+
+    def draw(interval):
+        fn = controlled_model_fn(unet, net, control, 2.0, sched, interval)
+        return sample(fn, x.shape, context, None, sched, sampler="dpmpp2m", num_steps=10, spacing="trailing",
+                      generator=torch.Generator().manual_seed(3))
+
+    timesteps = ddim_timesteps(1000, 10, "trailing").tolist()
+    sigma = [((1 - float(sched.alphas_cumprod[t])) / float(sched.alphas_cumprod[t])) ** 0.5 for t in timesteps]
+    assert sigma == sorted(sigma, reverse=True) and sigma[-1] < 1.0 < sigma[0]
+    full, everywhere = draw(None), draw((0.0, math.inf))
+    assert torch.equal(full, everywhere) and len(calls) == 20  # [0, inf]: every step, bit-identical
+    calls.clear()
+    partial = draw((1.0, math.inf))
+    inside = sum(in_sigma_interval(sched, t, (1.0, math.inf)) for t in timesteps)
+    assert 0 < inside < 10 and len(calls) == inside  # the ControlNet is not run at all outside
+    assert not torch.equal(partial, full)
+    calls.clear()
+    unet_only = sample(lambda a, b, c: unet(a, b, c), x.shape, context, None, sched, sampler="dpmpp2m", num_steps=10,
+                       spacing="trailing", generator=torch.Generator().manual_seed(3))
+    assert torch.equal(draw((100.0, math.inf)), unet_only) and not calls  # nothing inside: the UNet alone
+
+    with pytest.raises(InputError, match="control_interval"):
+        controlled_model_fn(unet, net, control, 1.0, None, (1.0, 2.0))
+    with pytest.raises(InputError, match="sample.control_interval"):
+        SampleSettings(control_interval=(2.0, 1.0))

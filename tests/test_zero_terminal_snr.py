@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from data.errors import InputError
-from ddpm.sampling import guides_at, sample
+from ddpm.sampling import in_sigma_interval, sample
 from ddpm.schedulers import ddim_timesteps, make_schedule, rescale_zero_terminal_snr, snr
 from run.config import DiffusionConfig, RunConfig, load_run_config
 from run.pipeline import make_schedule_from
@@ -72,7 +72,7 @@ def test_samplers_stay_finite_and_exact_from_pure_noise(sampler, steps):
 
 def test_guidance_interval_at_pure_noise_is_sigma_infinity():
     sched = rescale_zero_terminal_snr(make_schedule("scaled_linear", 1000))
-    assert guides_at(sched, 999, (0.0, float("inf"))) and not guides_at(sched, 999, (0.28, 5.42))
+    assert in_sigma_interval(sched, 999, (0.0, float("inf"))) and not in_sigma_interval(sched, 999, (0.28, 5.42))
 
 
 def test_config_applies_the_rescale_and_refuses_epsilon():
