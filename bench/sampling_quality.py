@@ -33,6 +33,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from bench.run_data import run_data
+from bench.texture import texture_stats
 from bench.diffusers_loop import check_diffusers_equal, diffusers_denoiser, diffusers_generate, diffusers_scheduler
 from data.atomic import atomic_write_bytes
 from data.cohort import LABEL_NAMES
@@ -43,7 +45,6 @@ from evaluation.held_out import classifier_extractor, disjoint_fid, ef_errors
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
 from run.config import load_run_config
 from run.pipeline import Pipeline, load_pipeline
-from run.prepare_data import prepare_data
 
 INTERVAL = (0.28, 5.42)  # sigma interval of Kynkaanniemi et al. 2024 for SD-XL (same sigma scale as our schedule)
 # ControlNet only above these sigmas; on scaled_linear's 10 trailing steps (sigma 14.6, 8.3, 5.1, 3.3, 2.3, 1.6, 1.2,
@@ -102,7 +103,8 @@ def quality(images: np.ndarray, masks: np.ndarray, seg, feats_fn, real_feats, re
     fid = disjoint_fid(real_feats, real_subjects, feats_fn(images), fake_subjects, len(images), fid_repeats)
     return {"dice": {k: float(np.mean(v)) for k, v in per_image.items()}, "dice_per_image": per_image,
             "ef_abs_error_median": float(np.nanmedian(ef)), "fid": fid["fake_vs_real"]["mean"],
-            "fid_bound": fid["real_vs_real_bound"]["mean"], "fid_n_per_side": fid["n_per_side"]}
+            "fid_bound": fid["real_vs_real_bound"]["mean"], "fid_n_per_side": fid["n_per_side"],
+            "texture_abs_dx": texture_stats(images)["mean_abs_dx"]}
 
 
 def summarise(out: dict) -> dict:
@@ -114,12 +116,17 @@ def summarise(out: dict) -> dict:
            for k, v in a["dice_per_image"].items()}
     tol["EF"] = abs(a["ef_abs_error_median"] - b["ef_abs_error_median"])
     tol["FID"] = abs(a["fid"] - b["fid"])
+    real_tex = out.get("real_texture_abs_dx")  # fine texture: the realism judge's features are blind to it
+    if real_tex is not None:
+        tol["texture"] = abs(a["texture_abs_dx"] - b["texture_abs_dx"])
     default = res.get("diffusers default (PNDM) 20")
     rows = []
     for r in out["results"]:
         worse = [k for k in a["dice"] if r["dice"][k] < a["dice"][k] - tol[k]]
         worse += ["EF"] if r["ef_abs_error_median"] > a["ef_abs_error_median"] + tol["EF"] else []
         worse += ["FID"] if r["fid"] > a["fid"] + tol["FID"] else []
+        if real_tex is not None and abs(r["texture_abs_dx"] - real_tex) > abs(a["texture_abs_dx"] - real_tex) + tol["texture"]:
+            worse.append("texture")
         row = {"name": r["name"], "equal_quality": not worse, "worse_on": worse,
                "speed_vs_ref_wall": r["images_per_s"] / a["images_per_s"],
                "speed_vs_ref_cpu": r["images_per_cpu_s"] / a["images_per_cpu_s"]}
@@ -132,8 +139,11 @@ def summarise(out: dict) -> dict:
 
 def markdown(out: dict) -> str:
     summary = {r["name"]: r for r in out["summary"]["rows"]}
+    tex = "real_texture_abs_dx" in out
     lines = ["| setting | NFE passes | images/s (wall) | images/CPU-s | vs ref (CPU) | vs diffusers default (CPU) | "
-             "Dice LV / MYO / RV | median EF err | FID (bound) | equal quality |", "|---" * 10 + "|"]
+             "Dice LV / MYO / RV | median EF err | FID (bound) | " + (f"texture (real {out['real_texture_abs_dx']:.3f}) | "
+                                                                    if tex else "") + "equal quality |",
+             "|---" * (11 if tex else 10) + "|"]
     for r in out["results"]:
         s = summary[r["name"]]
         passes = r["steps"] * (2 if r["guidance"] != 1.0 else 1)
@@ -143,7 +153,8 @@ def markdown(out: dict) -> str:
         lines.append(f"| {r['name']} | {passes} | {r['images_per_s']:.2f} | {r['images_per_cpu_s']:.2f} | "
                      f"{s['speed_vs_ref_cpu']:.2f}x | {s.get('speed_vs_diffusers_default_cpu', float('nan')):.2f}x | "
                      f"{d['LV']:.3f} / {d['MYO']:.3f} / {d['RV']:.3f} | {r['ef_abs_error_median']:.3f} | "
-                     f"{r['fid']:.1f} ({r['fid_bound']:.1f}) | {'yes' if s['equal_quality'] else 'no: ' + ', '.join(s['worse_on'])} |")
+                     f"{r['fid']:.1f} ({r['fid_bound']:.1f}) | " + (f"{r['texture_abs_dx']:.3f} | " if tex else "") +
+                     f"{'yes' if s['equal_quality'] else 'no: ' + ', '.join(s['worse_on'])} |")
     tol = out["summary"]["tolerance"]
     lines.append("\nnoise of the reference (tolerance): " + ", ".join(f"{k} {v:.3f}" for k, v in tol.items()))
     return "\n".join(lines)
@@ -250,9 +261,8 @@ def main(argv=None) -> int:
         p.error("--run, --images and --out are required (or --report)")
     torch.set_num_threads(args.threads)
     cfg = load_run_config(str(args.run / "config.yaml"))
-    (cache,) = sorted((args.run / "cache").glob("slices-*.npz"))
     with tempfile.TemporaryDirectory() as scratch:
-        data = prepare_data(replace(cfg.data, root=str(cache)), Path(scratch), progress=False)
+        data = run_data(args.run, cfg, Path(scratch))
     test, s = data.test, cfg.sample
     rows = np.sort(np.random.default_rng(0).choice(len(test), min(args.n, len(test)), replace=False))
     prompts, masks = [test.prompts[i] for i in rows], test.masks[rows]
@@ -304,7 +314,8 @@ def main(argv=None) -> int:
     meta = {"run": str(args.run), "n": len(rows), "held_out_rows": rows.tolist(), "batch_size": s.batch_size,
             "threads": args.threads, "control_scale": s.control_scale, "run_guidance": s.guidance,
             "run_spacing": s.spacing, "interval_sigma": INTERVAL, "segmenter_steps": ev.segmenter_steps,
-            "classifier_epochs": ev.attribute_epochs, "segmenter_dice_on_real_test": segmenter_real_dice}
+            "classifier_epochs": ev.attribute_epochs, "segmenter_dice_on_real_test": segmenter_real_dice,
+            "real_texture_abs_dx": texture_stats(test.images[rows])["mean_abs_dx"]}
     results = []
     for setting in chosen:
         while args.judge_follow and not cached(setting).is_file():

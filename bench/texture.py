@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.time_to_quality import run_data
+from bench.run_data import run_data
 from data.errors import InputError, OneLineArgumentParser
 from ddpm.trainer import autocast_context
 from run.config import load_run_config

@@ -24,13 +24,13 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from bench.run_data import run_data
 from bench.sampling_quality import quality
 from controlnet.model import ControlNet
 from data.atomic import atomic_write_bytes
@@ -43,7 +43,7 @@ from evaluation.held_out import classifier_extractor
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
 from run.config import RunConfig, load_run_config
 from run.pipeline import Pipeline, generation_kwargs, load_ldm, make_schedule_from
-from run.prepare_data import PreparedData, prepare_data
+from run.prepare_data import PreparedData
 from run.train_controlnet import train_controlnet
 from run.train_ldm import train_ldm
 from run.train_vae import load_vae
@@ -62,23 +62,6 @@ def parse_recipe(spec: str, ldm_steps: int) -> tuple[str, int]:
     if name not in RECIPES or (steps and (not steps.isdigit() or int(steps) < 1)):
         raise InputError("--recipes", f"expected NAME or NAME@LDM_STEPS with NAME one of {', '.join(RECIPES)}, got {spec!r}")
     return name, int(steps) if steps else ldm_steps
-
-
-def run_data(run: Path, cfg, scratch: Path) -> PreparedData:
-    """The run's train / held-out split: a real cohort from the run's slice cache; the phantom from the run's cohort
-    folders and slice caches where it has them (copied, so the run stays untouched), else redrawn (same seeds)."""
-    if cfg.data.root is None:
-        for name in ("cohort", "cohort-test"):
-            if (run / name / ".complete").is_file():
-                shutil.copytree(run / name, scratch / name)
-        for cache in (run / "cache").glob("slices-*.npz"):
-            (scratch / "cache").mkdir(exist_ok=True)
-            shutil.copyfile(cache, scratch / "cache" / cache.name)
-        return prepare_data(cfg.data, scratch, progress=False)
-    cached = sorted((run / "cache").glob("slices-*.npz"))
-    if len(cached) != 1:
-        raise InputError(run / "cache", f"expected one slices-*.npz of a real cohort, found {len(cached)}")
-    return prepare_data(replace(cfg.data, root=str(cached[0])), scratch, progress=False)
 
 
 def stage_overrides(stage: str, steps: int, every: int) -> list[str]:

@@ -4,10 +4,10 @@ import numpy as np
 from bench.sampling_quality import settings, summarise
 
 
-def _result(name, ips, dice, ef=0.1, fid=10.0, per_image=None):
+def _result(name, ips, dice, ef=0.1, fid=10.0, per_image=None, texture=0.10):
     per_image = per_image or {k: [v] * 4 for k, v in dice.items()}
     return {"name": name, "images_per_s": ips, "images_per_cpu_s": ips / 2, "dice": dice, "dice_per_image": per_image,
-            "ef_abs_error_median": ef, "fid": fid}
+            "ef_abs_error_median": ef, "fid": fid, "texture_abs_dx": texture}
 
 
 def test_settings_have_unique_names_and_the_rows_the_summary_needs():
@@ -34,6 +34,20 @@ def test_summary_tolerance_is_the_seed_spread_and_worse_rows_are_named():
     assert rows["fast"]["equal_quality"] and rows["fast"]["speed_vs_diffusers_default_wall"] == 5.0
     assert rows["too fast"]["worse_on"] == ["LV", "FID"]
     assert rows["ref: ddim 20"]["speed_vs_ref_cpu"] == 1.0
+    assert "texture" not in summary["tolerance"]  # a JSON without the real images' texture: not judged
+
+
+def test_texture_is_worse_only_when_farther_from_real_than_the_reference_and_its_noise():
+    dice = {"LV": 0.80}
+    out = {"real_texture_abs_dx": 0.15, "results": [
+        _result("ref: ddim 20", 2.0, dice, texture=0.110), _result("ref: ddim 20, seed 2", 2.0, dice, texture=0.112),
+        _result("smoother", 4.0, dice, texture=0.105), _result("within noise", 4.0, dice, texture=0.109),
+        _result("sharper", 4.0, dice, texture=0.140), _result("overshoots", 4.0, dice, texture=0.20)]}
+    summary = summarise(out)
+    assert abs(summary["tolerance"]["texture"] - 0.002) < 1e-9
+    worse = {r["name"]: r["worse_on"] for r in summary["rows"]}
+    assert worse["smoother"] == ["texture"] and worse["overshoots"] == ["texture"]  # |0.20 - 0.15| > 0.04 + 0.002
+    assert worse["within noise"] == [] and worse["sharper"] == []
 
 
 def test_timing_rounds_interleave_the_settings_one_batch_each(monkeypatch):
