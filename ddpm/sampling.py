@@ -50,6 +50,9 @@ class SampleSettings:
     # [lo, hi] in sigma: the ControlNet runs only there, the UNet alone elsewhere (late steps refine texture, the
     # anatomy is set); None = all steps. diffusers' control_guidance_end zeroes the scale but still runs the net.
     control_interval: Optional[Tuple[float, float]] = None
+    # phi of Lin et al. 2024 (Alg. 2, 0.7 there): the guided output's per-sample std pulled back to the conditional
+    # one's, against the over-exposure large guidance gives, above all with a zero-terminal-SNR schedule; 0 = off
+    guidance_rescale: float = bounded(0.0, lo=0, hi=1)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -82,10 +85,11 @@ def in_sigma_interval(sched: NoiseSchedule, t: int, interval: Optional[Sequence[
 
 
 def guided_output(model_fn: ModelFn, x: Tensor, t: Tensor, cond: Tensor, uncond: Optional[Tensor],
-                  guidance: float) -> Tensor:
+                  guidance: float, rescale: float = 0.0) -> Tensor:
     """Classifier-free guidance u + g (c - u) from one batched call; guidance == 1 is one pass on cond only.
 
     x: (B, ...); t: (B,); cond: (B, ...); uncond: (B, ...) or (1, ...) (broadcast to B).
+    rescale: phi in [0, 1]; the output becomes phi * out * std(c) / std(out) + (1 - phi) * out, stds per sample.
     """
     if guidance == 1.0:
         return model_fn(x, t, cond)
@@ -93,7 +97,12 @@ def guided_output(model_fn: ModelFn, x: Tensor, t: Tensor, cond: Tensor, uncond:
         raise InputError("guidance", f"guidance {guidance} != 1 needs an unconditional context (uncond), got None")
     uncond = uncond.expand_as(cond) if uncond.shape[0] == 1 else uncond
     out_uncond, out_cond = model_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond])).chunk(2)
-    return out_uncond + guidance * (out_cond - out_uncond)
+    out = out_uncond + guidance * (out_cond - out_uncond)
+    if rescale == 0.0:
+        return out
+    dims = tuple(range(1, out.ndim))
+    ratio = out_cond.float().std(dim=dims, keepdim=True) / out.float().std(dim=dims, keepdim=True).clamp_min(1e-12)
+    return (rescale * out * ratio + (1.0 - rescale) * out).to(out.dtype)
 
 
 @torch.no_grad()
@@ -101,7 +110,8 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
            *, sampler: str = "ddim", num_steps: int = 50, eta: float = 0.0, guidance: float = 1.0,
            prediction: str = "epsilon", generator: Generators = None, progress: bool = False,
            spacing: str = "leading", steps_offset: int = 0, device: Optional[torch.device] = None,
-           dtype: torch.dtype = torch.float32, guidance_interval: Optional[Sequence[float]] = None) -> Tensor:
+           dtype: torch.dtype = torch.float32, guidance_interval: Optional[Sequence[float]] = None,
+           guidance_rescale: float = 0.0) -> Tensor:
     """Generate x0: shape (B, ...) from pure noise drawn from `generator` (same seed -> same output).
 
     generator: one torch.Generator for the batch, or one per sample (then sample i depends only on its own).
@@ -111,6 +121,7 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
     with fewer steps it runs the strided chain via ddim_step(eta=1), which IS the DDPM posterior there.
     sampler "dpmpp2m": DPM-Solver++(2M) (ddpm.multistep) on the same timesteps; deterministic, eta unused.
     guidance_interval: [lo, hi] in sigma; guidance only at timesteps inside it (in_sigma_interval), else one cond pass.
+    guidance_rescale: phi of guided_output (SampleSettings.guidance_rescale).
     device defaults to cond's device. dtype: what the model is called with; the chain itself (noise, x_t, the
     updates) runs in float32 or wider, so x0 comes back in promote(dtype, float32): a 1000-step chain moves x by
     ~1e-4 per step, below bf16's resolution (2^-8) — a bf16 state would not follow it.
@@ -120,6 +131,8 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
     if eta < 0:
         raise InputError("eta", f"expected eta >= 0, got {eta}")
     check_interval(guidance_interval, "guidance_interval")
+    if not 0.0 <= guidance_rescale <= 1.0:
+        raise InputError("guidance_rescale", f"expected a value in [0, 1], got {guidance_rescale}")
     if cond.shape[0] != shape[0]:
         raise InputError("cond", f"batch of cond ({cond.shape[0]}) differs from the sample batch ({shape[0]})")
     device = cond.device if device is None else torch.device(device)
@@ -133,7 +146,7 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
     for i, t in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
         g = guidance if in_sigma_interval(sched, t, guidance_interval) else 1.0
-        out = guided_output(model_fn, x.to(dtype), t_batch, cond, uncond, g)
+        out = guided_output(model_fn, x.to(dtype), t_batch, cond, uncond, g, guidance_rescale)
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         if full_chain:
             x = ddpm_step(sched, out, x, t_batch, prediction, generator=generator)

@@ -60,13 +60,13 @@ class Pipeline:
                  sampler: str = "ddim", steps: int = 20, eta: float = 0.0, guidance: float = 4.0,
                  control_scale: float = 1.0, progress: bool = False, spacing: str = "linspace",
                  steps_offset: int = 0, guidance_interval: Optional[Sequence[float]] = None,
-                 control_interval: Optional[Sequence[float]] = None) -> np.ndarray:
+                 control_interval: Optional[Sequence[float]] = None, guidance_rescale: float = 0.0) -> np.ndarray:
         """prompts: B strings; masks: (B, 2, S, S) labels or None -> images (B, 2, S, S) in [-1, 1].
 
         seed: one per sample, or an int s meaning seeds s, s+1, ...; each sample draws all its noise from its
         own generator, so it does not depend on the batch it is generated in (resume, batch size).
         spacing, steps_offset: the sampling timesteps; guidance_interval / control_interval: where guidance / the
-        ControlNet runs (SampleSettings).
+        ControlNet runs; guidance_rescale: phi of ddpm.sampling.guided_output (SampleSettings).
         """
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else [int(s) for s in seed]
         size = self.cfg.data.preprocess.size
@@ -81,7 +81,7 @@ class Pipeline:
         z = sample(fn, shape, cond, uncond, self.schedule, sampler=sampler, num_steps=steps, eta=eta,
                    guidance=guidance, prediction=self.cfg.diffusion.prediction, spacing=spacing,
                    steps_offset=steps_offset, generator=[torch.Generator().manual_seed(s) for s in seeds],
-                   progress=progress, guidance_interval=guidance_interval)
+                   progress=progress, guidance_interval=guidance_interval, guidance_rescale=guidance_rescale)
         return self.vae.decode(z / self.scale_factor).clamp(-1, 1).float().cpu().numpy()
 
 
@@ -89,7 +89,8 @@ def generation_kwargs(s: SampleSettings) -> dict:
     """Pipeline.generate's sampling arguments from a `sample` section (batch_size and precision are the caller's)."""
     return {"sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance": s.guidance,
             "control_scale": s.control_scale, "spacing": s.spacing, "steps_offset": s.steps_offset,
-            "guidance_interval": s.guidance_interval, "control_interval": s.control_interval}
+            "guidance_interval": s.guidance_interval, "control_interval": s.control_interval,
+            "guidance_rescale": s.guidance_rescale}
 
 
 def _config_of(meta: dict, where: str):

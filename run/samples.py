@@ -73,7 +73,7 @@ def sidecar_path(out_dir: Path, sample_id: str) -> Path:
 
 # What sidecars written before a setting existed were made with (their code's fixed behaviour).
 LEGACY_SETTINGS = {"spacing": "leading", "steps_offset": 0, "precision": "fp32", "guidance_interval": None,
-                   "control_interval": None}
+                   "control_interval": None, "guidance_rescale": 0.0}
 
 
 def _identity(request: SampleRequest, settings: SampleSettings, checkpoints: dict) -> dict:

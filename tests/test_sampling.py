@@ -165,3 +165,24 @@ def test_progress_bar_runs(capsys):
     cond, uncond = contexts()
     sample(toy_model, SHAPE, cond, uncond, make_schedule("linear", 10), num_steps=2, progress=True)
     assert "ddim" in capsys.readouterr().err
+
+
+def test_guidance_rescale_closed_form():
+    """phi = 0 is plain guidance; phi = 1 gives each sample the conditional output's std (Lin et al. 2024, Alg. 2)."""
+    gen = torch.Generator().manual_seed(4)
+    x, t = torch.randn(3, 2, 4, 4, generator=gen), torch.tensor([5, 5, 5])
+    cond, uncond = torch.randn(3, 6, generator=gen), torch.randn(1, 6, generator=gen)
+    w = torch.randn(6, 2 * 16, generator=gen)
+    model_fn = lambda a, b, c: a * 0.5 + (c @ w).view(-1, 2, 4, 4)  # noqa: E731
+    plain = guided_output(model_fn, x, t, cond, uncond, 4.0)
+    assert torch.equal(guided_output(model_fn, x, t, cond, uncond, 4.0, 0.0), plain)
+    c_out = model_fn(x, t, cond)
+    full = guided_output(model_fn, x, t, cond, uncond, 4.0, 1.0)
+    assert torch.allclose(full.flatten(1).std(1), c_out.flatten(1).std(1), rtol=1e-5)
+    assert torch.allclose(full / plain, (c_out.flatten(1).std(1) / plain.flatten(1).std(1)).view(-1, 1, 1, 1).expand_as(plain),
+                          rtol=1e-4)  # a per-sample scale, nothing else
+    half = guided_output(model_fn, x, t, cond, uncond, 4.0, 0.5)
+    assert torch.allclose(half, 0.5 * full + 0.5 * plain, atol=1e-6)
+    assert torch.equal(guided_output(model_fn, x, t, cond, uncond, 1.0, 1.0), c_out)  # no guidance: nothing to rescale
+    with pytest.raises(InputError, match="guidance_rescale"):
+        sample(model_fn, x.shape, cond, uncond, make_schedule("scaled_linear", 20), num_steps=2, guidance_rescale=1.5)

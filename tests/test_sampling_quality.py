@@ -45,6 +45,9 @@ def test_texture_is_worse_only_when_farther_from_real_than_the_reference_and_its
         _result("sharper", 4.0, dice, texture=0.140), _result("overshoots", 4.0, dice, texture=0.20)]}
     summary = summarise(out)
     assert abs(summary["tolerance"]["texture"] - 0.002) < 1e-9
+    out["results"][0]["texture_per_image"] = [0.09, 0.13] * 8  # per-image spread: 2 SE = 2 * 0.0207 / 4 > 0.002
+    assert abs(summarise(out)["tolerance"]["texture"] - 2 * np.std([0.09, 0.13] * 8, ddof=1) / 4) < 1e-12
+    out["results"][0].pop("texture_per_image")
     worse = {r["name"]: r["worse_on"] for r in summary["rows"]}
     assert worse["smoother"] == ["texture"] and worse["overshoots"] == ["texture"]  # |0.20 - 0.15| > 0.04 + 0.002
     assert worse["within noise"] == [] and worse["sharper"] == []
