@@ -90,6 +90,10 @@ def settings(run_guidance: float, hi_guidance: float) -> list[Setting]:
             Setting(f"ddim 20 g{g:g}", guidance=g), Setting(f"ddim 20 g{g:g} interval", guidance=g, interval=INTERVAL),
             Setting(f"dpmpp2m 10 trailing g{g:g} interval", sampler="dpmpp2m", steps=10, spacing="trailing",
                     guidance=g, interval=INTERVAL),
+            *[Setting(f"dpmpp2m {n} trailing g{g:g} interval{' bf16' if p == 'bf16' else ''}", sampler="dpmpp2m",
+                      steps=n, spacing="trailing", guidance=g, interval=INTERVAL, precision=p)
+              for n, p in ((8, "fp32"), (10, "bf16"), (8, "bf16"))],
+            Setting("diffusers DPMSolverMultistep 8 bf16", impl="diffusers-dpm", steps=8, precision="bf16"),
             Setting("dpmpp2m 10 linspace", sampler="dpmpp2m", steps=10),
             Setting("ddim 10 trailing", steps=10, spacing="trailing"),
             Setting("diffusers DPMSolverMultistep 20", impl="diffusers-dpm", steps=20)]
@@ -168,13 +172,17 @@ def plot(out: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    tex = "real_texture_abs_dx" in out
+    fig, axes = plt.subplots(1, 3 if tex else 2, figsize=(16 if tex else 11, 4.2))
     ref = next(r for r in out["results"] if r["name"] == "ref: ddim 20")
     tol = out["summary"]["tolerance"]
     mean_dice = lambda r: float(np.mean(list(r["dice"].values())))  # noqa: E731
-    for ax, (label, value, band) in zip(axes, (("mean Dice LV/MYO/RV (higher is better)", mean_dice,
-                                                 float(np.mean([tol[k] for k in ref["dice"]]))),
-                                                ("FID, subject-disjoint (lower is better)", lambda r: r["fid"], tol["FID"]))):
+    panels = [("mean Dice LV/MYO/RV (higher is better)", mean_dice, float(np.mean([tol[k] for k in ref["dice"]]))),
+              ("FID, subject-disjoint (lower is better)", lambda r: r["fid"], tol["FID"])]
+    if tex:
+        panels.append((f"fine texture, mean |dx| (real {out['real_texture_abs_dx']:.4f}: closer is better)",
+                       lambda r: r["texture_abs_dx"], tol["texture"]))
+    for ax, (label, value, band) in zip(axes, panels):
         ax.axhspan(value(ref) - band, value(ref) + band, color="0.9", label="reference +- its noise")
         for r in out["results"]:
             color = "tab:orange" if r["impl"] != "ours" else ("tab:green" if r["sampler"] == "dpmpp2m" else "tab:blue")

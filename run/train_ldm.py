@@ -20,7 +20,7 @@ from ddpm.schedulers import NoiseSchedule, add_noise, prediction_target
 from ddpm.text_encoder import PromptEmbeddingCache, is_frozen
 from ddpm.trainer import StepDraws, train_loop
 from run.loader import to_dict
-from run.pipeline import LatentDiffusion, Pipeline, make_schedule_from
+from run.pipeline import LatentDiffusion, Pipeline, generation_kwargs, make_schedule_from
 from run.train_vae import encode_latents, load_vae
 
 
@@ -113,8 +113,7 @@ def train_ldm(cfg, train: SliceSet, vae_path: Path, run_dir: Path, resume: bool 
     def prompt_grid(path: Path) -> None:
         """Two samples per health condition's most frequent prompt, same seeds every time."""
         images = Pipeline(cfg, vae, scale, model.eval(), sched).generate(
-            prompts, seed=cfg.ldm_train.seed, steps=cfg.sample.steps, guidance=cfg.sample.guidance,
-            spacing=cfg.sample.spacing, steps_offset=cfg.sample.steps_offset)
+            prompts, seed=cfg.ldm_train.seed, **generation_kwargs(cfg.sample))
         model.train()
         save_grid(path, images, labels=prompts, ncols=2)
 
