@@ -192,7 +192,7 @@ def plot(out: dict, path: Path) -> None:
         ax.set_xlabel("images per CPU-second (log)")
         ax.set_title(label, fontsize=9)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"sampling quality vs speed, {out['n']} held-out ACDC slices "
+    fig.suptitle(f"sampling quality vs speed, {out['n']} held-out slices of {out['run']} "
                  "(blue: ours DDIM, green: ours DPM-Solver++(2M), orange: diffusers loop)", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
