@@ -33,9 +33,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from bench.diffusers_loop import check_diffusers_equal, diffusers_denoiser, diffusers_generate, diffusers_scheduler
 from bench.run_data import run_data
 from bench.texture import texture_stats
-from bench.diffusers_loop import check_diffusers_equal, diffusers_denoiser, diffusers_generate, diffusers_scheduler
 from data.atomic import atomic_write_bytes
 from data.cohort import LABEL_NAMES
 from ddpm.sampling import in_sigma_interval
@@ -132,8 +132,9 @@ def summarise(out: dict) -> dict:
         worse = [k for k in a["dice"] if r["dice"][k] < a["dice"][k] - tol[k]]
         worse += ["EF"] if r["ef_abs_error_median"] > a["ef_abs_error_median"] + tol["EF"] else []
         worse += ["FID"] if r["fid"] > a["fid"] + tol["FID"] else []
-        if real_tex is not None and abs(r["texture_abs_dx"] - real_tex) > abs(a["texture_abs_dx"] - real_tex) + tol["texture"]:
-            worse.append("texture")
+        farther = real_tex is not None and \
+            abs(r["texture_abs_dx"] - real_tex) > abs(a["texture_abs_dx"] - real_tex) + tol["texture"]
+        worse += ["texture"] if farther else []
         row = {"name": r["name"], "equal_quality": not worse, "worse_on": worse,
                "speed_vs_ref_wall": r["images_per_s"] / a["images_per_s"],
                "speed_vs_ref_cpu": r["images_per_cpu_s"] / a["images_per_cpu_s"]}
@@ -349,8 +350,8 @@ def main(argv=None) -> int:
                         "loadavg_after": saved["load"].tolist(), **q})
         if equal is not None:
             results[-1]["diffusers_vs_ours_eps_max_abs"] = equal
-        print(json.dumps({k: v for k, v in results[-1].items() if k not in ("dice_per_image", "texture_per_image", "batch_wall_cpu_n")}),
-              flush=True)
+        per_image = ("dice_per_image", "texture_per_image", "batch_wall_cpu_n")
+        print(json.dumps({k: v for k, v in results[-1].items() if k not in per_image}), flush=True)
         write(args, {**meta, "judges_seconds": judges_s, "loadavg_now": Path("/proc/loadavg").read_text().split()[:3]},
               results)
     return 0

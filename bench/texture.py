@@ -1,11 +1,12 @@
 """Intensity and fine texture of a run's generated held-out images beside the real ones (the check behind
 BENCHMARKS.md's "less fine texture" reading of the v-prediction main job).
 
-    python -m bench.texture --run runs/tiny --n 32
+    python -m bench.texture --run runs/tiny --n 32 [sample.guidance=2 ...]
 
-Samples the first n held-out slices (their prompts + masks, seeds 0..n-1, the run's sampler settings) in fp32 and in
-the run's sample.precision, and prints per set the mean and standard deviation of the pixels and the mean absolute
-difference of horizontally adjacent pixels (high for speckle and fine texture, low for smooth images).
+Samples the first n held-out slices (their prompts + masks, seeds 0..n-1, the run's sampler settings with any
+section.key=value overrides) in fp32 and in the run's sample.precision, and prints per set the mean and standard
+deviation of the pixels and the mean absolute difference of horizontally adjacent pixels (high for speckle and fine
+texture, low for smooth images).
 """
 from __future__ import annotations
 
@@ -36,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, required=True, help="a finished run (read only)")
     p.add_argument("--n", type=int, default=32, help="held-out slices")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("overrides", nargs="*", help="section.key=value on the run's config, e.g. sample.guidance=2")
     args = p.parse_args(argv)
     try:
         torch.set_num_threads(args.threads)
-        cfg = load_run_config(args.run / "config.yaml")
+        cfg = load_run_config(args.run / "config.yaml", args.overrides)
         with tempfile.TemporaryDirectory() as scratch:
             test = run_data(args.run, cfg, Path(scratch)).test
         pipe = load_pipeline(args.run / "vae.safetensors", args.run / "ldm.safetensors", args.run / "controlnet.safetensors")
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     s, n = cfg.sample, min(args.n, len(test))
-    out = {"run": str(args.run), "n": n, "real": texture_stats(test.images[:n])}
+    out = {"run": str(args.run), "overrides": args.overrides, "n": n, "real": texture_stats(test.images[:n])}
     def sample(precision: str) -> np.ndarray:
         with autocast_context(precision, pipe.device):
             return pipe.generate(test.prompts[:n], test.masks[:n], seed=0, **generation_kwargs(s))

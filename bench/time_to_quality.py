@@ -53,8 +53,6 @@ RECIPES = {  # name -> config overrides on top of the run's config
     "min_snr": ["diffusion.loss_weighting=min_snr"],
     "v_ztsnr": ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true"],
     "v_ztsnr_min_snr": ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true", "diffusion.loss_weighting=min_snr"],
-    # the same training as v_ztsnr, sampled with Lin et al.'s guidance rescale (trains nothing new under --reuse)
-    "v_ztsnr_rescale": ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true", "sample.guidance_rescale=0.7"],
 }
 
 
@@ -77,9 +75,8 @@ def trained_seconds(metrics: Path) -> dict[int, float]:
 
 
 def train_recipe(run: Path, overrides: list[str], data: PreparedData, out_dir: Path, ldm_steps: int,
-                 controlnet_steps: int, every: int, reuse: bool = False) -> tuple[RunConfig, Path, float]:
-    """Trains one recipe in out_dir on the run's VAE; returns (config, ldm path, ldm seconds). reuse: resume from
-    out_dir's checkpoints (finished ones train nothing; their metrics logs keep the clock of the first training)."""
+                 controlnet_steps: int, every: int) -> tuple[RunConfig, Path, float]:
+    """Trains one recipe in out_dir on the run's VAE; returns (config, ldm path, ldm seconds)."""
     cfg = load_run_config(run / "config.yaml", [*overrides, *stage_overrides("ldm_train", ldm_steps, ldm_steps),
                                                 *stage_overrides("controlnet_train", controlnet_steps, every)])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,9 +85,9 @@ def train_recipe(run: Path, overrides: list[str], data: PreparedData, out_dir: P
     for cache in (run / "cache").glob("latents-*.safetensors"):  # keyed by the VAE's sha256: valid here too
         (out_dir / "cache").mkdir(exist_ok=True)
         shutil.copyfile(cache, out_dir / "cache" / cache.name)
-    ldm_path = train_ldm(cfg, data.train, vae_path, out_dir, resume=reuse)
+    ldm_path = train_ldm(cfg, data.train, vae_path, out_dir)
     ldm_seconds = trained_seconds(out_dir / "ldm" / "ldm-train-metrics.jsonl")[ldm_steps]
-    train_controlnet(cfg, data.train, data.test, vae_path, ldm_path, out_dir, resume=reuse)
+    train_controlnet(cfg, data.train, data.test, vae_path, ldm_path, out_dir)
     return cfg, ldm_path, ldm_seconds
 
 
@@ -211,9 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path)
     p.add_argument("--reference", type=Path,
                    help="an earlier --out whose 'current' final point is the quality to reach (e.g. a shorter LDM here)")
-    p.add_argument("--reuse", action="store_true",
-                   help="resume each recipe from its checkpoints in --work: a finished one is only judged again (e.g. "
-                        "with other sampling settings; the seconds are those of its first training)")
     p.add_argument("--add", action="store_true",
                    help="keep the recipes already in --out (same run, steps and n) and train only the others")
     args = p.parse_args(argv)
@@ -253,7 +247,7 @@ def measure(args: argparse.Namespace) -> int:
         out["recipes"].update(kept)
     for name, (recipe, ldm_steps) in [(k, v) for k, v in args.recipes.items() if k not in out["recipes"]]:
         cfg, ldm_path, ldm_seconds = train_recipe(args.run, RECIPES[recipe], data, args.work / name, ldm_steps,
-                                                  args.controlnet_steps, args.every, args.reuse)
+                                                  args.controlnet_steps, args.every)
         cn_seconds = trained_seconds(args.work / name / "controlnet" / "controlnet-train-metrics.jsonl")
         points = []
         for step, pipe in controlnet_pipelines(cfg, args.work / name, ldm_path):
