@@ -26,10 +26,14 @@ from run.config import load_run_config
 from run.pipeline import generation_kwargs, load_pipeline
 
 
+def fine_texture(images: np.ndarray) -> np.ndarray:
+    """images (N, C, H, W) -> (N,) mean |x[..., j + 1] - x[..., j]| per image."""
+    return np.abs(np.diff(images, axis=-1)).mean(axis=(1, 2, 3))
+
+
 def texture_stats(images: np.ndarray) -> dict:
     """images (N, C, H, W) -> mean, std and mean |x[..., j + 1] - x[..., j]| over all pixels."""
-    return {"mean": float(images.mean()), "std": float(images.std()),
-            "mean_abs_dx": float(np.abs(np.diff(images, axis=-1)).mean())}
+    return {"mean": float(images.mean()), "std": float(images.std()), "mean_abs_dx": float(fine_texture(images).mean())}
 
 
 def main(argv: list[str] | None = None) -> int:
