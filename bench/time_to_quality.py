@@ -15,6 +15,13 @@ the ControlNet's up to that checkpoint (the trainer's own clock: steps only, no 
 gives seconds and training steps to the reference recipe's final quality (seconds move with a shared machine's
 load, steps do not). A recipe may train its own LDM length (`v_ztsnr@600`: 600 LDM steps; a plain name trains
 --ldm-steps), so a shorter recipe and the reference are measured in one invocation, on one machine at one time.
+
+Realism is judged in three feature spaces, each a subject-disjoint FID on the same samples: the health x position
+classifier's ("fid"), the evaluation's domain segmenter encoder ("fid_segmenter", the main job's evaluation FID) and
+the audit's attribute network ("fid_attributes", the main job's FID on its training synthetics); a recipe reaches the
+reference's quality when its mean control Dice and all three FIDs are at least as good. `section.key=value`
+overrides apply to the run's config (e.g. the sampler that judges every checkpoint); --resume reuses a recipe's
+checkpoints already in --work (a finished stage is not retrained; its seconds are read from its metrics log).
 """
 from __future__ import annotations
 
@@ -38,9 +45,13 @@ from data.cohort import LABEL_NAMES
 from data.errors import InputError, OneLineArgumentParser
 from ddpm.checkpoint import load_checkpoint, model_state
 from ddpm.trainer import checkpoint_paths
+from evaluation.attribute_net import train_attribute_net
+from evaluation.attributes import attribute_labels
+from evaluation.features import segmenter_extractor
 from evaluation.fidelity import dice
-from evaluation.held_out import classifier_extractor
+from evaluation.held_out import classifier_extractor, disjoint_fid
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
+from evaluation.training_set import RECOVERED
 from run.config import RunConfig, load_run_config
 from run.pipeline import Pipeline, generation_kwargs, load_ldm, make_schedule_from
 from run.prepare_data import PreparedData
@@ -53,7 +64,11 @@ RECIPES = {  # name -> config overrides on top of the run's config
     "min_snr": ["diffusion.loss_weighting=min_snr"],
     "v_ztsnr": ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true"],
     "v_ztsnr_min_snr": ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true", "diffusion.loss_weighting=min_snr"],
+    # the LDM's lr decays to 0 at its last step (the ControlNet keeps a constant lr, so its checkpoints stay comparable)
+    "cosine": ["ldm_train.lr_schedule=cosine"],
+    "cosine_lr6e-4": ["ldm_train.lr_schedule=cosine", "ldm_train.lr=6e-4"],
 }
+FIDS = ("fid", "fid_segmenter", "fid_attributes")  # realism feature spaces (module docstring)
 
 
 def parse_recipe(spec: str, ldm_steps: int) -> tuple[str, int]:
@@ -75,8 +90,9 @@ def trained_seconds(metrics: Path) -> dict[int, float]:
 
 
 def train_recipe(run: Path, overrides: list[str], data: PreparedData, out_dir: Path, ldm_steps: int,
-                 controlnet_steps: int, every: int) -> tuple[RunConfig, Path, float]:
-    """Trains one recipe in out_dir on the run's VAE; returns (config, ldm path, ldm seconds)."""
+                 controlnet_steps: int, every: int, resume: bool = False) -> tuple[RunConfig, Path, float]:
+    """Trains one recipe in out_dir on the run's VAE; returns (config, ldm path, ldm seconds). resume: continue
+    (or, when finished, reuse) the stages' checkpoints already in out_dir."""
     cfg = load_run_config(run / "config.yaml", [*overrides, *stage_overrides("ldm_train", ldm_steps, ldm_steps),
                                                 *stage_overrides("controlnet_train", controlnet_steps, every)])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,9 +101,9 @@ def train_recipe(run: Path, overrides: list[str], data: PreparedData, out_dir: P
     for cache in (run / "cache").glob("latents-*.safetensors"):  # keyed by the VAE's sha256: valid here too
         (out_dir / "cache").mkdir(exist_ok=True)
         shutil.copyfile(cache, out_dir / "cache" / cache.name)
-    ldm_path = train_ldm(cfg, data.train, vae_path, out_dir)
+    ldm_path = train_ldm(cfg, data.train, vae_path, out_dir, resume=resume)
     ldm_seconds = trained_seconds(out_dir / "ldm" / "ldm-train-metrics.jsonl")[ldm_steps]
-    train_controlnet(cfg, data.train, data.test, vae_path, ldm_path, out_dir)
+    train_controlnet(cfg, data.train, data.test, vae_path, ldm_path, out_dir, resume=resume)
     return cfg, ldm_path, ldm_seconds
 
 
@@ -103,23 +119,31 @@ def controlnet_pipelines(cfg: RunConfig, out_dir: Path, ldm_path: Path) -> Itera
         yield int(meta["step"]), Pipeline(cfg, vae, scale, ldm, sched, net.eval().requires_grad_(False))
 
 
-def judges(data: PreparedData, cfg, segmenter_steps: int, classifier_epochs: int):
-    """The segmenter (control Dice) and the realism-feature extractor (FID), trained once on the real train slices."""
+def judges(data: PreparedData, cfg, segmenter_steps: int, classifier_epochs: int) -> tuple:
+    """Trained once on the real training slices: the segmenter (control Dice) and the three realism feature spaces
+    of FIDS. Returns (segmenter, {fid key: (features fn, held-out real features)}, segmenter Dice on real held-out)."""
     ev = cfg.evaluation
     seg = train_segmenter(data.train.images, data.train.masks, SegmenterConfig(base=ev.segmenter_base),
                           steps=segmenter_steps, seed=ev.seed, batch_size=ev.segmenter_batch_size)
-    extractor = classifier_extractor(data.train, classifier_epochs, ev.seed, progress=False)
-    if extractor is None:
+    classifier = classifier_extractor(data.train, classifier_epochs, ev.seed, progress=False)
+    if classifier is None:
         raise InputError("data", "the realism classifier needs two or more health x slice-position classes")
+    attributes = train_attribute_net(data.train.images, attribute_labels(data.train.attributes, use_numbers=True),
+                                     RECOVERED, ev.training_set.epochs, seed=ev.seed)
+    feature_fns = dict(zip(FIDS, (classifier, segmenter_extractor(seg, len(data.train), progress=False),
+                                  lambda x, desc="": attributes.features(x))))
     pred = segment(seg, data.test.images)
     real_dice = {name: float(np.mean([dice(pred[i], data.test.masks[i], label) for i in range(len(pred))]))
                  for label, name in LABEL_NAMES.items()}
-    return seg, extractor, extractor(data.test.images, "held-out features"), real_dice
+    return seg, {k: (fn, fn(data.test.images, "held-out features")) for k, fn in feature_fns.items()}, real_dice
 
 
-def reach(points: list[dict], target_dice: float, target_fid: float, key: str = "train_seconds") -> float | None:
-    """`key` (seconds, or steps) of the first checkpoint at least as good as (mean Dice, FID) on both, or None."""
-    good = [p[key] for p in points if p["mean_dice"] >= target_dice and p["fid"] <= target_fid]
+def reach(points: list[dict], target: dict, key: str = "train_seconds") -> float | None:
+    """`key` (seconds, or steps) of the first checkpoint at least as good as target on mean Dice and on every FID
+    of FIDS that both measured, or None."""
+    fids = [k for k in FIDS if k in target]
+    good = [p[key] for p in points
+            if p["mean_dice"] >= target["mean_dice"] and all(k in p and p[k] <= target[k] for k in fids)]
     return min(good) if good else None
 
 
@@ -137,13 +161,13 @@ def summarise(out: dict, reference: str = "current", reference_final: dict | Non
     final = reference_final
     rows = {}
     for name, r in out["recipes"].items():
-        sec, steps = (reach(r["points"], final["mean_dice"], final["fid"], key) for key in ("train_seconds", "train_steps"))
+        sec, steps = (reach(r["points"], final, key) for key in ("train_seconds", "train_steps"))
         rows[name] = {"seconds_to_reference_final": sec,
                       "speedup_vs_reference": None if sec is None else final["train_seconds"] / sec,
                       "steps_to_reference_final": steps,
                       "step_ratio_vs_reference": None if steps is None else final["train_steps"] / steps}
     return {"reference": reference,
-            "reference_final": {k: final[k] for k in ("mean_dice", "fid", "train_seconds", "train_steps")},
+            "reference_final": {k: final[k] for k in ("mean_dice", *FIDS, "train_seconds", "train_steps") if k in final},
             "rows": rows}
 
 
@@ -151,9 +175,9 @@ def reference_point(path: Path, now: dict, reference: str = "current") -> dict:
     """The final point of `reference` in an earlier --out measured with the same judges (run, n, threads, the
     segmenter's Dice on the real held-out slices), its training steps counted with that file's LDM length."""
     before = json.loads(path.read_text())
-    same = ("run", "n", "threads", "segmenter_dice_on_real_test")
+    same = ("run", "n", "threads", "overrides", "segmenter_dice_on_real_test")
     if any(before.get(k) != now[k] for k in same):
-        raise InputError(path, f"measured with other judges or data ({', '.join(same)} must match)")
+        raise InputError(path, f"measured with other judges, data or sampler ({', '.join(same)} must match)")
     points = before.get("recipes", {}).get(reference, {}).get("points")
     if not points:
         raise InputError(path, f"holds no measured '{reference}' recipe")
@@ -163,7 +187,7 @@ def reference_point(path: Path, now: dict, reference: str = "current") -> dict:
 
 def kept_recipes(before: dict, now: dict) -> dict:
     """The recipes of an earlier --out, refused unless measured with the same settings (judges retrain the same)."""
-    same = ("run", "n", "ldm_steps", "controlnet_steps", "every", "threads", "segmenter_dice_on_real_test")
+    same = ("run", "n", "ldm_steps", "controlnet_steps", "every", "threads", "overrides", "segmenter_dice_on_real_test")
     if any(before.get(k) != now[k] for k in same):
         raise InputError("--add", f"the existing --out was measured with other settings ({', '.join(same)} must match)")
     return before["recipes"]
@@ -174,16 +198,20 @@ def plot(out: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name, r in out["recipes"].items():
-        sec = [p["train_seconds"] for p in r["points"]]
-        axes[0].plot(sec, [p["mean_dice"] for p in r["points"]], "o-", label=name)
-        axes[1].plot(sec, [p["fid"] for p in r["points"]], "o-", label=name)
-    for ax, title in zip(axes, ("mean control Dice LV/MYO/RV (higher is better)", "FID, subject-disjoint (lower is better)")):
+    panels = [("mean_dice", "mean control Dice LV/MYO/RV (higher is better)"),
+              ("fid", "FID, health x position classifier"), ("fid_segmenter", "FID, segmenter encoder"),
+              ("fid_attributes", "FID, attribute network (the audit's)")]
+    panels = [(k, t) for k, t in panels if any(k in p for r in out["recipes"].values() for p in r["points"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for name, r in out["recipes"].items():
+            points = [p for p in r["points"] if key in p]
+            ax.plot([p["train_seconds"] for p in points], [p[key] for p in points], "o-", label=name)
         ax.set_xlabel("training seconds (LDM + ControlNet to the checkpoint)")
-        ax.set_title(title, fontsize=9)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"quality vs training time, {out['n']} held-out slices, {out['run']}", fontsize=8)
+        ax.set_title(title + ("" if key == "mean_dice" else ", subject-disjoint (lower is better)"), fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"quality vs training time, {out['n']} held-out slices, {out['run']} {' '.join(out.get('overrides', []))}",
+                 fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -210,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="an earlier --out whose 'current' final point is the quality to reach (e.g. a shorter LDM here)")
     p.add_argument("--add", action="store_true",
                    help="keep the recipes already in --out (same run, steps and n) and train only the others")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse (or continue) each recipe's checkpoints already in --work instead of training anew")
+    p.add_argument("overrides", nargs="*", help="section.key=value on the run's config, e.g. sample.steps=10")
     args = p.parse_args(argv)
     if min(args.ldm_steps, args.controlnet_steps, args.every, args.n) < 1 or args.controlnet_steps % args.every:
         p.error(f"expected positive steps and --controlnet-steps a multiple of --every, got {args.controlnet_steps} "
@@ -224,18 +255,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    base = load_run_config(args.run / "config.yaml")
+    base = load_run_config(args.run / "config.yaml", args.overrides)
     with tempfile.TemporaryDirectory() as scratch:
         data = run_data(args.run, base, Path(scratch))
     ev = base.evaluation
     tic = time.perf_counter()
-    seg, extractor, real_feats, real_dice = judges(data, base, args.segmenter_steps or ev.segmenter_steps,
-                                                   args.classifier_epochs or ev.attribute_epochs)
+    seg, realism, real_dice = judges(data, base, args.segmenter_steps or ev.segmenter_steps,
+                                     args.classifier_epochs or ev.attribute_epochs)
     rows = np.sort(np.random.default_rng(0).choice(len(data.test), min(args.n, len(data.test)), replace=False))
     prompts, masks = [data.test.prompts[i] for i in rows], data.test.masks[rows]
     fake_subjects = [data.test.subject_ids[i] for i in rows]
     pixel_mm = base.data.preprocess.crop_mm / base.data.preprocess.size
-    out = {"run": str(args.run), "n": len(rows), "ldm_steps": args.ldm_steps, "controlnet_steps": args.controlnet_steps,
+    out = {"run": str(args.run), "overrides": args.overrides, "n": len(rows), "ldm_steps": args.ldm_steps, "controlnet_steps": args.controlnet_steps,
            "every": args.every, "threads": args.threads, "judges_seconds": time.perf_counter() - tic,
            "segmenter_dice_on_real_test": real_dice, "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
            "recipes": {}}
@@ -246,8 +277,9 @@ def measure(args: argparse.Namespace) -> int:
         kept = kept_recipes(json.loads(args.out.read_text()), out)
         out["recipes"].update(kept)
     for name, (recipe, ldm_steps) in [(k, v) for k, v in args.recipes.items() if k not in out["recipes"]]:
-        cfg, ldm_path, ldm_seconds = train_recipe(args.run, RECIPES[recipe], data, args.work / name, ldm_steps,
-                                                  args.controlnet_steps, args.every)
+        cfg, ldm_path, ldm_seconds = train_recipe(args.run, [*args.overrides, *RECIPES[recipe]], data,
+                                                  args.work / name, ldm_steps, args.controlnet_steps, args.every,
+                                                  args.resume)
         cn_seconds = trained_seconds(args.work / name / "controlnet" / "controlnet-train-metrics.jsonl")
         points = []
         for step, pipe in controlnet_pipelines(cfg, args.work / name, ldm_path):
@@ -255,9 +287,16 @@ def measure(args: argparse.Namespace) -> int:
             images = np.concatenate([pipe.generate(prompts[i:i + s.batch_size], masks[i:i + s.batch_size],
                                                    seed=10_000 + i, **generation_kwargs(s))
                                      for i in range(0, len(prompts), s.batch_size)])
-            q = quality(images, masks, seg, extractor, real_feats, data.test.subject_ids, fake_subjects, pixel_mm,
+            feats_fn, real_feats = realism["fid"]
+            q = quality(images, masks, seg, feats_fn, real_feats, data.test.subject_ids, fake_subjects, pixel_mm,
                         args.fid_repeats)
-            q.pop("dice_per_image")
+            q.pop("dice_per_image"), q.pop("texture_per_image")
+            for key in FIDS[1:]:
+                feats_fn, real_feats = realism[key]
+                fid = disjoint_fid(real_feats, data.test.subject_ids, feats_fn(images), fake_subjects, len(images),
+                                   args.fid_repeats)
+                q |= {key: fid["fake_vs_real"]["mean"], f"{key}_std": fid["fake_vs_real"]["std"],
+                      f"{key}_bound": fid["real_vs_real_bound"]["mean"]}
             points.append({"controlnet_step": step, "train_seconds": ldm_seconds + cn_seconds[step],
                            "mean_dice": float(np.mean(list(q["dice"].values()))), **q})
             print(json.dumps({"recipe": name, **points[-1]}), flush=True)

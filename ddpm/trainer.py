@@ -26,6 +26,7 @@ from ddpm.distributed import barrier, mean_over_ranks, ranks, wrap_for_ranks
 from ddpm.ema import EMA
 
 
+LR_SCHEDULES = ("constant", "cosine")
 SEED_LIMIT = 2 ** 32  # training seeds are scaled by ~10^6 per step before reaching torch.manual_seed (< 2^64)
 
 
@@ -36,6 +37,7 @@ class TrainConfig:
     lr: float = bounded(2e-4, lo=0, lo_open=True)
     weight_decay: float = bounded(0.0, lo=0)
     warmup_steps: int = bounded(50, lo=0)
+    lr_schedule: str = "constant"  # after warm-up: "constant" (the method's) or "cosine" (to 0 at `steps`)
     grad_clip: float = bounded(1.0, lo=0)  # 0: no clipping
     ema_decay: float = bounded(0.999, lo=0, hi=1, hi_open=True)
     checkpoint_every: int = bounded(250, lo=1)
@@ -50,6 +52,8 @@ class TrainConfig:
         check_fields(self, "train")
         if self.precision not in ("fp32", "bf16"):
             raise InputError("train.precision", f"expected 'fp32' or 'bf16', got {self.precision!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError("train.lr_schedule", f"expected one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -111,8 +115,13 @@ def autocast_context(precision: str, device: torch.device):
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up then constant (the method trains at a constant lr)."""
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    """Linear warm-up, then constant (the method's) or a half cosine from lr at the warm-up's end to 0 at cfg.steps
+    (Loshchilov & Hutter 2017): a function of the step alone, so a resumed run continues the same curve."""
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.lr_schedule == "constant" or step < cfg.warmup_steps:
+        return cfg.lr * warm
+    done = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
 
 
 def checkpoint_paths(run_dir: Path, stage: str) -> list[Path]:

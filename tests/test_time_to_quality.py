@@ -3,11 +3,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import train
-from bench.time_to_quality import kept_recipes, main, reach, reference_point, summarise
+from bench.time_to_quality import FIDS, kept_recipes, main, reach, reference_point, summarise
 from data.errors import InputError
-from ddpm.checkpoint import load_checkpoint
+from ddpm.checkpoint import load_checkpoint, model_state
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 
@@ -26,25 +27,47 @@ def test_two_recipes_each_checkpoint_scored_against_training_seconds(tmp_path):
         assert [p["controlnet_step"] for p in recipe["points"]] == [2, 4]
         seconds = [p["train_seconds"] for p in recipe["points"]]
         assert recipe["ldm_seconds"] > 0 and recipe["ldm_seconds"] < seconds[0] < seconds[1]
-        assert all(set(p["dice"]) == {"LV", "MYO", "RV"} and p["fid"] >= 0 for p in recipe["points"])
+        assert all(set(p["dice"]) == {"LV", "MYO", "RV"} and min(p[k] for k in FIDS) >= 0 for p in recipe["points"])
         # the recipe's overrides reached the trained models; the VAE is the run's own, shared
         ldm_cfg = load_checkpoint(tmp_path / "work" / name / "ldm.safetensors", expect_stage="ldm")[1]["config"]
         assert ldm_cfg["diffusion"]["zero_terminal_snr"] == (name != "current")
         assert ldm_cfg["ldm_train"]["steps"] == 2
         assert (tmp_path / "work" / name / "vae.safetensors").read_bytes() == (run / "vae.safetensors").read_bytes()
     assert result["summary"]["rows"]["current"]["speedup_vs_reference"] >= 1.0  # it reaches its own final point
+    # --resume: the finished checkpoints are judged again, nothing retrained, the same scores
+    final = tmp_path / "work" / "current" / "controlnet.safetensors"
+    weights = model_state(load_checkpoint(final)[0], "ema")
+    again = tmp_path / "again.json"
+    assert main(["--run", str(run), "--work", str(tmp_path / "work"), "--recipes", "current", "--ldm-steps", "2",
+                 "--controlnet-steps", "4", "--every", "2", "--n", "8", "--segmenter-steps", "2",
+                 "--classifier-epochs", "1", "--fid-repeats", "2", "--out", str(again), "--resume"]) == 0
+    rejudged = json.loads(again.read_text())["recipes"]["current"]
+    assert rejudged["points"] == result["recipes"]["current"]["points"]
+    assert rejudged["ldm_seconds"] == result["recipes"]["current"]["ldm_seconds"]
+    assert all(torch.equal(v, weights[k]) for k, v in model_state(load_checkpoint(final)[0], "ema").items())
 
 
 def test_reach_and_summary_pick_the_first_checkpoint_good_on_both():
     points = [{"controlnet_step": 1, "train_seconds": 10.0, "mean_dice": 0.5, "fid": 9.0},
               {"controlnet_step": 2, "train_seconds": 20.0, "mean_dice": 0.7, "fid": 6.0},
               {"controlnet_step": 3, "train_seconds": 30.0, "mean_dice": 0.8, "fid": 5.0}]
-    assert reach(points, 0.6, 7.0) == 20.0 and reach(points, 0.9, 1.0) is None
+    assert reach(points, {"mean_dice": 0.6, "fid": 7.0}) == 20.0 and reach(points, {"mean_dice": 0.9, "fid": 1.0}) is None
     fast = [{"controlnet_step": 1, "train_seconds": 12.0, "mean_dice": 0.85, "fid": 4.0}]
     summary = summarise({"ldm_steps": 10, "recipes": {"current": {"points": points}, "fast": {"points": fast}}})
     assert summary["rows"]["fast"]["speedup_vs_reference"] == 30.0 / 12.0
     assert summary["rows"]["fast"]["step_ratio_vs_reference"] == 13 / 11
     assert summary["rows"]["current"]["seconds_to_reference_final"] == 30.0
+
+
+def test_reach_needs_every_realism_feature_space_the_target_measured():
+    target = {"mean_dice": 0.8, "fid": 5.0, "fid_segmenter": 0.02, "fid_attributes": 9.0}
+    good = {"controlnet_step": 1, "train_seconds": 10.0, "mean_dice": 0.8, "fid": 5.0, "fid_segmenter": 0.02,
+            "fid_attributes": 9.0}
+    assert reach([good], target) == 10.0
+    for key in ("fid_segmenter", "fid_attributes"):
+        assert reach([{**good, key: good[key] * 1.01}], target) is None  # worse in one space: not reached
+        assert reach([{k: v for k, v in good.items() if k != key}], target) is None  # unmeasured: not reached
+    assert reach([{k: v for k, v in good.items() if k != "fid_segmenter"}], {"mean_dice": 0.8, "fid": 5.0}) == 10.0
 
 
 def test_bad_every_is_one_line(capsys, tmp_path):
@@ -55,17 +78,17 @@ def test_bad_every_is_one_line(capsys, tmp_path):
 
 
 def test_add_keeps_recipes_only_from_the_same_settings():
-    now = {"run": "r", "n": 8, "ldm_steps": 2, "controlnet_steps": 4, "every": 2, "threads": 1,
+    now = {"run": "r", "n": 8, "ldm_steps": 2, "controlnet_steps": 4, "every": 2, "threads": 1, "overrides": [],
            "segmenter_dice_on_real_test": {"LV": 0.5}, "recipes": {}}
     before = {**now, "recipes": {"current": {"points": []}}}
     assert kept_recipes(before, now) == {"current": {"points": []}}
-    for key, other in (("n", 16), ("segmenter_dice_on_real_test", {"LV": 0.6})):
+    for key, other in (("n", 16), ("segmenter_dice_on_real_test", {"LV": 0.6}), ("overrides", ["sample.steps=10"])):
         with pytest.raises(InputError, match="--add"):
             kept_recipes({**before, key: other}, now)
 
 
 def test_reference_from_another_ldm_length_counts_its_own_steps(tmp_path):
-    judges = {"run": "r", "n": 8, "threads": 1, "segmenter_dice_on_real_test": {"LV": 0.5}}
+    judges = {"run": "r", "n": 8, "threads": 1, "overrides": [], "segmenter_dice_on_real_test": {"LV": 0.5}}
     final = {"controlnet_step": 30, "train_seconds": 60.0, "mean_dice": 0.8, "fid": 5.0}
     path = tmp_path / "long.json"
     path.write_text(json.dumps({**judges, "ldm_steps": 100, "recipes": {"current": {"points": [final]}}}))
@@ -74,8 +97,9 @@ def test_reference_from_another_ldm_length_counts_its_own_steps(tmp_path):
     short = [{"controlnet_step": 20, "train_seconds": 30.0, "mean_dice": 0.81, "fid": 4.9}]
     rows = summarise({"ldm_steps": 45, "recipes": {"v": {"points": short}}}, reference_final=target)["rows"]
     assert rows["v"]["speedup_vs_reference"] == 2.0 and rows["v"]["step_ratio_vs_reference"] == 130 / 65
-    with pytest.raises(InputError, match="other judges"):
-        reference_point(path, {**judges, "n": 16})
+    for key, other in (("n", 16), ("overrides", ["sample.steps=10"])):
+        with pytest.raises(InputError, match="other judges"):
+            reference_point(path, {**judges, key: other})
     path.write_text(json.dumps({**judges, "ldm_steps": 100, "recipes": {}}))
     with pytest.raises(InputError, match="no measured"):
         reference_point(path, judges)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddpm.checkpoint import load_checkpoint, model_state
-from ddpm.trainer import NonFiniteLoss, TrainConfig, batch_indices, checkpoint_paths, train_loop
+from ddpm.trainer import NonFiniteLoss, TrainConfig, batch_indices, checkpoint_paths, lr_at, train_loop
 
 
 def _setup():
@@ -45,6 +45,39 @@ def test_resume_reaches_the_same_weights(tmp_path):
     states, meta = load_checkpoint(final, expect_stage="toy")
     assert meta["step"] == 20 and meta["resumed_from"] == 10
     assert len(checkpoint_paths(tmp_path / "b", "toy")) == 2, "keep-last-N"
+
+
+def test_cosine_lr_closed_form():
+    """Warm-up as before, then lr * (1 + cos(pi * done)) / 2: lr at the warm-up's end, lr / 2 half way, 0 at steps."""
+    cfg = TrainConfig(steps=110, lr=2.0, warmup_steps=10, lr_schedule="cosine")
+    constant = TrainConfig(steps=110, lr=2.0, warmup_steps=10)
+    assert [lr_at(s, cfg) for s in range(10)] == [lr_at(s, constant) for s in range(10)]
+    assert lr_at(10, cfg) == 2.0 and lr_at(60, cfg) == pytest.approx(1.0) and lr_at(110, cfg) == pytest.approx(0.0)
+    assert lr_at(35, cfg) == pytest.approx(1.0 + 2 ** -0.5)  # a quarter of the way: cos(pi / 4)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 110))
+    assert all(lr_at(s, constant) == 2.0 for s in range(10, 200))
+    with pytest.raises(Exception, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear")
+
+
+def test_cosine_resume_continues_the_same_curve(tmp_path):
+    """A run killed after step 10 of 20 and resumed ends at the uninterrupted run's weights (the lr is a function of
+    the step and the configured length only)."""
+    cfg = TrainConfig(steps=20, batch_size=8, lr=1e-2, warmup_steps=3, checkpoint_every=5, keep_last=5, log_every=5,
+                      lr_schedule="cosine")
+    model, loss_fn = _setup()
+    train_loop(stage="toy", model=model, loss_fn=loss_fn, num_samples=40, cfg=cfg, run_dir=tmp_path, meta={})
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    for path in [*checkpoint_paths(tmp_path, "toy")[2:], tmp_path / "toy-final.safetensors"]:  # killed after step 10
+        path.unlink()
+    model, loss_fn = _setup()
+    _, final = train_loop(stage="toy", model=model, loss_fn=loss_fn, num_samples=40, cfg=cfg, run_dir=tmp_path,
+                          meta={}, resume=True)
+    assert load_checkpoint(final, expect_stage="toy")[1]["resumed_from"] == 10
+    for key, value in model.state_dict().items():
+        assert torch.allclose(value, reference[key], atol=1e-6), key
+    logged = [json.loads(line)["lr"] for line in (tmp_path / "toy-metrics.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([lr_at(s, cfg) for s in (4, 9, 14, 19)])
 
 
 def test_non_finite_loss_stops_and_names_step(tmp_path):
