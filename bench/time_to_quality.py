@@ -138,37 +138,56 @@ def judges(data: PreparedData, cfg, segmenter_steps: int, classifier_epochs: int
     return seg, {k: (fn, fn(data.test.images, "held-out features")) for k, fn in feature_fns.items()}, real_dice
 
 
-def reach(points: list[dict], target: dict, key: str = "train_seconds") -> float | None:
+def reach(points: list[dict], target: dict, key: str = "train_seconds", tol: dict | None = None) -> float | None:
     """`key` (seconds, or steps) of the first checkpoint at least as good as target on mean Dice and on every FID
-    of FIDS that both measured, or None."""
+    of FIDS that both measured, or None. tol: how far worse each may be (the reference's noise; default 0)."""
+    tol = tol or {}
     fids = [k for k in FIDS if k in target]
-    good = [p[key] for p in points
-            if p["mean_dice"] >= target["mean_dice"] and all(k in p and p[k] <= target[k] for k in fids)]
+    good = [p[key] for p in points if p["mean_dice"] >= target["mean_dice"] - tol.get("mean_dice", 0.0)
+            and all(k in p and p[k] <= target[k] + tol.get(k, 0.0) for k in fids)]
     return min(good) if good else None
 
 
+def reference_noise(final: dict, seed2: dict, n: int, fid_repeats: int) -> dict:
+    """How far the reference's final quality moves by chance: per measure, the larger of its two sample seeds'
+    difference and 2 standard errors (mean Dice over n images; an FID's mean over its subject-split repeats)."""
+    tol = {"mean_dice": max(abs(final["mean_dice"] - seed2["mean_dice"]), 2 * final["mean_dice_std"] / n ** 0.5)}
+    for k in FIDS:
+        tol[k] = max(abs(final[k] - seed2[k]), 2 * final[f"{k}_std"] / fid_repeats ** 0.5)
+    return tol
+
+
 def summarise(out: dict, reference: str = "current", reference_final: dict | None = None) -> dict:
-    """Per recipe: seconds and training steps (LDM + ControlNet) to the reference recipe's final quality (no noise
-    band: a small-n point estimate; steps do not move with the machine's load, seconds do). reference_final: that
-    point from another invocation (another LDM length, same judges) instead of this one's reference recipe."""
+    """Per recipe: seconds and training steps (LDM + ControlNet) to the reference recipe's final quality, at least
+    as good on every point estimate ("strict") and within the reference's own noise ("within_noise", where the
+    reference's final checkpoint was sampled with a second seed); steps do not move with the machine's load, seconds
+    do. reference_final: that point from another invocation (another LDM length, same judges) instead of this
+    one's reference recipe."""
     for r in out["recipes"].values():
         for p in r["points"]:
             p["train_steps"] = r.get("ldm_steps", out["ldm_steps"]) + p["controlnet_step"]
+    seed2 = None
     if reference_final is None:
         if reference not in out["recipes"] or not out["recipes"][reference]["points"]:
             return {}
         reference_final = out["recipes"][reference]["points"][-1]
+        seed2 = out["recipes"][reference].get("final_seed2")
     final = reference_final
+    tol = None if seed2 is None else reference_noise(final, seed2, out["n"], out.get("fid_repeats", 4))
     rows = {}
     for name, r in out["recipes"].items():
-        sec, steps = (reach(r["points"], final, key) for key in ("train_seconds", "train_steps"))
-        rows[name] = {"seconds_to_reference_final": sec,
-                      "speedup_vs_reference": None if sec is None else final["train_seconds"] / sec,
-                      "steps_to_reference_final": steps,
-                      "step_ratio_vs_reference": None if steps is None else final["train_steps"] / steps}
+        rows[name] = {}
+        for rule, t in (("strict", None), ("within_noise", tol)):
+            if rule == "within_noise" and t is None:
+                continue
+            sec, steps = (reach(r["points"], final, key, t) for key in ("train_seconds", "train_steps"))
+            rows[name][rule] = {"seconds_to_reference_final": sec,
+                                "speedup_vs_reference": None if sec is None else final["train_seconds"] / sec,
+                                "steps_to_reference_final": steps,
+                                "step_ratio_vs_reference": None if steps is None else final["train_steps"] / steps}
     return {"reference": reference,
             "reference_final": {k: final[k] for k in ("mean_dice", *FIDS, "train_seconds", "train_steps") if k in final},
-            "rows": rows}
+            "reference_noise": tol, "rows": rows}
 
 
 def reference_point(path: Path, now: dict, reference: str = "current") -> dict:
@@ -187,7 +206,8 @@ def reference_point(path: Path, now: dict, reference: str = "current") -> dict:
 
 def kept_recipes(before: dict, now: dict) -> dict:
     """The recipes of an earlier --out, refused unless measured with the same settings (judges retrain the same)."""
-    same = ("run", "n", "ldm_steps", "controlnet_steps", "every", "threads", "overrides", "segmenter_dice_on_real_test")
+    same = ("run", "n", "ldm_steps", "controlnet_steps", "every", "threads", "overrides", "fid_repeats",
+            "segmenter_dice_on_real_test")
     if any(before.get(k) != now[k] for k in same):
         raise InputError("--add", f"the existing --out was measured with other settings ({', '.join(same)} must match)")
     return before["recipes"]
@@ -266,13 +286,30 @@ def measure(args: argparse.Namespace) -> int:
     prompts, masks = [data.test.prompts[i] for i in rows], data.test.masks[rows]
     fake_subjects = [data.test.subject_ids[i] for i in rows]
     pixel_mm = base.data.preprocess.crop_mm / base.data.preprocess.size
-    out = {"run": str(args.run), "overrides": args.overrides, "n": len(rows), "ldm_steps": args.ldm_steps, "controlnet_steps": args.controlnet_steps,
+    out = {"run": str(args.run), "overrides": args.overrides, "n": len(rows), "fid_repeats": args.fid_repeats,
+           "ldm_steps": args.ldm_steps, "controlnet_steps": args.controlnet_steps,
            "every": args.every, "threads": args.threads, "judges_seconds": time.perf_counter() - tic,
            "segmenter_dice_on_real_test": real_dice, "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
            "recipes": {}}
     target = None if args.reference is None else reference_point(args.reference, out)
     if target is not None:
         out["reference_from"] = str(args.reference)
+    def judge(pipe: Pipeline, cfg: RunConfig, seed: int) -> dict:
+        """Samples the n held-out slices (per-sample seeds seed + i) and scores them with every judge."""
+        s = cfg.sample
+        images = np.concatenate([pipe.generate(prompts[i:i + s.batch_size], masks[i:i + s.batch_size], seed=seed + i,
+                                               **generation_kwargs(s)) for i in range(0, len(prompts), s.batch_size)])
+        q = quality(images, masks, seg, *realism["fid"], data.test.subject_ids, fake_subjects, pixel_mm, args.fid_repeats)
+        per_image = np.mean(list(q.pop("dice_per_image").values()), axis=0)
+        q.pop("texture_per_image")
+        for key in FIDS:
+            feats_fn, real_feats = realism[key]
+            fid = disjoint_fid(real_feats, data.test.subject_ids, feats_fn(images), fake_subjects, len(images),
+                               args.fid_repeats)
+            q |= {key: fid["fake_vs_real"]["mean"], f"{key}_std": fid["fake_vs_real"]["std"],
+                  f"{key}_bound": fid["real_vs_real_bound"]["mean"]}
+        return {"mean_dice": float(per_image.mean()), "mean_dice_std": float(per_image.std(ddof=1)), **q}
+
     if args.add and args.out.is_file():
         kept = kept_recipes(json.loads(args.out.read_text()), out)
         out["recipes"].update(kept)
@@ -283,25 +320,14 @@ def measure(args: argparse.Namespace) -> int:
         cn_seconds = trained_seconds(args.work / name / "controlnet" / "controlnet-train-metrics.jsonl")
         points = []
         for step, pipe in controlnet_pipelines(cfg, args.work / name, ldm_path):
-            s = cfg.sample
-            images = np.concatenate([pipe.generate(prompts[i:i + s.batch_size], masks[i:i + s.batch_size],
-                                                   seed=10_000 + i, **generation_kwargs(s))
-                                     for i in range(0, len(prompts), s.batch_size)])
-            feats_fn, real_feats = realism["fid"]
-            q = quality(images, masks, seg, feats_fn, real_feats, data.test.subject_ids, fake_subjects, pixel_mm,
-                        args.fid_repeats)
-            q.pop("dice_per_image"), q.pop("texture_per_image")
-            for key in FIDS[1:]:
-                feats_fn, real_feats = realism[key]
-                fid = disjoint_fid(real_feats, data.test.subject_ids, feats_fn(images), fake_subjects, len(images),
-                                   args.fid_repeats)
-                q |= {key: fid["fake_vs_real"]["mean"], f"{key}_std": fid["fake_vs_real"]["std"],
-                      f"{key}_bound": fid["real_vs_real_bound"]["mean"]}
             points.append({"controlnet_step": step, "train_seconds": ldm_seconds + cn_seconds[step],
-                           "mean_dice": float(np.mean(list(q["dice"].values()))), **q})
+                           **judge(pipe, cfg, 10_000)})
             print(json.dumps({"recipe": name, **points[-1]}), flush=True)
+        extra = {}
+        if name == "current" and target is None:  # the reference's noise: its final checkpoint, other sample seeds
+            extra["final_seed2"] = judge(pipe, cfg, 20_000)
         out["recipes"][name] = {"overrides": RECIPES[recipe], "ldm_steps": ldm_steps, "ldm_seconds": ldm_seconds,
-                                "points": points,
+                                "points": points, **extra,
                                 "loadavg_after": Path("/proc/loadavg").read_text().split()[:3]}
         out["summary"] = summarise(out, reference_final=target)
         args.out.parent.mkdir(parents=True, exist_ok=True)

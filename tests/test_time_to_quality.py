@@ -33,7 +33,11 @@ def test_two_recipes_each_checkpoint_scored_against_training_seconds(tmp_path):
         assert ldm_cfg["diffusion"]["zero_terminal_snr"] == (name != "current")
         assert ldm_cfg["ldm_train"]["steps"] == 2
         assert (tmp_path / "work" / name / "vae.safetensors").read_bytes() == (run / "vae.safetensors").read_bytes()
-    assert result["summary"]["rows"]["current"]["speedup_vs_reference"] >= 1.0  # it reaches its own final point
+    rows = result["summary"]["rows"]
+    assert rows["current"]["strict"]["speedup_vs_reference"] == 1.0  # it reaches its own final point, no sooner
+    assert rows["current"]["within_noise"]["speedup_vs_reference"] >= 1.0
+    noise = result["summary"]["reference_noise"]  # from the reference's final checkpoint at a second sample seed
+    assert set(noise) == {"mean_dice", *FIDS} and min(noise.values()) >= 0
     # --resume: the finished checkpoints are judged again, nothing retrained, the same scores
     final = tmp_path / "work" / "current" / "controlnet.safetensors"
     weights = model_state(load_checkpoint(final)[0], "ema")
@@ -53,10 +57,28 @@ def test_reach_and_summary_pick_the_first_checkpoint_good_on_both():
               {"controlnet_step": 3, "train_seconds": 30.0, "mean_dice": 0.8, "fid": 5.0}]
     assert reach(points, {"mean_dice": 0.6, "fid": 7.0}) == 20.0 and reach(points, {"mean_dice": 0.9, "fid": 1.0}) is None
     fast = [{"controlnet_step": 1, "train_seconds": 12.0, "mean_dice": 0.85, "fid": 4.0}]
-    summary = summarise({"ldm_steps": 10, "recipes": {"current": {"points": points}, "fast": {"points": fast}}})
-    assert summary["rows"]["fast"]["speedup_vs_reference"] == 30.0 / 12.0
-    assert summary["rows"]["fast"]["step_ratio_vs_reference"] == 13 / 11
-    assert summary["rows"]["current"]["seconds_to_reference_final"] == 30.0
+    summary = summarise({"ldm_steps": 10, "n": 4, "recipes": {"current": {"points": points}, "fast": {"points": fast}}})
+    assert summary["rows"]["fast"]["strict"]["speedup_vs_reference"] == 30.0 / 12.0
+    assert summary["rows"]["fast"]["strict"]["step_ratio_vs_reference"] == 13 / 11
+    assert summary["rows"]["current"]["strict"]["seconds_to_reference_final"] == 30.0
+    assert "within_noise" not in summary["rows"]["fast"]  # no second seed of the reference: no noise band
+
+
+def test_within_noise_uses_the_larger_of_the_seed_difference_and_two_standard_errors():
+    from bench.time_to_quality import reference_noise
+
+    stds = {f"{k}_std": 2.0 for k in FIDS}
+    final = {"mean_dice": 0.80, "mean_dice_std": 0.10, "fid": 5.0, "fid_segmenter": 0.02, "fid_attributes": 9.0, **stds}
+    seed2 = {"mean_dice": 0.79, "fid": 5.5, "fid_segmenter": 0.02, "fid_attributes": 9.0}
+    tol = reference_noise(final, seed2, n=100, fid_repeats=16)
+    assert tol["mean_dice"] == pytest.approx(0.02)  # 2 * 0.10 / sqrt(100) > |0.80 - 0.79|
+    assert tol["fid"] == pytest.approx(1.0) and tol["fid_attributes"] == pytest.approx(1.0)  # 2 * 2 / sqrt(16) > 0.5
+    seed2["fid"] = 7.0
+    assert reference_noise(final, seed2, n=100, fid_repeats=16)["fid"] == pytest.approx(2.0)  # the seeds differ more
+    near = {"controlnet_step": 1, "train_seconds": 5.0, **{k: final[k] for k in ("mean_dice", *FIDS)}}
+    near |= {"mean_dice": 0.79, "fid": 5.9}
+    assert reach([near], final) is None and reach([near], final, tol=tol) == 5.0
+    assert reach([{**near, "mean_dice": 0.77}], final, tol=tol) is None
 
 
 def test_reach_needs_every_realism_feature_space_the_target_measured():
@@ -79,6 +101,7 @@ def test_bad_every_is_one_line(capsys, tmp_path):
 
 def test_add_keeps_recipes_only_from_the_same_settings():
     now = {"run": "r", "n": 8, "ldm_steps": 2, "controlnet_steps": 4, "every": 2, "threads": 1, "overrides": [],
+           "fid_repeats": 4,
            "segmenter_dice_on_real_test": {"LV": 0.5}, "recipes": {}}
     before = {**now, "recipes": {"current": {"points": []}}}
     assert kept_recipes(before, now) == {"current": {"points": []}}
@@ -95,8 +118,8 @@ def test_reference_from_another_ldm_length_counts_its_own_steps(tmp_path):
     target = reference_point(path, judges)
     assert target["train_steps"] == 130
     short = [{"controlnet_step": 20, "train_seconds": 30.0, "mean_dice": 0.81, "fid": 4.9}]
-    rows = summarise({"ldm_steps": 45, "recipes": {"v": {"points": short}}}, reference_final=target)["rows"]
-    assert rows["v"]["speedup_vs_reference"] == 2.0 and rows["v"]["step_ratio_vs_reference"] == 130 / 65
+    rows = summarise({"ldm_steps": 45, "n": 8, "recipes": {"v": {"points": short}}}, reference_final=target)["rows"]
+    assert rows["v"]["strict"]["speedup_vs_reference"] == 2.0 and rows["v"]["strict"]["step_ratio_vs_reference"] == 130 / 65
     for key, other in (("n", 16), ("overrides", ["sample.steps=10"])):
         with pytest.raises(InputError, match="other judges"):
             reference_point(path, {**judges, key: other})
@@ -115,9 +138,10 @@ def test_a_recipe_may_name_its_own_ldm_length_and_its_steps_count_it():
             parse_recipe(bad, 1800)
     ref = [{"controlnet_step": 10, "train_seconds": 40.0, "mean_dice": 0.8, "fid": 5.0}]
     short = [{"controlnet_step": 10, "train_seconds": 20.0, "mean_dice": 0.8, "fid": 5.0}]
-    rows = summarise({"ldm_steps": 90, "recipes": {"current": {"points": ref},
-                                                   "v_ztsnr@30": {"ldm_steps": 30, "points": short}}})["rows"]
-    assert rows["v_ztsnr@30"]["speedup_vs_reference"] == 2.0 and rows["v_ztsnr@30"]["step_ratio_vs_reference"] == 100 / 40
+    rows = summarise({"ldm_steps": 90, "n": 8, "recipes": {"current": {"points": ref},
+                                                           "v_ztsnr@30": {"ldm_steps": 30, "points": short}}})["rows"]
+    fast = rows["v_ztsnr@30"]["strict"]
+    assert fast["speedup_vs_reference"] == 2.0 and fast["step_ratio_vs_reference"] == 100 / 40
 
 
 def test_bad_recipe_is_one_line(capsys, tmp_path):
