@@ -66,7 +66,9 @@ RECIPES = {  # name -> config overrides on top of the run's config
     "v_ztsnr_min_snr": ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true", "diffusion.loss_weighting=min_snr"],
     # the LDM's lr decays to 0 at its last step (the ControlNet keeps a constant lr, so its checkpoints stay comparable)
     "cosine": ["ldm_train.lr_schedule=cosine"],
-    "cosine_lr6e-4": ["ldm_train.lr_schedule=cosine", "ldm_train.lr=6e-4"],
+    "lr6e-4": ["ldm_train.lr=6e-4"],  # twice the preset's LDM lr
+    # v_ztsnr sampled with Lin et al.'s guidance rescale (phi 0.7, their value): v's guided images lack fine texture
+    "v_ztsnr_rescale": ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true", "sample.guidance_rescale=0.7"],
 }
 FIDS = ("fid", "fid_segmenter", "fid_attributes")  # realism feature spaces (module docstring)
 
@@ -230,18 +232,44 @@ def plot(out: dict, path: Path) -> None:
         ax.set_xlabel("training seconds (LDM + ControlNet to the checkpoint)")
         ax.set_title(title + ("" if key == "mean_dice" else ", subject-disjoint (lower is better)"), fontsize=8)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"quality vs training time, {out['n']} held-out slices, {out['run']} {' '.join(out.get('overrides', []))}",
-                 fontsize=8)
+    where = f"{out.get('run', '')} {' '.join(out.get('overrides', []))}"
+    fig.suptitle(f"quality vs training time, {out['n']} held-out slices, {where}", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def markdown(out: dict) -> str:
+    """The per-checkpoint table and the summary of an --out, as in BENCHMARKS.md."""
+    lines = ["| recipe (LDM steps) | ControlNet step | training s | Dice LV / MYO / RV | mean Dice | median EF err | "
+             "FID classifier | FID segmenter (x1000) | FID attributes | texture |", "|---" * 10 + "|"]
+    for name, r in out["recipes"].items():
+        for p in r["points"]:
+            fid = lambda k, scale=1.0: f"{p[k] * scale:.2f}" if k in p else "—"  # noqa: E731
+            label = name if "@" in name else f"{name} ({r.get('ldm_steps', out['ldm_steps'])})"
+            lines.append(f"| {label} | {p['controlnet_step']} | "
+                         f"{p['train_seconds']:.0f} | {' / '.join(f'{v:.3f}' for v in p['dice'].values())} | "
+                         f"{p['mean_dice']:.3f} | {p['ef_abs_error_median']:.3f} | {fid('fid')} | "
+                         f"{fid('fid_segmenter', 1000.0)} | {fid('fid_attributes')} | {p.get('texture_abs_dx', float('nan')):.4f} |")
+    summary = out.get("summary", {})
+    if summary:
+        lines.append("")
+        lines.append(f"reference final: {json.dumps({k: round(v, 4) for k, v in summary['reference_final'].items()})}")
+        if summary.get("reference_noise"):
+            lines.append(f"reference noise: {json.dumps({k: round(v, 4) for k, v in summary['reference_noise'].items()})}")
+        for name, rules in summary["rows"].items():
+            said = [f"{rule}: " + ("not reached" if row["steps_to_reference_final"] is None else
+                                   f"{row['speedup_vs_reference']:.2f}x by the clock, "
+                                   f"{row['step_ratio_vs_reference']:.2f}x by steps") for rule, row in rules.items()]
+            lines.append(f"- {name}: {'; '.join(said)}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, required=True, help="a run with a trained VAE (read only)")
-    p.add_argument("--work", type=Path, required=True, help="folder for each recipe's checkpoints (large; not committed)")
+    p.add_argument("--run", type=Path, help="a run with a trained VAE (read only)")
+    p.add_argument("--work", type=Path, help="folder for each recipe's checkpoints (large; not committed)")
     p.add_argument("--recipes", nargs="+", default=list(RECIPES),
                    help=f"NAME or NAME@LDM_STEPS (its own LDM length), NAME one of {', '.join(RECIPES)}")
     p.add_argument("--ldm-steps", type=int, default=300, help="LDM steps of a recipe named without @")
@@ -252,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classifier-epochs", type=int, help="default: the run's evaluation.attribute_epochs")
     p.add_argument("--fid-repeats", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path)
     p.add_argument("--plot", type=Path)
+    p.add_argument("--report", type=Path, help="only print this --out's table and summary (and write --plot)")
     p.add_argument("--reference", type=Path,
                    help="an earlier --out whose 'current' final point is the quality to reach (e.g. a shorter LDM here)")
     p.add_argument("--add", action="store_true",
@@ -262,6 +291,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="reuse (or continue) each recipe's checkpoints already in --work instead of training anew")
     p.add_argument("overrides", nargs="*", help="section.key=value on the run's config, e.g. sample.steps=10")
     args = p.parse_args(argv)
+    if args.report is not None:
+        try:
+            out = json.loads(args.report.read_text())
+            print(markdown(out))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            print(f"error: {args.report}: expected a bench.time_to_quality --out JSON ({type(err).__name__}: {err})",
+                  file=sys.stderr)
+            return 2
+        if args.plot:
+            plot(out, args.plot)
+        return 0
+    if args.run is None or args.work is None or args.out is None:
+        p.error("--run, --work and --out are required (or --report)")
     if min(args.ldm_steps, args.controlnet_steps, args.every, args.n) < 1 or args.controlnet_steps % args.every:
         p.error(f"expected positive steps and --controlnet-steps a multiple of --every, got {args.controlnet_steps} "
                 f"and {args.every}")
@@ -335,7 +377,7 @@ def measure(args: argparse.Namespace) -> int:
         if args.plot:
             plot(out, args.plot)
     out["summary"] = summarise(out, reference_final=target)
-    print(json.dumps(out["summary"], indent=1))
+    print(markdown(out))
     return 0
 
 

@@ -149,3 +149,20 @@ def test_bad_recipe_is_one_line(capsys, tmp_path):
                  "--recipes", "current", "fast@ten"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--recipes" in err[0] and not (tmp_path / "x.json").exists()
+
+
+def test_report_reprints_the_table_and_summary(capsys, tmp_path):
+    point = {"controlnet_step": 2, "train_seconds": 10.0, "mean_dice": 0.8, "dice": {"LV": 0.9, "MYO": 0.7, "RV": 0.8},
+             "ef_abs_error_median": 0.05, "fid": 5.0, "fid_segmenter": 0.02, "fid_attributes": 9.0,
+             "texture_abs_dx": 0.11}
+    out = {"ldm_steps": 8, "n": 4, "recipes": {"current": {"points": [point]},
+                                               "v@4": {"ldm_steps": 4, "points": [{**point, "fid_segmenter": 0.03}]}}}
+    out["summary"] = summarise(out)
+    path = tmp_path / "ttq.json"
+    path.write_text(json.dumps(out))
+    assert main(["--report", str(path), "--plot", str(tmp_path / "p.png")]) == 0
+    text = capsys.readouterr().out
+    assert "| current (8) | 2 | 10 | 0.900 / 0.700 / 0.800 | 0.800 | 0.050 | 5.00 | 20.00 | 9.00 | 0.1100 |" in text
+    assert "| v@4 | 2 |" in text and "- v@4: strict: not reached" in text and (tmp_path / "p.png").is_file()
+    path.write_text("{}")
+    assert main(["--report", str(path)]) == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
