@@ -188,7 +188,8 @@ def summarise(out: dict, reference: str = "current", reference_final: dict | Non
                                 "steps_to_reference_final": steps,
                                 "step_ratio_vs_reference": None if steps is None else final["train_steps"] / steps}
     return {"reference": reference,
-            "reference_final": {k: final[k] for k in ("mean_dice", *FIDS, "train_seconds", "train_steps") if k in final},
+            "reference_final": {k: final[k] for k in ("mean_dice", *FIDS, "train_seconds", "train_steps")
+                                if k in final},
             "reference_noise": tol, "rows": rows}
 
 
@@ -251,13 +252,15 @@ def markdown(out: dict) -> str:
             lines.append(f"| {label} | {p['controlnet_step']} | "
                          f"{p['train_seconds']:.0f} | {' / '.join(f'{v:.3f}' for v in p['dice'].values())} | "
                          f"{p['mean_dice']:.3f} | {p['ef_abs_error_median']:.3f} | {fid('fid')} | "
-                         f"{fid('fid_segmenter', 1000.0)} | {fid('fid_attributes')} | {p.get('texture_abs_dx', float('nan')):.4f} |")
+                         f"{fid('fid_segmenter', 1000.0)} | {fid('fid_attributes')} | "
+                         f"{p.get('texture_abs_dx', float('nan')):.4f} |")
     summary = out.get("summary", {})
     if summary:
         lines.append("")
-        lines.append(f"reference final: {json.dumps({k: round(v, 4) for k, v in summary['reference_final'].items()})}")
-        if summary.get("reference_noise"):
-            lines.append(f"reference noise: {json.dumps({k: round(v, 4) for k, v in summary['reference_noise'].items()})}")
+        for what in ("final", "noise"):
+            if summary.get(f"reference_{what}"):
+                rounded = {k: round(v, 4) for k, v in summary[f"reference_{what}"].items()}
+                lines.append(f"reference {what}: {json.dumps(rounded)}")
         for name, rules in summary["rows"].items():
             said = [f"{rule}: " + ("not reached" if row["steps_to_reference_final"] is None else
                                    f"{row['speedup_vs_reference']:.2f}x by the clock, "
@@ -341,7 +344,8 @@ def measure(args: argparse.Namespace) -> int:
         s = cfg.sample
         images = np.concatenate([pipe.generate(prompts[i:i + s.batch_size], masks[i:i + s.batch_size], seed=seed + i,
                                                **generation_kwargs(s)) for i in range(0, len(prompts), s.batch_size)])
-        q = quality(images, masks, seg, *realism["fid"], data.test.subject_ids, fake_subjects, pixel_mm, args.fid_repeats)
+        q = quality(images, masks, seg, *realism["fid"], data.test.subject_ids, fake_subjects, pixel_mm,
+                    args.fid_repeats)
         per_image = np.mean(list(q.pop("dice_per_image").values()), axis=0)
         q.pop("texture_per_image")
         for key in FIDS:

@@ -53,7 +53,8 @@ class TrainConfig:
         if self.precision not in ("fp32", "bf16"):
             raise InputError("train.precision", f"expected 'fp32' or 'bf16', got {self.precision!r}")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise InputError("train.lr_schedule", f"expected one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+            raise InputError("train.lr_schedule",
+                             f"expected one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
 
 
 class NonFiniteLoss(RuntimeError):

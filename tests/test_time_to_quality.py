@@ -55,7 +55,8 @@ def test_reach_and_summary_pick_the_first_checkpoint_good_on_both():
     points = [{"controlnet_step": 1, "train_seconds": 10.0, "mean_dice": 0.5, "fid": 9.0},
               {"controlnet_step": 2, "train_seconds": 20.0, "mean_dice": 0.7, "fid": 6.0},
               {"controlnet_step": 3, "train_seconds": 30.0, "mean_dice": 0.8, "fid": 5.0}]
-    assert reach(points, {"mean_dice": 0.6, "fid": 7.0}) == 20.0 and reach(points, {"mean_dice": 0.9, "fid": 1.0}) is None
+    assert reach(points, {"mean_dice": 0.6, "fid": 7.0}) == 20.0
+    assert reach(points, {"mean_dice": 0.9, "fid": 1.0}) is None
     fast = [{"controlnet_step": 1, "train_seconds": 12.0, "mean_dice": 0.85, "fid": 4.0}]
     summary = summarise({"ldm_steps": 10, "n": 4, "recipes": {"current": {"points": points}, "fast": {"points": fast}}})
     assert summary["rows"]["fast"]["strict"]["speedup_vs_reference"] == 30.0 / 12.0
@@ -119,7 +120,8 @@ def test_reference_from_another_ldm_length_counts_its_own_steps(tmp_path):
     assert target["train_steps"] == 130
     short = [{"controlnet_step": 20, "train_seconds": 30.0, "mean_dice": 0.81, "fid": 4.9}]
     rows = summarise({"ldm_steps": 45, "n": 8, "recipes": {"v": {"points": short}}}, reference_final=target)["rows"]
-    assert rows["v"]["strict"]["speedup_vs_reference"] == 2.0 and rows["v"]["strict"]["step_ratio_vs_reference"] == 130 / 65
+    assert rows["v"]["strict"]["speedup_vs_reference"] == 2.0
+    assert rows["v"]["strict"]["step_ratio_vs_reference"] == 130 / 65
     for key, other in (("n", 16), ("overrides", ["sample.steps=10"])):
         with pytest.raises(InputError, match="other judges"):
             reference_point(path, {**judges, key: other})
