@@ -21,7 +21,9 @@ classifier's ("fid"), the evaluation's domain segmenter encoder ("fid_segmenter"
 the audit's attribute network ("fid_attributes", the main job's FID on its training synthetics); a recipe reaches the
 reference's quality when its mean control Dice and all three FIDs are at least as good. `section.key=value`
 overrides apply to the run's config (e.g. the sampler that judges every checkpoint); --resume reuses a recipe's
-checkpoints already in --work (a finished stage is not retrained; its seconds are read from its metrics log).
+checkpoints already in --work (a finished stage is not retrained; its seconds are read from its metrics log);
+--finished NAME=RUN judges the final generator of a finished run (e.g. a main job) with the same judges and sampler,
+so a recipe's generators trained elsewhere or from other seeds sit in the same table.
 """
 from __future__ import annotations
 
@@ -53,22 +55,29 @@ from evaluation.held_out import classifier_extractor, disjoint_fid
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
 from evaluation.training_set import RECOVERED
 from run.config import RunConfig, load_run_config
-from run.pipeline import Pipeline, generation_kwargs, load_ldm, make_schedule_from
+from run.pipeline import Pipeline, generation_kwargs, load_ldm, load_pipeline, make_schedule_from
 from run.prepare_data import PreparedData
 from run.train_controlnet import train_controlnet
 from run.train_ldm import train_ldm
 from run.train_vae import load_vae
 
-RECIPES = {  # name -> config overrides on top of the run's config
-    "current": [],
-    "min_snr": ["diffusion.loss_weighting=min_snr"],
-    "v_ztsnr": ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true"],
-    "v_ztsnr_min_snr": ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true", "diffusion.loss_weighting=min_snr"],
+EPS = ["diffusion.prediction=epsilon", "diffusion.zero_terminal_snr=false"]
+V_ZTSNR = ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true"]
+PLAIN, MIN_SNR = "diffusion.loss_weighting=none", "diffusion.loss_weighting=min_snr"
+RECIPES = {  # name -> config overrides on top of the run's config; the loss is spelt out, so a run of any preset serves
+    "current": [*EPS, PLAIN],  # the main job's recipe until min_snr replaced it
+    "min_snr": [*EPS, MIN_SNR],
+    "v_ztsnr": [*V_ZTSNR, PLAIN],
+    "v_ztsnr_min_snr": [*V_ZTSNR, MIN_SNR],
     # the LDM's lr decays to 0 at its last step (the ControlNet keeps a constant lr, so its checkpoints stay comparable)
-    "cosine": ["ldm_train.lr_schedule=cosine"],
-    "lr6e-4": ["ldm_train.lr=6e-4"],  # twice the preset's LDM lr
+    "cosine": [*EPS, PLAIN, "ldm_train.lr_schedule=cosine"],
+    "lr6e-4": [*EPS, PLAIN, "ldm_train.lr=6e-4"],  # twice the preset's LDM lr
+    # trained from other seeds (init, batches, noise): the training-seed variance; judges and samples the same
+    "current_seed1": [*EPS, PLAIN, "ldm_train.seed=1", "controlnet_train.seed=1"],
+    "min_snr_seed1": [*EPS, MIN_SNR, "ldm_train.seed=1", "controlnet_train.seed=1"],
+    "min_snr_seed2": [*EPS, MIN_SNR, "ldm_train.seed=2", "controlnet_train.seed=2"],
     # v_ztsnr sampled with Lin et al.'s guidance rescale (phi 0.7, their value): v's guided images lack fine texture
-    "v_ztsnr_rescale": ["diffusion.prediction=v", "diffusion.zero_terminal_snr=true", "sample.guidance_rescale=0.7"],
+    "v_ztsnr_rescale": [*V_ZTSNR, PLAIN, "sample.guidance_rescale=0.7"],
 }
 FIDS = ("fid", "fid_segmenter", "fid_attributes")  # realism feature spaces (module docstring)
 
@@ -79,6 +88,19 @@ def parse_recipe(spec: str, ldm_steps: int) -> tuple[str, int]:
     if name not in RECIPES or (steps and (not steps.isdigit() or int(steps) < 1)):
         raise InputError("--recipes", f"expected NAME or NAME@LDM_STEPS with NAME one of {', '.join(RECIPES)}, got {spec!r}")
     return name, int(steps) if steps else ldm_steps
+
+
+def parse_finished(spec: str) -> tuple[str, Path]:
+    """'main-eps=runs/tiny' -> ('main-eps', Path('runs/tiny')), the run holding its three checkpoints."""
+    name, _, run = spec.partition("=")
+    if not name or name in RECIPES or not run:
+        raise InputError("--finished", f"expected NAME=RUN with NAME not a recipe's, got {spec!r}")
+    missing = [f for f in ("vae.safetensors", "ldm.safetensors", "controlnet.safetensors",
+                           "ldm/ldm-train-metrics.jsonl", "controlnet/controlnet-train-metrics.jsonl")
+               if not (Path(run) / f).is_file()]
+    if missing:
+        raise InputError(run, f"not a finished run: no {', '.join(missing)}")
+    return name, Path(run)
 
 
 def stage_overrides(stage: str, steps: int, every: int) -> list[str]:
@@ -292,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep the recipes already in --out (same run, steps and n) and train only the others")
     p.add_argument("--resume", action="store_true",
                    help="reuse (or continue) each recipe's checkpoints already in --work instead of training anew")
+    p.add_argument("--finished", nargs="+", default=[], metavar="NAME=RUN",
+                   help="also judge finished runs' final generators (e.g. main jobs of two presets) with the same "
+                        "judges and sampler; their time is their LDM + ControlNet trainer clocks")
     p.add_argument("overrides", nargs="*", help="section.key=value on the run's config, e.g. sample.steps=10")
     args = p.parse_args(argv)
     if args.report is not None:
@@ -312,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"and {args.every}")
     try:
         args.recipes = {spec: parse_recipe(spec, args.ldm_steps) for spec in args.recipes}
+        args.finished = dict(parse_finished(spec) for spec in args.finished)
         return measure(args)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -359,6 +385,15 @@ def measure(args: argparse.Namespace) -> int:
     if args.add and args.out.is_file():
         kept = kept_recipes(json.loads(args.out.read_text()), out)
         out["recipes"].update(kept)
+    def save(name: str, entry: dict) -> None:
+        """Adds one measured generator to --out (written after each, so a cut-short run keeps what it measured)."""
+        out["recipes"][name] = {**entry, "loadavg_after": Path("/proc/loadavg").read_text().split()[:3]}
+        out["summary"] = summarise(out, reference_final=target)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(args.out, (json.dumps(out, indent=1) + "\n").encode())
+        if args.plot:
+            plot(out, args.plot)
+
     for name, (recipe, ldm_steps) in [(k, v) for k, v in args.recipes.items() if k not in out["recipes"]]:
         cfg, ldm_path, ldm_seconds = train_recipe(args.run, [*args.overrides, *RECIPES[recipe]], data,
                                                   args.work / name, ldm_steps, args.controlnet_steps, args.every,
@@ -372,14 +407,19 @@ def measure(args: argparse.Namespace) -> int:
         extra = {}
         if name == "current" and target is None:  # the reference's noise: its final checkpoint, other sample seeds
             extra["final_seed2"] = judge(pipe, cfg, 20_000)
-        out["recipes"][name] = {"overrides": RECIPES[recipe], "ldm_steps": ldm_steps, "ldm_seconds": ldm_seconds,
-                                "points": points, **extra,
-                                "loadavg_after": Path("/proc/loadavg").read_text().split()[:3]}
-        out["summary"] = summarise(out, reference_final=target)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(args.out, (json.dumps(out, indent=1) + "\n").encode())  # after each recipe: partial results
-        if args.plot:
-            plot(out, args.plot)
+        save(name, {"overrides": RECIPES[recipe], "ldm_steps": ldm_steps, "ldm_seconds": ldm_seconds, "points": points,
+                    **extra})
+    for name, run_dir in [(k, v) for k, v in args.finished.items() if k not in out["recipes"]]:
+        pipe = load_pipeline(run_dir / "vae.safetensors", run_dir / "ldm.safetensors",
+                             run_dir / "controlnet.safetensors")
+        ldm_clock = trained_seconds(run_dir / "ldm" / "ldm-train-metrics.jsonl")
+        cn_clock = trained_seconds(run_dir / "controlnet" / "controlnet-train-metrics.jsonl")
+        ldm_steps, cn_steps = max(ldm_clock), max(cn_clock)
+        point = {"controlnet_step": cn_steps, "train_seconds": ldm_clock[ldm_steps] + cn_clock[cn_steps],
+                 **judge(pipe, base, 10_000)}  # the invocation's sampler, not the run's own
+        print(json.dumps({"finished": name, **point}), flush=True)
+        save(name, {"finished_run": str(run_dir), "ldm_steps": ldm_steps, "ldm_seconds": ldm_clock[ldm_steps],
+                    "points": [point]})
     out["summary"] = summarise(out, reference_final=target)
     print(markdown(out))
     return 0

@@ -44,8 +44,12 @@ def test_two_recipes_each_checkpoint_scored_against_training_seconds(tmp_path):
     again = tmp_path / "again.json"
     assert main(["--run", str(run), "--work", str(tmp_path / "work"), "--recipes", "current", "--ldm-steps", "2",
                  "--controlnet-steps", "4", "--every", "2", "--n", "8", "--segmenter-steps", "2",
-                 "--classifier-epochs", "1", "--fid-repeats", "2", "--out", str(again), "--resume"]) == 0
+                 "--classifier-epochs", "1", "--fid-repeats", "2", "--out", str(again), "--resume",
+                 "--finished", f"main={tmp_path / 'work' / 'current'}"]) == 0
     rejudged = json.loads(again.read_text())["recipes"]["current"]
+    # a finished run's final generator, judged alone: the same scores as that recipe's last checkpoint
+    finished = json.loads(again.read_text())["recipes"]["main"]
+    assert finished["points"] == rejudged["points"][-1:] and finished["ldm_steps"] == 2
     assert rejudged["points"] == result["recipes"]["current"]["points"]
     assert rejudged["ldm_seconds"] == result["recipes"]["current"]["ldm_seconds"]
     assert all(torch.equal(v, weights[k]) for k, v in model_state(load_checkpoint(final)[0], "ema").items())
@@ -144,6 +148,16 @@ def test_a_recipe_may_name_its_own_ldm_length_and_its_steps_count_it():
                                                            "v_ztsnr@30": {"ldm_steps": 30, "points": short}}})["rows"]
     fast = rows["v_ztsnr@30"]["strict"]
     assert fast["speedup_vs_reference"] == 2.0 and fast["step_ratio_vs_reference"] == 100 / 40
+
+
+def test_finished_needs_a_name_and_a_run_with_its_checkpoints(tmp_path):
+    from bench.time_to_quality import parse_finished
+
+    for bad in ("noname", "=x", "current=" + str(tmp_path), "main="):
+        with pytest.raises(InputError, match="--finished"):
+            parse_finished(bad)
+    with pytest.raises(InputError, match="not a finished run: no vae.safetensors"):
+        parse_finished(f"main={tmp_path}")
 
 
 def test_bad_recipe_is_one_line(capsys, tmp_path):
