@@ -263,6 +263,46 @@ def plot(out: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def generator_spread(out: dict, groups: dict[str, list[str]]) -> dict:
+    """Final points of several generators per recipe (other training seeds, the main job's): per group and measure
+    the mean, standard deviation and training seconds, and each group's difference from the first group with a
+    Welch 95 % interval (generators as the unit: the training-seed variance the one-generator rows lack)."""
+    from scipy import stats
+
+    finals = {g: [out["recipes"][name]["points"][-1] for name in names] for g, names in groups.items()}
+    first = next(iter(finals))
+    res = {}
+    for g, points in finals.items():
+        row = {"generators": groups[g], "train_seconds": [p["train_seconds"] for p in points]}
+        for key in ("mean_dice", *FIDS):
+            x, y = np.array([p[key] for p in points]), np.array([p[key] for p in finals[first]])
+            row[key] = {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else None}
+            if g != first and len(x) > 1 and len(y) > 1:
+                va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+                df = (va + vb) ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1))
+                half = float(stats.t.ppf(0.975, df) * np.sqrt(va + vb))
+                diff = float(x.mean() - y.mean())
+                row[key] |= {"minus_first": diff, "lo": diff - half, "hi": diff + half}
+        res[g] = row
+    return res
+
+
+def spread_markdown(spread: dict) -> str:
+    """generator_spread's result as a table: mean ± sd per measure and, below the first group, the difference."""
+    keys = ("mean_dice", *FIDS)
+    lines = ["| recipe (generators) | training s | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for g, row in spread.items():
+        cells = []
+        for k in keys:
+            v = row[k]
+            cell = f"{v['mean']:.4g}" + ("" if v["std"] is None else f" ± {v['std']:.2g}")
+            if "lo" in v:
+                cell += f"; {v['minus_first']:+.3g} [{v['lo']:+.3g}, {v['hi']:+.3g}]"
+            cells.append(cell)
+        lines.append(f"| {g} ({len(row['generators'])}) | {np.mean(row['train_seconds']):.0f} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def markdown(out: dict) -> str:
     """The per-checkpoint table and the summary of an --out, as in BENCHMARKS.md."""
     lines = ["| recipe (LDM steps) | ControlNet step | training s | Dice LV / MYO / RV | mean Dice | median EF err | "
@@ -308,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     p.add_argument("--plot", type=Path)
     p.add_argument("--report", type=Path, help="only print this --out's table and summary (and write --plot)")
+    p.add_argument("--groups", nargs="+", default=[], metavar="GROUP=NAME,NAME",
+                   help="with --report: several generators' final points per recipe (training seeds, --finished "
+                        "runs), compared with the first group (Welch 95 %% intervals)")
     p.add_argument("--reference", type=Path,
                    help="an earlier --out whose 'current' final point is the quality to reach (e.g. a shorter LDM here)")
     p.add_argument("--add", action="store_true",
@@ -323,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             out = json.loads(args.report.read_text())
             print(markdown(out))
+            if args.groups:
+                groups = dict((g, names.split(",")) for g, _, names in (spec.partition("=") for spec in args.groups))
+                print("\n" + spread_markdown(generator_spread(out, groups)))
         except (OSError, ValueError, KeyError, TypeError) as err:
             print(f"error: {args.report}: expected a bench.time_to_quality --out JSON ({type(err).__name__}: {err})",
                   file=sys.stderr)

@@ -182,3 +182,22 @@ def test_report_reprints_the_table_and_summary(capsys, tmp_path):
     assert "| v@4 | 2 |" in text and "- v@4: strict: not reached" in text and (tmp_path / "p.png").is_file()
     path.write_text("{}")
     assert main(["--report", str(path)]) == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_generator_spread_is_a_welch_interval_over_generators():
+    from scipy import stats
+
+    from bench.time_to_quality import generator_spread
+
+    def final(v):
+        return {"points": [{"train_seconds": 1.0, "mean_dice": v, **{k: v for k in FIDS}}]}
+
+    out = {"recipes": {"a0": final(1.0), "a1": final(3.0), "b0": final(4.0), "b1": final(6.0), "b2": final(8.0)}}
+    res = generator_spread(out, {"a": ["a0", "a1"], "b": ["b0", "b1", "b2"]})
+    assert res["a"]["fid"] == {"mean": 2.0, "std": 2 ** 0.5} and "minus_first" not in res["a"]["fid"]
+    b = res["b"]["mean_dice"]
+    va, vb = 4.0 / 3, 2.0 / 2  # var/n of b (4, 6, 8) and of a (1, 3)
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 1)
+    assert b["minus_first"] == 4.0
+    assert b["hi"] - 4.0 == pytest.approx(stats.t.ppf(0.975, df) * (va + vb) ** 0.5)
+    assert b["lo"] == pytest.approx(8.0 - b["hi"])
