@@ -249,9 +249,10 @@ def plot(out: dict, path: Path) -> None:
     panels = [(k, t) for k, t in panels if any(k in p for r in out["recipes"].values() for p in r["points"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
-        for name, r in out["recipes"].items():
+        for i, (name, r) in enumerate(out["recipes"].items()):  # tab20 + markers: up to 20 distinct series
             points = [p for p in r["points"] if key in p]
-            ax.plot([p["train_seconds"] for p in points], [p[key] for p in points], "o-", label=name)
+            ax.plot([p["train_seconds"] for p in points], [p[key] for p in points], "os^v"[i // 5 % 4] + "-",
+                    color=plt.cm.tab20(i % 20), label=name)
         ax.set_xlabel("training seconds (LDM + ControlNet to the checkpoint)")
         ax.set_title(title + ("" if key == "mean_dice" else ", subject-disjoint (lower is better)"), fontsize=8)
     axes[0][0].legend(fontsize=7)
