@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import train
-from bench.time_to_quality import FIDS, kept_recipes, main, reach, reference_point, summarise
+from bench.time_to_quality import kept_recipes, main, reference_point
+from bench.time_to_quality_summary import FIDS, summarise
 from data.errors import InputError
 from ddpm.checkpoint import load_checkpoint, model_state
 
@@ -53,48 +54,6 @@ def test_two_recipes_each_checkpoint_scored_against_training_seconds(tmp_path):
     assert rejudged["points"] == result["recipes"]["current"]["points"]
     assert rejudged["ldm_seconds"] == result["recipes"]["current"]["ldm_seconds"]
     assert all(torch.equal(v, weights[k]) for k, v in model_state(load_checkpoint(final)[0], "ema").items())
-
-
-def test_reach_and_summary_pick_the_first_checkpoint_good_on_both():
-    points = [{"controlnet_step": 1, "train_seconds": 10.0, "mean_dice": 0.5, "fid": 9.0},
-              {"controlnet_step": 2, "train_seconds": 20.0, "mean_dice": 0.7, "fid": 6.0},
-              {"controlnet_step": 3, "train_seconds": 30.0, "mean_dice": 0.8, "fid": 5.0}]
-    assert reach(points, {"mean_dice": 0.6, "fid": 7.0}) == 20.0
-    assert reach(points, {"mean_dice": 0.9, "fid": 1.0}) is None
-    fast = [{"controlnet_step": 1, "train_seconds": 12.0, "mean_dice": 0.85, "fid": 4.0}]
-    summary = summarise({"ldm_steps": 10, "n": 4, "recipes": {"current": {"points": points}, "fast": {"points": fast}}})
-    assert summary["rows"]["fast"]["strict"]["speedup_vs_reference"] == 30.0 / 12.0
-    assert summary["rows"]["fast"]["strict"]["step_ratio_vs_reference"] == 13 / 11
-    assert summary["rows"]["current"]["strict"]["seconds_to_reference_final"] == 30.0
-    assert "within_noise" not in summary["rows"]["fast"]  # no second seed of the reference: no noise band
-
-
-def test_within_noise_uses_the_larger_of_the_seed_difference_and_two_standard_errors():
-    from bench.time_to_quality import reference_noise
-
-    stds = {f"{k}_std": 2.0 for k in FIDS}
-    final = {"mean_dice": 0.80, "mean_dice_std": 0.10, "fid": 5.0, "fid_segmenter": 0.02, "fid_attributes": 9.0, **stds}
-    seed2 = {"mean_dice": 0.79, "fid": 5.5, "fid_segmenter": 0.02, "fid_attributes": 9.0}
-    tol = reference_noise(final, seed2, n=100, fid_repeats=16)
-    assert tol["mean_dice"] == pytest.approx(0.02)  # 2 * 0.10 / sqrt(100) > |0.80 - 0.79|
-    assert tol["fid"] == pytest.approx(1.0) and tol["fid_attributes"] == pytest.approx(1.0)  # 2 * 2 / sqrt(16) > 0.5
-    seed2["fid"] = 7.0
-    assert reference_noise(final, seed2, n=100, fid_repeats=16)["fid"] == pytest.approx(2.0)  # the seeds differ more
-    near = {"controlnet_step": 1, "train_seconds": 5.0, **{k: final[k] for k in ("mean_dice", *FIDS)}}
-    near |= {"mean_dice": 0.79, "fid": 5.9}
-    assert reach([near], final) is None and reach([near], final, tol=tol) == 5.0
-    assert reach([{**near, "mean_dice": 0.77}], final, tol=tol) is None
-
-
-def test_reach_needs_every_realism_feature_space_the_target_measured():
-    target = {"mean_dice": 0.8, "fid": 5.0, "fid_segmenter": 0.02, "fid_attributes": 9.0}
-    good = {"controlnet_step": 1, "train_seconds": 10.0, "mean_dice": 0.8, "fid": 5.0, "fid_segmenter": 0.02,
-            "fid_attributes": 9.0}
-    assert reach([good], target) == 10.0
-    for key in ("fid_segmenter", "fid_attributes"):
-        assert reach([{**good, key: good[key] * 1.01}], target) is None  # worse in one space: not reached
-        assert reach([{k: v for k, v in good.items() if k != key}], target) is None  # unmeasured: not reached
-    assert reach([{k: v for k, v in good.items() if k != "fid_segmenter"}], {"mean_dice": 0.8, "fid": 5.0}) == 10.0
 
 
 def test_bad_every_is_one_line(capsys, tmp_path):
@@ -182,22 +141,3 @@ def test_report_reprints_the_table_and_summary(capsys, tmp_path):
     assert "| v@4 | 2 |" in text and "- v@4: strict: not reached" in text and (tmp_path / "p.png").is_file()
     path.write_text("{}")
     assert main(["--report", str(path)]) == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
-
-
-def test_generator_spread_is_a_welch_interval_over_generators():
-    from scipy import stats
-
-    from bench.time_to_quality import generator_spread
-
-    def final(v):
-        return {"points": [{"train_seconds": 1.0, "mean_dice": v, **{k: v for k in FIDS}}]}
-
-    out = {"recipes": {"a0": final(1.0), "a1": final(3.0), "b0": final(4.0), "b1": final(6.0), "b2": final(8.0)}}
-    res = generator_spread(out, {"a": ["a0", "a1"], "b": ["b0", "b1", "b2"]})
-    assert res["a"]["fid"] == {"mean": 2.0, "std": 2 ** 0.5} and "minus_first" not in res["a"]["fid"]
-    b = res["b"]["mean_dice"]
-    va, vb = 4.0 / 3, 2.0 / 2  # var/n of b (4, 6, 8) and of a (1, 3)
-    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 1)
-    assert b["minus_first"] == 4.0
-    assert b["hi"] - 4.0 == pytest.approx(stats.t.ppf(0.975, df) * (va + vb) ** 0.5)
-    assert b["lo"] == pytest.approx(8.0 - b["hi"])

@@ -1,0 +1,159 @@
+"""The time-to-quality bench's reading of its measurements (bench.time_to_quality writes them): when a recipe reaches
+the reference's final quality (strictly, or within the reference's sampling noise), the spread of several generators
+per recipe, the table and the plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+# realism feature spaces: the health x position classifier, the segmenter encoder, the audit's attribute network
+FIDS = ("fid", "fid_segmenter", "fid_attributes")
+
+
+def reach(points: list[dict], target: dict, key: str = "train_seconds", tol: dict | None = None) -> float | None:
+    """`key` (seconds, or steps) of the first checkpoint at least as good as target on mean Dice and on every FID
+    of FIDS that both measured, or None. tol: how far worse each may be (the reference's noise; default 0)."""
+    tol = tol or {}
+    fids = [k for k in FIDS if k in target]
+    good = [p[key] for p in points if p["mean_dice"] >= target["mean_dice"] - tol.get("mean_dice", 0.0)
+            and all(k in p and p[k] <= target[k] + tol.get(k, 0.0) for k in fids)]
+    return min(good) if good else None
+
+
+def reference_noise(final: dict, seed2: dict, n: int, fid_repeats: int) -> dict:
+    """How far the reference's final quality moves by chance: per measure, the larger of its two sample seeds'
+    difference and 2 standard errors (mean Dice over n images; an FID's mean over its subject-split repeats)."""
+    tol = {"mean_dice": max(abs(final["mean_dice"] - seed2["mean_dice"]), 2 * final["mean_dice_std"] / n ** 0.5)}
+    for k in FIDS:
+        tol[k] = max(abs(final[k] - seed2[k]), 2 * final[f"{k}_std"] / fid_repeats ** 0.5)
+    return tol
+
+
+def summarise(out: dict, reference: str = "current", reference_final: dict | None = None) -> dict:
+    """Per recipe: seconds and training steps (LDM + ControlNet) to the reference recipe's final quality, at least
+    as good on every point estimate ("strict") and within the reference's own noise ("within_noise", where the
+    reference's final checkpoint was sampled with a second seed); steps do not move with the machine's load, seconds
+    do. reference_final: that point from another invocation (another LDM length, same judges) instead of this
+    one's reference recipe."""
+    for r in out["recipes"].values():
+        for p in r["points"]:
+            p["train_steps"] = r.get("ldm_steps", out["ldm_steps"]) + p["controlnet_step"]
+    seed2 = None
+    if reference_final is None:
+        if reference not in out["recipes"] or not out["recipes"][reference]["points"]:
+            return {}
+        reference_final = out["recipes"][reference]["points"][-1]
+        seed2 = out["recipes"][reference].get("final_seed2")
+    final = reference_final
+    tol = None if seed2 is None else reference_noise(final, seed2, out["n"], out.get("fid_repeats", 4))
+    rows = {}
+    for name, r in out["recipes"].items():
+        rows[name] = {}
+        for rule, t in (("strict", None), ("within_noise", tol)):
+            if rule == "within_noise" and t is None:
+                continue
+            sec, steps = (reach(r["points"], final, key, t) for key in ("train_seconds", "train_steps"))
+            rows[name][rule] = {"seconds_to_reference_final": sec,
+                                "speedup_vs_reference": None if sec is None else final["train_seconds"] / sec,
+                                "steps_to_reference_final": steps,
+                                "step_ratio_vs_reference": None if steps is None else final["train_steps"] / steps}
+    return {"reference": reference,
+            "reference_final": {k: final[k] for k in ("mean_dice", *FIDS, "train_seconds", "train_steps")
+                                if k in final},
+            "reference_noise": tol, "rows": rows}
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("mean_dice", "mean control Dice LV/MYO/RV (higher is better)"),
+              ("fid", "FID, health x position classifier"), ("fid_segmenter", "FID, segmenter encoder"),
+              ("fid_attributes", "FID, attribute network (the audit's)")]
+    panels = [(k, t) for k, t in panels if any(k in p for r in out["recipes"].values() for p in r["points"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for i, (name, r) in enumerate(out["recipes"].items()):  # tab20 + markers: up to 20 distinct series
+            points = [p for p in r["points"] if key in p]
+            ax.plot([p["train_seconds"] for p in points], [p[key] for p in points], "os^v"[i // 5 % 4] + "-",
+                    color=plt.cm.tab20(i % 20), label=name)
+        ax.set_xlabel("training seconds (LDM + ControlNet to the checkpoint)")
+        ax.set_title(title + ("" if key == "mean_dice" else ", subject-disjoint (lower is better)"), fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    where = f"{out.get('run', '')} {' '.join(out.get('overrides', []))}"
+    fig.suptitle(f"quality vs training time, {out['n']} held-out slices, {where}", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def generator_spread(out: dict, groups: dict[str, list[str]]) -> dict:
+    """Final points of several generators per recipe (other training seeds, the main job's): per group and measure
+    the mean, standard deviation and training seconds, and each group's difference from the first group with a
+    Welch 95 % interval (generators as the unit: the training-seed variance the one-generator rows lack)."""
+    from scipy import stats
+
+    finals = {g: [out["recipes"][name]["points"][-1] for name in names] for g, names in groups.items()}
+    first = next(iter(finals))
+    res = {}
+    for g, points in finals.items():
+        row = {"generators": groups[g], "train_seconds": [p["train_seconds"] for p in points]}
+        for key in ("mean_dice", *FIDS):
+            x, y = np.array([p[key] for p in points]), np.array([p[key] for p in finals[first]])
+            row[key] = {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else None}
+            if g != first and len(x) > 1 and len(y) > 1:
+                va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+                df = (va + vb) ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1))
+                half = float(stats.t.ppf(0.975, df) * np.sqrt(va + vb))
+                diff = float(x.mean() - y.mean())
+                row[key] |= {"minus_first": diff, "lo": diff - half, "hi": diff + half}
+        res[g] = row
+    return res
+
+
+def spread_markdown(spread: dict) -> str:
+    """generator_spread's result as a table: mean ± sd per measure and, below the first group, the difference."""
+    keys = ("mean_dice", *FIDS)
+    lines = ["| recipe (generators) | training s | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for g, row in spread.items():
+        cells = []
+        for k in keys:
+            v = row[k]
+            cell = f"{v['mean']:.4g}" + ("" if v["std"] is None else f" ± {v['std']:.2g}")
+            if "lo" in v:
+                cell += f"; {v['minus_first']:+.3g} [{v['lo']:+.3g}, {v['hi']:+.3g}]"
+            cells.append(cell)
+        lines.append(f"| {g} ({len(row['generators'])}) | {np.mean(row['train_seconds']):.0f} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def markdown(out: dict) -> str:
+    """The per-checkpoint table and the summary of an --out, as in BENCHMARKS.md."""
+    lines = ["| recipe (LDM steps) | ControlNet step | training s | Dice LV / MYO / RV | mean Dice | median EF err | "
+             "FID classifier | FID segmenter (x1000) | FID attributes | texture |", "|---" * 10 + "|"]
+    for name, r in out["recipes"].items():
+        for p in r["points"]:
+            fid = lambda k, scale=1.0: f"{p[k] * scale:.2f}" if k in p else "—"  # noqa: E731
+            label = name if "@" in name else f"{name} ({r.get('ldm_steps', out['ldm_steps'])})"
+            lines.append(f"| {label} | {p['controlnet_step']} | "
+                         f"{p['train_seconds']:.0f} | {' / '.join(f'{v:.3f}' for v in p['dice'].values())} | "
+                         f"{p['mean_dice']:.3f} | {p['ef_abs_error_median']:.3f} | {fid('fid')} | "
+                         f"{fid('fid_segmenter', 1000.0)} | {fid('fid_attributes')} | "
+                         f"{p.get('texture_abs_dx', float('nan')):.4f} |")
+    summary = out.get("summary", {})
+    if summary:
+        lines.append("")
+        for what in ("final", "noise"):
+            if summary.get(f"reference_{what}"):
+                rounded = {k: round(v, 4) for k, v in summary[f"reference_{what}"].items()}
+                lines.append(f"reference {what}: {json.dumps(rounded)}")
+        for name, rules in summary["rows"].items():
+            said = [f"{rule}: " + ("not reached" if row["steps_to_reference_final"] is None else
+                                   f"{row['speedup_vs_reference']:.2f}x by the clock, "
+                                   f"{row['step_ratio_vs_reference']:.2f}x by steps") for rule, row in rules.items()]
+            lines.append(f"- {name}: {'; '.join(said)}")
+    return "\n".join(lines)
