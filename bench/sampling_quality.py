@@ -108,7 +108,8 @@ def quality(images: np.ndarray, masks: np.ndarray, seg, feats_fn, real_feats, re
     texture = fine_texture(images)
     return {"dice": {k: float(np.mean(v)) for k, v in per_image.items()}, "dice_per_image": per_image,
             "ef_abs_error_median": float(np.nanmedian(ef)), "fid": fid["fake_vs_real"]["mean"],
-            "fid_bound": fid["real_vs_real_bound"]["mean"], "fid_n_per_side": fid["n_per_side"],
+            "fid_std": fid["fake_vs_real"]["std"], "fid_bound": fid["real_vs_real_bound"]["mean"],
+            "fid_n_per_side": fid["n_per_side"],
             "texture_abs_dx": float(texture.mean()), "texture_per_image": texture.tolist()}
 
 

@@ -265,6 +265,7 @@ def measure(args: argparse.Namespace) -> int:
     target = None if args.reference is None else reference_point(args.reference, out)
     if target is not None:
         out["reference_from"] = str(args.reference)
+
     def judge(pipe: Pipeline, cfg: RunConfig, seed: int) -> dict:
         """Samples the n held-out slices (per-sample seeds seed + i) and scores them with every judge."""
         s = cfg.sample
@@ -274,7 +275,7 @@ def measure(args: argparse.Namespace) -> int:
                     args.fid_repeats)
         per_image = np.mean(list(q.pop("dice_per_image").values()), axis=0)
         q.pop("texture_per_image")
-        for key in FIDS:
+        for key in FIDS[1:]:  # quality() scored the first
             feats_fn, real_feats = realism[key]
             fid = disjoint_fid(real_feats, data.test.subject_ids, feats_fn(images), fake_subjects, len(images),
                                args.fid_repeats)
@@ -285,6 +286,7 @@ def measure(args: argparse.Namespace) -> int:
     if args.add and args.out.is_file():
         kept = kept_recipes(json.loads(args.out.read_text()), out)
         out["recipes"].update(kept)
+
     def save(name: str, entry: dict) -> None:
         """Adds one measured generator to --out (written after each, so a cut-short run keeps what it measured)."""
         out["recipes"][name] = {**entry, "loadavg_after": Path("/proc/loadavg").read_text().split()[:3]}
