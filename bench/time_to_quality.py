@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -47,7 +48,8 @@ from data.atomic import atomic_write_bytes
 from data.cohort import LABEL_NAMES
 from data.errors import InputError, OneLineArgumentParser
 from ddpm.checkpoint import load_checkpoint, model_state
-from ddpm.trainer import checkpoint_paths
+from ddpm.distributed import resolve_device
+from ddpm.trainer import autocast_context, checkpoint_paths
 from evaluation.attribute_net import train_attribute_net
 from evaluation.attributes import attribute_labels
 from evaluation.features import segmenter_extractor
@@ -73,21 +75,21 @@ RECIPES = {  # name -> config overrides on top of the run's config; the loss is 
     # the LDM's lr decays to 0 at its last step (the ControlNet keeps a constant lr, so its checkpoints stay comparable)
     "cosine": [*EPS, PLAIN, "ldm_train.lr_schedule=cosine"],
     "lr6e-4": [*EPS, PLAIN, "ldm_train.lr=6e-4"],  # twice the preset's LDM lr
-    # trained from other seeds (init, batches, noise): the training-seed variance; judges and samples the same
-    "current_seed1": [*EPS, PLAIN, "ldm_train.seed=1", "controlnet_train.seed=1"],
-    "min_snr_seed1": [*EPS, MIN_SNR, "ldm_train.seed=1", "controlnet_train.seed=1"],
-    "min_snr_seed2": [*EPS, MIN_SNR, "ldm_train.seed=2", "controlnet_train.seed=2"],
     # v_ztsnr sampled with Lin et al.'s guidance rescale (phi 0.7, their value): v's guided images lack fine texture
     "v_ztsnr_rescale": [*V_ZTSNR, PLAIN, "sample.guidance_rescale=0.7"],
 }
 
 
-def parse_recipe(spec: str, ldm_steps: int) -> tuple[str, int]:
-    """'v_ztsnr@600' -> ('v_ztsnr', 600); 'current' -> ('current', ldm_steps)."""
-    name, _, steps = spec.partition("@")
-    if name not in RECIPES or (steps and (not steps.isdigit() or int(steps) < 1)):
-        raise InputError("--recipes", f"expected NAME or NAME@LDM_STEPS with NAME one of {', '.join(RECIPES)}, got {spec!r}")
-    return name, int(steps) if steps else ldm_steps
+def parse_recipe(spec: str, ldm_steps: int) -> tuple[list[str], int]:
+    """NAME[@LDM_STEPS][-seedK] -> (config overrides, LDM steps): 'v_ztsnr@600' trains 600 LDM steps, 'current'
+    ldm_steps; '-seedK' trains both stages from seed K (init, batches, noise: the training-seed variance; judges and
+    samples stay the same), e.g. 'min_snr@900-seed3'."""
+    m = re.fullmatch(r"(?P<name>.+?)(?:@(?P<steps>\d+))?(?:-seed(?P<seed>\d+))?", spec)
+    if m is None or m["name"] not in RECIPES or (m["steps"] and int(m["steps"]) < 1):
+        raise InputError("--recipes", f"expected NAME[@LDM_STEPS][-seedK] with NAME one of {', '.join(RECIPES)}, "
+                                      f"got {spec!r}")
+    seeds = [] if m["seed"] is None else [f"ldm_train.seed={m['seed']}", f"controlnet_train.seed={m['seed']}"]
+    return [*RECIPES[m["name"]], *seeds], int(m["steps"]) if m["steps"] else ldm_steps
 
 
 def parse_finished(spec: str) -> tuple[str, Path]:
@@ -119,6 +121,8 @@ def train_recipe(run: Path, overrides: list[str], data: PreparedData, out_dir: P
     (or, when finished, reuse) the stages' checkpoints already in out_dir."""
     cfg = load_run_config(run / "config.yaml", [*overrides, *stage_overrides("ldm_train", ldm_steps, ldm_steps),
                                                 *stage_overrides("controlnet_train", controlnet_steps, every)])
+    if not resume and any((out_dir / stage).exists() for stage in ("ldm", "controlnet")):
+        raise InputError(out_dir, "holds a recipe's checkpoints already: pass --resume to reuse them, or remove it")
     out_dir.mkdir(parents=True, exist_ok=True)
     vae_path = out_dir / "vae.safetensors"
     shutil.copyfile(run / "vae.safetensors", vae_path)
@@ -132,15 +136,17 @@ def train_recipe(run: Path, overrides: list[str], data: PreparedData, out_dir: P
 
 
 def controlnet_pipelines(cfg: RunConfig, out_dir: Path, ldm_path: Path) -> Iterator[tuple[int, Pipeline]]:
-    """(step, Pipeline) for every kept ControlNet checkpoint of out_dir, EMA weights, on the final LDM."""
-    vae, scale, _ = load_vae(out_dir / "vae.safetensors")
-    ldm, _ = load_ldm(ldm_path)
+    """(step, Pipeline) for every kept ControlNet checkpoint of out_dir, EMA weights, on the final LDM, on
+    cfg.device (where the recipe trained)."""
+    device = resolve_device(cfg.device)
+    vae, scale, _ = load_vae(out_dir / "vae.safetensors", device)
+    ldm, _ = load_ldm(ldm_path, device=device)
     sched = make_schedule_from(cfg)
     for path in checkpoint_paths(out_dir / "controlnet", "controlnet-train"):
         states, meta = load_checkpoint(path, expect_stage="controlnet-train")
         net = ControlNet(ldm.unet, cfg.controlnet, cfg.vae.downsample_factor)
         net.load_state_dict(model_state(states, "ema"))
-        yield int(meta["step"]), Pipeline(cfg, vae, scale, ldm, sched, net.eval().requires_grad_(False))
+        yield int(meta["step"]), Pipeline(cfg, vae, scale, ldm, sched, net.to(device).eval().requires_grad_(False))
 
 
 def judges(data: PreparedData, cfg, segmenter_steps: int, classifier_epochs: int) -> tuple:
@@ -176,13 +182,28 @@ def reference_point(path: Path, now: dict, reference: str = "current") -> dict:
     return {**points[-1], "train_steps": ldm_steps + points[-1]["controlnet_step"]}
 
 
-def kept_recipes(before: dict, now: dict) -> dict:
+def kept_recipes(before: dict, now: dict, where: str | Path = "--add") -> dict:
     """The recipes of an earlier --out, refused unless measured with the same settings (judges retrain the same)."""
     same = ("run", "n", "ldm_steps", "controlnet_steps", "every", "threads", "overrides", "fid_repeats",
             "segmenter_dice_on_real_test")
     if any(before.get(k) != now[k] for k in same):
-        raise InputError("--add", f"the existing --out was measured with other settings ({', '.join(same)} must match)")
+        raise InputError(where, f"was measured with other settings or judges ({', '.join(same)} must match)")
     return before["recipes"]
+
+
+def merge(parts: list[Path]) -> dict:
+    """Several --out files of one design as one (recipes measured by parallel invocations, e.g. one per process on a
+    shared GPU); refused unless all were measured with the same settings and identically trained judges."""
+    out = json.loads(parts[0].read_text())
+    for part in parts[1:]:
+        kept = kept_recipes(json.loads(part.read_text()), out, part)
+        twice = sorted(set(kept) & set(out["recipes"]))
+        if twice:
+            raise InputError(part, f"measures {', '.join(twice)} again (each recipe once across the parts)")
+        out["recipes"].update(kept)
+    out["merged_from"] = [str(p) for p in parts]
+    out["summary"] = summarise(out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,9 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     p.add_argument("--plot", type=Path)
     p.add_argument("--report", type=Path, help="only print this --out's table and summary (and write --plot)")
-    p.add_argument("--groups", nargs="+", default=[], metavar="GROUP=NAME,NAME",
+    p.add_argument("--groups", nargs="+", default=[], metavar="GROUP[:STEP]=NAME,NAME",
                    help="with --report: several generators' final points per recipe (training seeds, --finished "
-                        "runs), compared with the first group (Welch 95 %% intervals)")
+                        "runs), or their points at ControlNet step STEP, compared with the first group's (Welch 95 %% "
+                        "intervals)")
+    p.add_argument("--merge", nargs="+", type=Path, default=[], metavar="PART",
+                   help="write the --out files PART... (same settings and judges, e.g. one per parallel process) as "
+                        "one --out (and --plot), then print it")
     p.add_argument("--reference", type=Path,
                    help="an earlier --out whose 'current' final point is the quality to reach (e.g. a shorter LDM here)")
     p.add_argument("--add", action="store_true",
@@ -230,8 +255,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot:
             plot(out, args.plot)
         return 0
+    if args.merge:
+        if args.out is None:
+            p.error("--merge needs --out")
+        try:
+            out = merge(args.merge)
+        except (OSError, ValueError, KeyError, TypeError, InputError) as err:
+            print(f"error: {err}" if isinstance(err, InputError) else
+                  f"error: --merge: expected bench.time_to_quality --out JSONs ({type(err).__name__}: {err})",
+                  file=sys.stderr)
+            return 2
+        atomic_write_bytes(args.out, (json.dumps(out, indent=1) + "\n").encode())
+        if args.plot:
+            plot(out, args.plot)
+        print(markdown(out))
+        return 0
     if args.run is None or args.work is None or args.out is None:
-        p.error("--run, --work and --out are required (or --report)")
+        p.error("--run, --work and --out are required (or --report, --merge)")
     if min(args.ldm_steps, args.controlnet_steps, args.every, args.n) < 1 or args.controlnet_steps % args.every:
         p.error(f"expected positive steps and --controlnet-steps a multiple of --every, got {args.controlnet_steps} "
                 f"and {args.every}")
@@ -249,6 +289,11 @@ def measure(args: argparse.Namespace) -> int:
     base = load_run_config(args.run / "config.yaml", args.overrides)
     with tempfile.TemporaryDirectory() as scratch:
         data = run_data(args.run, base, Path(scratch))
+    before = json.loads(args.out.read_text()) if args.add and args.out.is_file() else {"recipes": {}}
+    # every recipe trains before the judges do, so a GPU starts at once (the judges train on the CPU)
+    trained = {name: train_recipe(args.run, [*args.overrides, *overrides], data, args.work / name, ldm_steps,
+                                  args.controlnet_steps, args.every, args.resume)
+               for name, (overrides, ldm_steps) in args.recipes.items() if name not in before["recipes"]}
     ev = base.evaluation
     tic = time.perf_counter()
     seg, realism, real_dice = judges(data, base, args.segmenter_steps or ev.segmenter_steps,
@@ -269,8 +314,10 @@ def measure(args: argparse.Namespace) -> int:
     def judge(pipe: Pipeline, cfg: RunConfig, seed: int) -> dict:
         """Samples the n held-out slices (per-sample seeds seed + i) and scores them with every judge."""
         s = cfg.sample
-        images = np.concatenate([pipe.generate(prompts[i:i + s.batch_size], masks[i:i + s.batch_size], seed=seed + i,
-                                               **generation_kwargs(s)) for i in range(0, len(prompts), s.batch_size)])
+        with autocast_context(s.precision, pipe.device):
+            images = np.concatenate([pipe.generate(prompts[i:i + s.batch_size], masks[i:i + s.batch_size],
+                                                   seed=seed + i, **generation_kwargs(s))
+                                     for i in range(0, len(prompts), s.batch_size)])
         q = quality(images, masks, seg, *realism["fid"], data.test.subject_ids, fake_subjects, pixel_mm,
                     args.fid_repeats)
         per_image = np.mean(list(q.pop("dice_per_image").values()), axis=0)
@@ -283,9 +330,8 @@ def measure(args: argparse.Namespace) -> int:
                   f"{key}_bound": fid["real_vs_real_bound"]["mean"]}
         return {"mean_dice": float(per_image.mean()), "mean_dice_std": float(per_image.std(ddof=1)), **q}
 
-    if args.add and args.out.is_file():
-        kept = kept_recipes(json.loads(args.out.read_text()), out)
-        out["recipes"].update(kept)
+    if before["recipes"]:
+        out["recipes"].update(kept_recipes(before, out))
 
     def save(name: str, entry: dict) -> None:
         """Adds one measured generator to --out (written after each, so a cut-short run keeps what it measured)."""
@@ -296,10 +342,8 @@ def measure(args: argparse.Namespace) -> int:
         if args.plot:
             plot(out, args.plot)
 
-    for name, (recipe, ldm_steps) in [(k, v) for k, v in args.recipes.items() if k not in out["recipes"]]:
-        cfg, ldm_path, ldm_seconds = train_recipe(args.run, [*args.overrides, *RECIPES[recipe]], data,
-                                                  args.work / name, ldm_steps, args.controlnet_steps, args.every,
-                                                  args.resume)
+    for name, (cfg, ldm_path, ldm_seconds) in trained.items():
+        overrides, ldm_steps = args.recipes[name]
         cn_seconds = trained_seconds(args.work / name / "controlnet" / "controlnet-train-metrics.jsonl")
         points = []
         for step, pipe in controlnet_pipelines(cfg, args.work / name, ldm_path):
@@ -309,11 +353,11 @@ def measure(args: argparse.Namespace) -> int:
         extra = {}
         if name == "current" and target is None:  # the reference's noise: its final checkpoint, other sample seeds
             extra["final_seed2"] = judge(pipe, cfg, 20_000)
-        save(name, {"overrides": RECIPES[recipe], "ldm_steps": ldm_steps, "ldm_seconds": ldm_seconds, "points": points,
+        save(name, {"overrides": overrides, "ldm_steps": ldm_steps, "ldm_seconds": ldm_seconds, "points": points,
                     **extra})
     for name, run_dir in [(k, v) for k, v in args.finished.items() if k not in out["recipes"]]:
         pipe = load_pipeline(run_dir / "vae.safetensors", run_dir / "ldm.safetensors",
-                             run_dir / "controlnet.safetensors")
+                             run_dir / "controlnet.safetensors", device=resolve_device(base.device))
         ldm_clock = trained_seconds(run_dir / "ldm" / "ldm-train-metrics.jsonl")
         cn_clock = trained_seconds(run_dir / "controlnet" / "controlnet-train-metrics.jsonl")
         ldm_steps, cn_steps = max(ldm_clock), max(cn_clock)

@@ -91,17 +91,30 @@ def plot(out: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def point_at(points: list[dict], step: str) -> dict:
+    """The point at ControlNet step `step` ('' : the last)."""
+    if not step:
+        return points[-1]
+    found = [p for p in points if p["controlnet_step"] == int(step)]
+    if not found:
+        raise KeyError(f"no point at ControlNet step {step} (have {[p['controlnet_step'] for p in points]})")
+    return found[0]
+
+
 def generator_spread(out: dict, groups: dict[str, list[str]]) -> dict:
-    """Final points of several generators per recipe (other training seeds, the main job's): per group and measure
-    the mean, standard deviation and training seconds, and each group's difference from the first group with a
-    Welch 95 % interval (generators as the unit: the training-seed variance the one-generator rows lack)."""
+    """Final points of several generators per recipe (other training seeds, the main job's), or with a group named
+    'LABEL:STEP' their points at ControlNet step STEP: per group and measure the mean, standard deviation, training
+    seconds and steps, and each group's difference from the first group with a Welch 95 % interval (generators as
+    the unit: the training-seed variance the one-generator rows lack)."""
     from scipy import stats
 
-    finals = {g: [out["recipes"][name]["points"][-1] for name in names] for g, names in groups.items()}
+    finals = {g: [point_at(out["recipes"][name]["points"], g.partition(":")[2]) for name in names]
+              for g, names in groups.items()}
     first = next(iter(finals))
     res = {}
     for g, points in finals.items():
-        row = {"generators": groups[g], "train_seconds": [p["train_seconds"] for p in points]}
+        row = {"generators": groups[g], "train_seconds": [p["train_seconds"] for p in points],
+               "train_steps": [p.get("train_steps") for p in points]}
         for key in ("mean_dice", *FIDS):
             x, y = np.array([p[key] for p in points]), np.array([p[key] for p in finals[first]])
             row[key] = {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else None}
@@ -118,7 +131,8 @@ def generator_spread(out: dict, groups: dict[str, list[str]]) -> dict:
 def spread_markdown(spread: dict) -> str:
     """generator_spread's result as a table: mean ± sd per measure and, below the first group, the difference."""
     keys = ("mean_dice", *FIDS)
-    lines = ["| recipe (generators) | training s | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    lines = ["| recipe (generators) | training steps | training s | " + " | ".join(keys) + " |",
+             "|---" * (len(keys) + 3) + "|"]
     for g, row in spread.items():
         cells = []
         for k in keys:
@@ -127,7 +141,9 @@ def spread_markdown(spread: dict) -> str:
             if "lo" in v:
                 cell += f"; {v['minus_first']:+.3g} [{v['lo']:+.3g}, {v['hi']:+.3g}]"
             cells.append(cell)
-        lines.append(f"| {g} ({len(row['generators'])}) | {np.mean(row['train_seconds']):.0f} | {' | '.join(cells)} |")
+        steps = "/".join(sorted({str(n) for n in row["train_steps"]}))  # one value unless the group mixes lengths
+        lines.append(f"| {g} ({len(row['generators'])}) | {steps} | {np.mean(row['train_seconds']):.0f} | "
+                     f"{' | '.join(cells)} |")
     return "\n".join(lines)
 
 

@@ -152,7 +152,9 @@ def sample(model_fn: ModelFn, shape: Sequence[int], cond: Tensor, uncond: Option
             x = ddpm_step(sched, out, x, t_batch, prediction, generator=generator)
         elif sampler == "dpmpp2m":
             d = predict_x0_eps(sched, out.to(x.dtype), x, t_batch, prediction)[0]
-            x = dpmpp_2m_step(sched, x, d, t_batch, t_prev, d_prev, timesteps[i - 1] if i else None)
+            # the previous / next timesteps as (B,) tensors on x's device: every coefficient is formed there
+            s_prev = torch.full_like(t_batch, timesteps[i - 1]) if i else None
+            x = dpmpp_2m_step(sched, x, d, t_batch, torch.full_like(t_batch, t_prev), d_prev, s_prev)
             d_prev = d
         else:
             x = ddim_step(sched, out, x, t_batch, t_prev, prediction, eta=eta, generator=generator)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import train
-from bench.time_to_quality import kept_recipes, main, reference_point
+from bench.time_to_quality import RECIPES, kept_recipes, main, merge, reference_point
 from bench.time_to_quality_summary import FIDS, summarise
 from data.errors import InputError
 from ddpm.checkpoint import load_checkpoint, model_state
@@ -39,6 +39,9 @@ def test_two_recipes_each_checkpoint_scored_against_training_seconds(tmp_path):
     assert rows["current"]["within_noise"]["speedup_vs_reference"] >= 1.0
     noise = result["summary"]["reference_noise"]  # from the reference's final checkpoint at a second sample seed
     assert set(noise) == {"mean_dice", *FIDS} and min(noise.values()) >= 0
+    # without --resume, a recipe's old checkpoints are refused rather than judged as new ones
+    assert main(["--run", str(run), "--work", str(tmp_path / "work"), "--recipes", "current", "--out",
+                 str(tmp_path / "x.json")]) == 2 and not (tmp_path / "x.json").exists()
     # --resume: the finished checkpoints are judged again, nothing retrained, the same scores
     final = tmp_path / "work" / "current" / "controlnet.safetensors"
     weights = model_state(load_checkpoint(final)[0], "ema")
@@ -74,6 +77,31 @@ def test_add_keeps_recipes_only_from_the_same_settings():
             kept_recipes({**before, key: other}, now)
 
 
+def test_merge_joins_parts_of_one_design_and_refuses_other_judges(tmp_path, capsys):
+    meta = {"run": "r", "n": 8, "ldm_steps": 2, "controlnet_steps": 4, "every": 2, "threads": 1, "overrides": [],
+            "fid_repeats": 4, "segmenter_dice_on_real_test": {"LV": 0.5}}
+    point = {"controlnet_step": 4, "train_seconds": 10.0, "mean_dice": 0.8, "fid": 5.0, "dice": {"LV": 0.8},
+             "ef_abs_error_median": 0.1}
+    parts = []
+    for i, name in enumerate(("current", "min_snr-seed1")):
+        parts.append(tmp_path / f"part{i}.json")
+        parts[-1].write_text(json.dumps({**meta, "recipes": {name: {"points": [{**point, "fid": 5.0 - i}]}}}))
+    joined = merge(parts)
+    assert set(joined["recipes"]) == {"current", "min_snr-seed1"} and joined["merged_from"] == [str(p) for p in parts]
+    assert joined["summary"]["rows"]["min_snr-seed1"]["strict"]["step_ratio_vs_reference"] == 1.0
+    out = tmp_path / "all.json"
+    assert main(["--merge", *map(str, parts), "--out", str(out)]) == 0 and json.loads(out.read_text()) == joined
+    assert "| min_snr-seed1 (2) | 4 |" in capsys.readouterr().out
+    other = tmp_path / "other.json"  # judges trained differently (another machine or thread count): refused
+    other.write_text(json.dumps({**meta, "segmenter_dice_on_real_test": {"LV": 0.6}, "recipes": {"x": {"points": []}}}))
+    with pytest.raises(InputError, match="other settings or judges"):
+        merge([parts[0], other])
+    with pytest.raises(InputError, match="again"):
+        merge([parts[0], parts[0]])
+    assert main(["--merge", str(parts[0]), str(other), "--out", str(tmp_path / "bad.json")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "bad.json").exists()
+
+
 def test_reference_from_another_ldm_length_counts_its_own_steps(tmp_path):
     judges = {"run": "r", "n": 8, "threads": 1, "overrides": [], "segmenter_dice_on_real_test": {"LV": 0.5}}
     final = {"controlnet_step": 30, "train_seconds": 60.0, "mean_dice": 0.8, "fid": 5.0}
@@ -96,9 +124,12 @@ def test_reference_from_another_ldm_length_counts_its_own_steps(tmp_path):
 def test_a_recipe_may_name_its_own_ldm_length_and_its_steps_count_it():
     from bench.time_to_quality import parse_recipe
 
-    assert parse_recipe("v_ztsnr@600", 1800) == ("v_ztsnr", 600) and parse_recipe("current", 1800) == ("current", 1800)
-    assert parse_recipe("v_ztsnr@", 5) == ("v_ztsnr", 5)  # an empty length is the default
-    for bad in ("v_ztsnr@0", "v_ztsnr@x", "nope@600"):
+    assert parse_recipe("v_ztsnr@600", 1800) == (RECIPES["v_ztsnr"], 600)
+    assert parse_recipe("current", 1800) == (RECIPES["current"], 1800)
+    seeded = [*RECIPES["min_snr"], "ldm_train.seed=3", "controlnet_train.seed=3"]  # both stages, the run's judges
+    assert parse_recipe("min_snr@900-seed3", 1800) == (seeded, 900) and parse_recipe("min_snr-seed3", 5) == (seeded, 5)
+    assert parse_recipe("lr6e-4-seed2", 5)[0][-1] == "controlnet_train.seed=2"  # a '-' inside the name is kept
+    for bad in ("v_ztsnr@0", "v_ztsnr@x", "nope@600", "v_ztsnr@", "current-seed", "current-seedx", "current@9-seed"):
         with pytest.raises(InputError, match="--recipes"):
             parse_recipe(bad, 1800)
     ref = [{"controlnet_step": 10, "train_seconds": 40.0, "mean_dice": 0.8, "fid": 5.0}]

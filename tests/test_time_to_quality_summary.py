@@ -61,3 +61,19 @@ def test_generator_spread_is_a_welch_interval_over_generators():
     assert b["minus_first"] == 4.0
     assert b["hi"] - 4.0 == pytest.approx(stats.t.ppf(0.975, df) * (va + vb) ** 0.5)
     assert b["lo"] == pytest.approx(8.0 - b["hi"])
+
+
+def test_generator_spread_at_a_controlnet_step_compares_those_points_with_the_first_groups():
+    from bench.time_to_quality_summary import generator_spread, spread_markdown
+
+    def points(early, final):
+        return {"points": [{"controlnet_step": s, "train_seconds": float(s), "train_steps": 100 + s, "mean_dice": v,
+                            **{k: v for k in FIDS}} for s, v in ((5, early), (10, final))]}
+
+    out = {"recipes": {"a0": points(0.0, 1.0), "a1": points(0.0, 3.0), "b0": points(2.0, 9.0), "b1": points(4.0, 9.0)}}
+    res = generator_spread(out, {"a": ["a0", "a1"], "b:5": ["b0", "b1"]})
+    assert res["b:5"]["fid"]["mean"] == 3.0 and res["b:5"]["fid"]["minus_first"] == 1.0  # b at step 5 vs a's finals
+    assert res["b:5"]["train_steps"] == [105, 105] and res["a"]["train_steps"] == [110, 110]
+    assert "| b:5 (2) | 105 | 5 |" in spread_markdown(res)
+    with pytest.raises(KeyError, match="step 7"):
+        generator_spread(out, {"a": ["a0"], "b:7": ["b0"]})
