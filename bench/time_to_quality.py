@@ -23,7 +23,10 @@ reference's quality when its mean control Dice and all three FIDs are at least a
 overrides apply to the run's config (e.g. the sampler that judges every checkpoint); --resume reuses a recipe's
 checkpoints already in --work (a finished stage is not retrained; its seconds are read from its metrics log);
 --finished NAME=RUN judges the final generator of a finished run (e.g. a main job) with the same judges and sampler,
-so a recipe's generators trained elsewhere or from other seeds sit in the same table.
+so a recipe's generators trained elsewhere or from other seeds sit in the same table. `RECIPE-seedK` trains a recipe
+from another training seed. Training and sampling run on the run's `device` (overrides: `device=cuda`), sampling with
+its `sample.precision`; all recipes train before the judges (CPU) do, so a GPU starts at once; --merge joins the
+--out files of parallel invocations (bench/time_to_quality_gpu.sh: one process per generator on one GPU).
 """
 from __future__ import annotations
 
@@ -211,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, help="a run with a trained VAE (read only)")
     p.add_argument("--work", type=Path, help="folder for each recipe's checkpoints (large; not committed)")
     p.add_argument("--recipes", nargs="+", default=list(RECIPES),
-                   help=f"NAME or NAME@LDM_STEPS (its own LDM length), NAME one of {', '.join(RECIPES)}")
+                   help=f"NAME[@LDM_STEPS][-seedK] (its own LDM length; trained from seed K), NAME one of "
+                        f"{', '.join(RECIPES)}")
     p.add_argument("--ldm-steps", type=int, default=300, help="LDM steps of a recipe named without @")
     p.add_argument("--controlnet-steps", type=int, default=300)
     p.add_argument("--every", type=int, default=100, help="ControlNet checkpoint interval (steps)")

@@ -7,7 +7,8 @@
 # RUN_FILES: a run's config.yaml, vae.safetensors and cache/ (its latents-*.safetensors; a real cohort's
 # slices-*.npz); the phantom cohort is redrawn here from its seeds. Seed 0 keeps the recipe's plain name (`current`
 # is the reference); seed K > 0 is RECIPE-seedK. BENCH_ARGS go to every process (steps, --n, device=cuda, ...).
-# OUT_DIR gets ttq.json / ttq.png (merged), parts.tgz (each process's --out), logs.txt, gpu.csv (utilisation).
+# OUT_DIR gets ttq.json / ttq.png (merged), parts.tgz (each process's --out), metrics.tgz (each generator's
+# training metrics), logs.txt, gpu.csv (utilisation every 5 s).
 # Wheels for packages the machine lacks: WHEELS (default .whl).
 set -uo pipefail
 files=$1; out=$2; seeds=$3; shift 3
@@ -22,7 +23,9 @@ if [ -d "$wheels" ]; then  # the GPU image lacks nibabel and fairlearn: local wh
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     "$wheels"/*.whl >>"$log" 2>&1 && export PYTHONPATH=/tmp/site
 fi
-export PYTHONUNBUFFERED=1
+# one thread per process in every pool: --threads caps torch's, BLAS / OpenMP would start one per core in each
+# process (session 19: 12 processes' judges without this reached a load of 39 on 16 cores and none finished)
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; cat /proc/loadavg
   python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } 2>&1 | tee -a "$log"
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >"$out/gpu.csv" 2>/dev/null &
@@ -67,7 +70,9 @@ echo "preflight passed at ${SECONDS}s" | tee -a "$log"
 wait "$queue"
 kill "$smi" 2>/dev/null
 
-for f in /tmp/ttq-logs/*.log; do { echo "== $f"; grep -v 'it/s\]' "$f" | tail -15; } >>"$log"; done
+for f in /tmp/ttq-logs/*.log; do { echo "== $f"; tr '\r' '\n' <"$f" | grep -v 'it/s\]$' | tail -15; } >>"$log"; done
+# each generator's training clock (the trainers' metrics logs) comes back too, judged or not
+(cd "$work" && find . -name '*-train-metrics.jsonl' | tar -czf "$out/metrics.tgz" -T -)
 tar -czf "$out/parts.tgz" -C "$parts" .
 ls "$parts"/*.json >/dev/null 2>&1 || { echo "no generator finished"; tail -30 "$log"; exit 1; }
 python3 -m bench.time_to_quality --merge "$parts"/*.json --out "$out/ttq.json" --plot "$out/ttq.png" 2>&1 | tee -a "$log"

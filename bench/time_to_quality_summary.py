@@ -104,9 +104,12 @@ def point_at(points: list[dict], step: str) -> dict:
 def generator_spread(out: dict, groups: dict[str, list[str]]) -> dict:
     """Final points of several generators per recipe (other training seeds, the main job's), or with a group named
     'LABEL:STEP' their points at ControlNet step STEP: per group and measure the mean, standard deviation, training
-    seconds and steps, and each group's difference from the first group with a Welch 95 % interval (generators as
-    the unit: the training-seed variance the one-generator rows lack)."""
+    seconds and steps, and each group's difference from the first group with a Welch 95 % interval and p-value,
+    Holm-adjusted over the group's four measures (generators as the unit: the training-seed variance the
+    one-generator rows lack)."""
     from scipy import stats
+
+    from classify.stats import holm
 
     finals = {g: [point_at(out["recipes"][name]["points"], g.partition(":")[2]) for name in names]
               for g, names in groups.items()}
@@ -123,13 +126,18 @@ def generator_spread(out: dict, groups: dict[str, list[str]]) -> dict:
                 df = (va + vb) ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1))
                 half = float(stats.t.ppf(0.975, df) * np.sqrt(va + vb))
                 diff = float(x.mean() - y.mean())
-                row[key] |= {"minus_first": diff, "lo": diff - half, "hi": diff + half}
+                p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+                row[key] |= {"minus_first": diff, "lo": diff - half, "hi": diff + half, "p": p}
+        compared = [k for k in ("mean_dice", *FIDS) if "p" in row[k]]
+        for key, adjusted in zip(compared, holm([row[k]["p"] for k in compared])):
+            row[key]["p_holm"] = float(adjusted)
         res[g] = row
     return res
 
 
 def spread_markdown(spread: dict) -> str:
-    """generator_spread's result as a table: mean ± sd per measure and, below the first group, the difference."""
+    """generator_spread's result as a table: mean ± sd per measure and, below the first group, the difference
+    (Welch 95 % interval, Holm-adjusted p over the four measures)."""
     keys = ("mean_dice", *FIDS)
     lines = ["| recipe (generators) | training steps | training s | " + " | ".join(keys) + " |",
              "|---" * (len(keys) + 3) + "|"]
@@ -139,7 +147,7 @@ def spread_markdown(spread: dict) -> str:
             v = row[k]
             cell = f"{v['mean']:.4g}" + ("" if v["std"] is None else f" ± {v['std']:.2g}")
             if "lo" in v:
-                cell += f"; {v['minus_first']:+.3g} [{v['lo']:+.3g}, {v['hi']:+.3g}]"
+                cell += f"; {v['minus_first']:+.3g} [{v['lo']:+.3g}, {v['hi']:+.3g}], p_Holm {v['p_holm']:.2g}"
             cells.append(cell)
         steps = "/".join(sorted({str(n) for n in row["train_steps"]}))  # one value unless the group mixes lengths
         lines.append(f"| {g} ({len(row['generators'])}) | {steps} | {np.mean(row['train_seconds']):.0f} | "

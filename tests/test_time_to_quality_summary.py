@@ -61,6 +61,11 @@ def test_generator_spread_is_a_welch_interval_over_generators():
     assert b["minus_first"] == 4.0
     assert b["hi"] - 4.0 == pytest.approx(stats.t.ppf(0.975, df) * (va + vb) ** 0.5)
     assert b["lo"] == pytest.approx(8.0 - b["hi"])
+    # the Welch p-value agrees with the interval: below 0.05 exactly when the interval excludes 0
+    assert (b["p"] < 0.05) == (b["lo"] > 0 or b["hi"] < 0)
+    assert b["p"] == pytest.approx(2 * stats.t.sf(4.0 / (va + vb) ** 0.5, df))
+    # Holm over four equal p-values: each multiplied by 4 (capped at 1)
+    assert all(res["b"][k]["p_holm"] == pytest.approx(min(1.0, 4 * b["p"])) for k in ("mean_dice", *FIDS))
 
 
 def test_generator_spread_at_a_controlnet_step_compares_those_points_with_the_first_groups():
