@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Time to quality over training seeds on one lent GPU (issue 17 item 2): every recipe from SEEDS training seeds, each
 # generator trained and judged by its own bench.time_to_quality process, PARALLEL (default 12) at a time on the one
-# GPU (the tiny stages are launch-bound: one process leaves it mostly idle), the last started no later than
-# DEADLINE_S (default 540 s) after the start and none with less than MIN_LEFT_S (default 240 s) left; the parts merged into one --out (their judges must be identical).
+# GPU (the tiny stages are launch-bound: one process leaves it mostly idle), each stopped DEADLINE_S (default 540 s)
+# after the start and none started with less than MIN_LEFT_S (default 240 s) left; the parts merged into one --out
+# (their judges must be identical).
 #   bash bench/time_to_quality_gpu.sh RUN_FILES OUT_DIR SEEDS RECIPE [RECIPE ...] -- BENCH_ARGS ...
 # RUN_FILES: a run's config.yaml, vae.safetensors and cache/ (its latents-*.safetensors; a real cohort's
 # slices-*.npz); the phantom cohort is redrawn here from its seeds. Seed 0 keeps the recipe's plain name (`current`

@@ -147,7 +147,8 @@ def spread_markdown(spread: dict) -> str:
             v = row[k]
             cell = f"{v['mean']:.4g}" + ("" if v["std"] is None else f" ± {v['std']:.2g}")
             if "lo" in v:
-                cell += f"; {v['minus_first']:+.3g} [{v['lo']:+.3g}, {v['hi']:+.3g}], p_Holm {v['p_holm']:.2g}"
+                cell += (f"; {v['minus_first']:+.3g} [{v['lo']:+.3g}, {v['hi']:+.3g}], p {v['p']:.2g}, "
+                         f"p_Holm {v['p_holm']:.2g}")
             cells.append(cell)
         steps = "/".join(sorted({str(n) for n in row["train_steps"]}))  # one value unless the group mixes lengths
         lines.append(f"| {g} ({len(row['generators'])}) | {steps} | {np.mean(row['train_seconds']):.0f} | "
