@@ -40,7 +40,7 @@ from data.atomic import atomic_write_bytes
 from data.cohort import LABEL_NAMES
 from ddpm.sampling import in_sigma_interval
 from ddpm.trainer import autocast_context
-from evaluation.fidelity import dice
+from evaluation.fidelity import dice, dice_per_structure
 from evaluation.held_out import classifier_extractor, disjoint_fid, ef_errors
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
 from run.config import load_run_config
@@ -325,8 +325,7 @@ def main(argv=None) -> int:
     extractor = classifier_extractor(data.train, ev.attribute_epochs, ev.seed, progress=False)
     real_feats = extractor(test.images, "real_test features")
     seg_real = segment(seg, test.images)
-    segmenter_real_dice = {name: float(np.mean([dice(seg_real[i], test.masks[i], label) for i in range(len(test))]))
-                           for label, name in LABEL_NAMES.items()}
+    segmenter_real_dice = dice_per_structure(seg_real, test.masks)
     judges_s = time.perf_counter() - tic
     meta = {"run": str(args.run), "n": len(rows), "held_out_rows": rows.tolist(), "batch_size": s.batch_size,
             "threads": args.threads, "control_scale": s.control_scale, "run_guidance": s.guidance,

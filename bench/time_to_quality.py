@@ -48,7 +48,6 @@ from bench.sampling_quality import quality
 from bench.time_to_quality_summary import FIDS, generator_spread, markdown, plot, spread_markdown, summarise
 from controlnet.model import ControlNet
 from data.atomic import atomic_write_bytes
-from data.cohort import LABEL_NAMES
 from data.errors import InputError, OneLineArgumentParser
 from ddpm.checkpoint import load_checkpoint, model_state
 from ddpm.distributed import resolve_device
@@ -56,7 +55,7 @@ from ddpm.trainer import autocast_context, checkpoint_paths
 from evaluation.attribute_net import train_attribute_net
 from evaluation.attributes import attribute_labels
 from evaluation.features import segmenter_extractor
-from evaluation.fidelity import dice
+from evaluation.fidelity import dice_per_structure
 from evaluation.held_out import classifier_extractor, disjoint_fid
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
 from evaluation.training_set import RECOVERED
@@ -165,19 +164,25 @@ def judges(data: PreparedData, cfg, segmenter_steps: int, classifier_epochs: int
                                      RECOVERED, ev.training_set.epochs, seed=ev.seed)
     feature_fns = dict(zip(FIDS, (classifier, segmenter_extractor(seg, len(data.train), progress=False),
                                   lambda x, desc="": attributes.features(x))))
-    pred = segment(seg, data.test.images)
-    real_dice = {name: float(np.mean([dice(pred[i], data.test.masks[i], label) for i in range(len(pred))]))
-                 for label, name in LABEL_NAMES.items()}
+    real_dice = dice_per_structure(segment(seg, data.test.images), data.test.masks)
     return seg, {k: (fn, fn(data.test.images, "held-out features")) for k, fn in feature_fns.items()}, real_dice
+
+
+JUDGED_ALIKE = ("run", "n", "threads", "overrides", "segmenter_dice_on_real_test")  # same judges, data and sampler
+TRAINED_ALIKE = ("ldm_steps", "controlnet_steps", "every", "fid_repeats")  # and the same recipes' lengths
+
+
+def require_same(before: dict, now: dict, keys: tuple[str, ...], where: str | Path, what: str) -> None:
+    """One line naming what must match when an earlier --out's measurements are compared with or joined to now's."""
+    if any(before.get(k) != now[k] for k in keys):
+        raise InputError(where, f"was measured with {what} ({', '.join(keys)} must match)")
 
 
 def reference_point(path: Path, now: dict, reference: str = "current") -> dict:
     """The final point of `reference` in an earlier --out measured with the same judges (run, n, threads, the
     segmenter's Dice on the real held-out slices), its training steps counted with that file's LDM length."""
     before = json.loads(path.read_text())
-    same = ("run", "n", "threads", "overrides", "segmenter_dice_on_real_test")
-    if any(before.get(k) != now[k] for k in same):
-        raise InputError(path, f"measured with other judges, data or sampler ({', '.join(same)} must match)")
+    require_same(before, now, JUDGED_ALIKE, path, "other judges, data or sampler")
     points = before.get("recipes", {}).get(reference, {}).get("points")
     if not points:
         raise InputError(path, f"holds no measured '{reference}' recipe")
@@ -187,10 +192,7 @@ def reference_point(path: Path, now: dict, reference: str = "current") -> dict:
 
 def kept_recipes(before: dict, now: dict, where: str | Path = "--add") -> dict:
     """The recipes of an earlier --out, refused unless measured with the same settings (judges retrain the same)."""
-    same = ("run", "n", "ldm_steps", "controlnet_steps", "every", "threads", "overrides", "fid_repeats",
-            "segmenter_dice_on_real_test")
-    if any(before.get(k) != now[k] for k in same):
-        raise InputError(where, f"was measured with other settings or judges ({', '.join(same)} must match)")
+    require_same(before, now, JUDGED_ALIKE + TRAINED_ALIKE, where, "other settings or judges")
     return before["recipes"]
 
 

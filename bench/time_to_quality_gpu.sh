@@ -16,7 +16,8 @@ files=$1; out=$2; seeds=$3; shift 3
 recipes=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do recipes+=("$1"); shift; done
 [ $# -gt 0 ] && shift
-deadline=$(( $(date +%s) + ${DEADLINE_S:-540} ))
+start=$(date +%s)
+deadline=$(( start + ${DEADLINE_S:-540} ))
 mkdir -p "$out"
 log="$out/logs.txt"
 wheels=${WHEELS:-.whl}
@@ -53,10 +54,10 @@ one() {  # one generator: train, judge, write its part; not started past the dea
   [ "$left" -gt "${MIN_LEFT_S:-240}" ] || { echo "$1: not started ($left s left)"; return 0; }
   timeout "$left" python3 -m bench.time_to_quality --run "$run" --work "$work" --recipes "$1" \
     --out "$parts/$1.json" "${@:2}" >"/tmp/ttq-logs/$1.log" 2>&1
-  echo "$1: exit $? at $(( $(date +%s) - deadline + ${DEADLINE_S:-540} ))s, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "$1: exit $? at $(( $(date +%s) - start ))s, load $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 export -f one
-export deadline run work parts
+export start deadline run work parts
 printf '%s\n' "${jobs[@]}" | xargs -P "${PARALLEL:-12}" -I{} bash -c 'one "$@"' _ {} "$@" >>"$log" 2>&1 &
 queue=$!
 # beside them, the whole bench in a few steps on this machine (training, sampling, judging on its device): a failure
