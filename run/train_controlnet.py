@@ -23,7 +23,6 @@ def train_controlnet(cfg, train: SliceSet, test: SliceSet, vae_path: Path, ldm_p
                      resume: bool = False) -> Path:
     """cfg: RunConfig. Returns `<run_dir>/controlnet.safetensors`; writes a mask | sample | real grid."""
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.controlnet_train.seed)
     ldm, ldm_meta = load_ldm(ldm_path, device=device)  # frozen, eval mode
     scale = float(ldm_meta["scale_factor"])
     mean, std = shared_latents(vae_path, train.images, run_dir / "cache", device)
@@ -31,6 +30,7 @@ def train_controlnet(cfg, train: SliceSet, test: SliceSet, vae_path: Path, ldm_p
     masks = torch.from_numpy(train.masks)
     contexts = PromptContexts(ldm.text, train.prompts, cfg.diffusion.cond_dropout)  # frozen: embedded once
     sched = make_schedule_from(cfg)
+    torch.manual_seed(cfg.controlnet_train.seed)  # after the latents: a cache miss builds a VAE, which draws numbers
     net = ControlNet(ldm.unet, cfg.controlnet, cfg.vae.downsample_factor).to(device)
 
     def loss_fn(idx: torch.Tensor, draws: StepDraws, step: int):

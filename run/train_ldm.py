@@ -95,10 +95,10 @@ def grid_prompts(slices: SliceSet, limit: int = 8) -> list[str]:
 def train_ldm(cfg, train: SliceSet, vae_path: Path, run_dir: Path, resume: bool = False) -> Path:
     """cfg: RunConfig. Returns `<run_dir>/ldm.safetensors` with EMA weights of UNet + text encoder."""
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.ldm_train.seed)
     mean, std = shared_latents(vae_path, train.images, run_dir / "cache", device)
     scale = float(load_checkpoint(vae_path, expect_stage="vae")[1]["scale_factor"])
     sched = make_schedule_from(cfg)
+    torch.manual_seed(cfg.ldm_train.seed)  # after the latents: a cache miss builds a VAE, which draws numbers
     model = LatentDiffusion(cfg).to(device)
     contexts = PromptContexts(model.text, train.prompts, cfg.diffusion.cond_dropout)
 

@@ -5,6 +5,7 @@ import types
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 import train
 from ddpm.checkpoint import load_checkpoint, model_state
@@ -60,3 +61,20 @@ def test_prompt_contexts_frozen_cache_equals_running_the_encoder():
     assert torch.allclose(live, cached, atol=1e-6)
     dropped = PromptContexts(text, prompts, p=1.0)(idx, StepDraws(torch.Generator().manual_seed(1), 3))
     assert torch.allclose(dropped, text(text.tokenize([""] * 3))[0], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_generators_init_does_not_depend_on_a_latents_cache(tmp_path):
+    """A fresh run encodes the latents (building a VAE draws random numbers); a rerun reads them from the cache:
+    the LDM and ControlNet must come out the same either way."""
+    argv = ["--config", SMOKE, "--runs", str(tmp_path), "--stage", "controlnet"]
+    assert train.main(argv) == 0
+    run = tmp_path / "smoke"
+    first = {name: load_file(run / name) for name in ("ldm.safetensors", "controlnet.safetensors")}
+    assert any((run / "cache").glob("latents-*.safetensors"))
+    assert train.main([*argv, "--force", "ldm", "--force", "controlnet"]) == 0
+    for name, tensors in first.items():
+        again = load_file(run / name)
+        assert tensors.keys() == again.keys()
+        for key in tensors:
+            assert torch.equal(tensors[key], again[key]), (name, key)
