@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --report: several generators' final points per recipe (training seeds, --finished "
                         "runs), or their points at ControlNet step STEP, compared with the first group's (Welch 95 %% "
                         "intervals)")
+    p.add_argument("--paired", action="store_true",
+                   help="with --groups listing the same training seeds in the same order: paired t intervals")
     p.add_argument("--merge", nargs="+", type=Path, default=[], metavar="PART",
                    help="write the --out files PART... (same settings and judges, e.g. one per parallel process) as "
                         "one --out (and --plot), then print it")
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             print(markdown(out))
             if args.groups:
                 groups = dict((g, names.split(",")) for g, _, names in (spec.partition("=") for spec in args.groups))
-                print("\n" + spread_markdown(generator_spread(out, groups)))
+                print("\n" + spread_markdown(generator_spread(out, groups, args.paired)))
         except (OSError, ValueError, KeyError, TypeError) as err:
             print(f"error: {args.report}: expected a bench.time_to_quality --out JSON ({type(err).__name__}: {err})",
                   file=sys.stderr)

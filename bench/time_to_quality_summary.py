@@ -101,12 +101,28 @@ def point_at(points: list[dict], step: str) -> dict:
     return found[0]
 
 
-def generator_spread(out: dict, groups: dict[str, list[str]]) -> dict:
+def seconds_ratio(first: list[float], other: list[float], n_boot: int = 4000, seed: int = 0) -> dict:
+    """mean(first) / mean(other), how many times less wall-clock `other` took, with a percentile-bootstrap 95 %
+    interval that resamples each group's generators."""
+    from classify.bootstrap import percentile_interval
+
+    a, b = np.asarray(first, dtype=float), np.asarray(other, dtype=float)
+    rng = np.random.default_rng(seed)
+    reps = (a[rng.integers(len(a), size=(n_boot, len(a)))].mean(1)
+            / b[rng.integers(len(b), size=(n_boot, len(b)))].mean(1))
+    lo, hi = percentile_interval(reps)
+    return {"ratio": float(a.mean() / b.mean()), "lo": lo, "hi": hi}
+
+
+def generator_spread(out: dict, groups: dict[str, list[str]], paired: bool = False) -> dict:
     """Final points of several generators per recipe (other training seeds, the main job's), or with a group named
     'LABEL:STEP' their points at ControlNet step STEP: per group and measure the mean, standard deviation, training
     seconds and steps, and each group's difference from the first group with a Welch 95 % interval and p-value,
     Holm-adjusted over the group's four measures (generators as the unit: the training-seed variance the
-    one-generator rows lack)."""
+    one-generator rows lack); below the first group, the first's mean training seconds over this one's
+    (seconds_ratio: the wall-clock speed-up, as loaded as the generators' machine was). paired: every group lists
+    the same training seeds in the same order, and each generator is compared with the first group's of its seed
+    (a paired t interval on the differences: what the seed shares, the two recipes do not have to resolve)."""
     from scipy import stats
 
     from classify.stats import holm
@@ -121,13 +137,23 @@ def generator_spread(out: dict, groups: dict[str, list[str]]) -> dict:
         for key in ("mean_dice", *FIDS):
             x, y = np.array([p[key] for p in points]), np.array([p[key] for p in finals[first]])
             row[key] = {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else None}
-            if g != first and len(x) > 1 and len(y) > 1:
+            if g != first and paired:
+                if len(x) != len(y):
+                    raise KeyError(f"paired groups need as many generators as the first ({g}: {len(x)}, {len(y)})")
+                d = x - y
+                half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+                p = float(stats.ttest_rel(x, y).pvalue)
+                row[key] |= {"minus_first": float(d.mean()), "lo": float(d.mean()) - half,
+                             "hi": float(d.mean()) + half, "p": p}
+            elif g != first and len(x) > 1 and len(y) > 1:
                 va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
                 df = (va + vb) ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1))
                 half = float(stats.t.ppf(0.975, df) * np.sqrt(va + vb))
                 diff = float(x.mean() - y.mean())
                 p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
                 row[key] |= {"minus_first": diff, "lo": diff - half, "hi": diff + half, "p": p}
+        if g != first:
+            row["seconds_ratio"] = seconds_ratio([p["train_seconds"] for p in finals[first]], row["train_seconds"])
         compared = [k for k in ("mean_dice", *FIDS) if "p" in row[k]]
         for key, adjusted in zip(compared, holm([row[k]["p"] for k in compared])):
             row[key]["p_holm"] = float(adjusted)
@@ -137,7 +163,7 @@ def generator_spread(out: dict, groups: dict[str, list[str]]) -> dict:
 
 def spread_markdown(spread: dict) -> str:
     """generator_spread's result as a table: mean ± sd per measure and, below the first group, the difference
-    (Welch 95 % interval, Holm-adjusted p over the four measures)."""
+    (Welch 95 % interval, Holm-adjusted p over the four measures) and the first's training seconds over its own."""
     keys = ("mean_dice", *FIDS)
     lines = ["| recipe (generators) | training steps | training s | " + " | ".join(keys) + " |",
              "|---" * (len(keys) + 3) + "|"]
@@ -151,8 +177,11 @@ def spread_markdown(spread: dict) -> str:
                          f"p_Holm {v['p_holm']:.2g}")
             cells.append(cell)
         steps = "/".join(sorted({str(n) for n in row["train_steps"]}))  # one value unless the group mixes lengths
-        lines.append(f"| {g} ({len(row['generators'])}) | {steps} | {np.mean(row['train_seconds']):.0f} | "
-                     f"{' | '.join(cells)} |")
+        seconds = f"{np.mean(row['train_seconds']):.0f}"
+        if "seconds_ratio" in row:
+            r = row["seconds_ratio"]
+            seconds += f"; {r['ratio']:.2f}x less [{r['lo']:.2f}, {r['hi']:.2f}]"
+        lines.append(f"| {g} ({len(row['generators'])}) | {steps} | {seconds} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 

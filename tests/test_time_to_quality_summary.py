@@ -79,6 +79,36 @@ def test_generator_spread_at_a_controlnet_step_compares_those_points_with_the_fi
     res = generator_spread(out, {"a": ["a0", "a1"], "b:5": ["b0", "b1"]})
     assert res["b:5"]["fid"]["mean"] == 3.0 and res["b:5"]["fid"]["minus_first"] == 1.0  # b at step 5 vs a's finals
     assert res["b:5"]["train_steps"] == [105, 105] and res["a"]["train_steps"] == [110, 110]
-    assert "| b:5 (2) | 105 | 5 |" in spread_markdown(res)
+    assert "| b:5 (2) | 105 | 5; 2.00x less [2.00, 2.00] |" in spread_markdown(res)  # a's 10 s over b's 5 s
     with pytest.raises(KeyError, match="step 7"):
         generator_spread(out, {"a": ["a0"], "b:7": ["b0"]})
+
+
+def test_seconds_ratio_is_the_ratio_of_means_with_an_interval_over_generators():
+    from bench.time_to_quality_summary import seconds_ratio
+
+    r = seconds_ratio([600.0, 700.0, 650.0], [400.0, 500.0])
+    assert r["ratio"] == pytest.approx(650.0 / 450.0)
+    assert 600.0 / 500.0 <= r["lo"] < r["ratio"] < r["hi"] <= 700.0 / 400.0  # within the extreme resamples
+    assert seconds_ratio([3.0, 3.0], [2.0, 2.0]) == {"ratio": 1.5, "lo": 1.5, "hi": 1.5}
+
+
+def test_paired_spread_is_a_t_interval_on_each_seeds_difference():
+    from scipy import stats
+
+    from bench.time_to_quality_summary import generator_spread
+
+    def final(v):
+        return {"points": [{"train_seconds": 1.0, "mean_dice": v, **{k: v for k in FIDS}}]}
+
+    # seeds differ a lot, the recipe moves each by +2, +2.5, +1.5: paired the shift is resolved, unpaired it is not
+    out = {"recipes": {"a0": final(0.0), "a1": final(10.0), "a2": final(20.0),
+                       "b0": final(2.0), "b1": final(12.5), "b2": final(21.5)}}
+    groups = {"a": ["a0", "a1", "a2"], "b": ["b0", "b1", "b2"]}
+    paired = generator_spread(out, groups, paired=True)["b"]["fid"]
+    half = stats.t.ppf(0.975, 2) * 0.5 / 3 ** 0.5  # sd of (2, 2.5, 1.5) is 0.5
+    assert paired["minus_first"] == 2.0 and paired["lo"] == pytest.approx(2.0 - half) and paired["lo"] > 0
+    assert paired["p"] == pytest.approx(stats.ttest_rel([2, 12.5, 21.5], [0, 10, 20]).pvalue)
+    assert generator_spread(out, groups)["b"]["fid"]["lo"] < 0  # Welch: the seeds' spread hides it
+    with pytest.raises(KeyError, match="as many generators"):
+        generator_spread(out, {"a": ["a0", "a1"], "b": ["b0", "b1", "b2"]}, paired=True)
