@@ -58,7 +58,7 @@ from evaluation.features import segmenter_extractor
 from evaluation.fidelity import dice_per_structure
 from evaluation.held_out import classifier_extractor, disjoint_fid
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
-from evaluation.training_set import RECOVERED
+from evaluation.training_set import RECOVERED, recovery
 from run.config import RunConfig, load_run_config
 from run.pipeline import Pipeline, generation_kwargs, load_ldm, load_pipeline, make_schedule_from
 from run.prepare_data import PreparedData
@@ -152,8 +152,9 @@ def controlnet_pipelines(cfg: RunConfig, out_dir: Path, ldm_path: Path) -> Itera
 
 
 def judges(data: PreparedData, cfg, segmenter_steps: int, classifier_epochs: int) -> tuple:
-    """Trained once on the real training slices: the segmenter (control Dice) and the three realism feature spaces
-    of FIDS. Returns (segmenter, {fid key: (features fn, held-out real features)}, segmenter Dice on real held-out)."""
+    """Trained once on the real training slices: the segmenter (control Dice), the three realism feature spaces
+    of FIDS and the audit's attribute network (prompt adherence). Returns (segmenter, {fid key: (features fn,
+    held-out real features)}, attribute network, segmenter Dice on real held-out)."""
     ev = cfg.evaluation
     seg = train_segmenter(data.train.images, data.train.masks, SegmenterConfig(base=ev.segmenter_base),
                           steps=segmenter_steps, seed=ev.seed, batch_size=ev.segmenter_batch_size)
@@ -165,7 +166,15 @@ def judges(data: PreparedData, cfg, segmenter_steps: int, classifier_epochs: int
     feature_fns = dict(zip(FIDS, (classifier, segmenter_extractor(seg, len(data.train), progress=False),
                                   lambda x, desc="": attributes.features(x))))
     real_dice = dice_per_structure(segment(seg, data.test.images), data.test.masks)
-    return seg, {k: (fn, fn(data.test.images, "held-out features")) for k, fn in feature_fns.items()}, real_dice
+    realism = {k: (fn, fn(data.test.images, "held-out features")) for k, fn in feature_fns.items()}
+    return seg, realism, attributes, real_dice
+
+
+def prompt_recovery(net, images: np.ndarray, told) -> dict[str, float]:
+    """{recovered_<attribute>: accuracy} of the attribute network on images against the attributes their prompts
+    told (told: attribute_labels(..., use_numbers=False) of the same rows)."""
+    overall = recovery(net, images, told, ["all"] * len(images))["overall"]
+    return {f"recovered_{k}": v["accuracy"] for k, v in overall.items() if "accuracy" in v}
 
 
 JUDGED_ALIKE = ("run", "n", "threads", "overrides", "segmenter_dice_on_real_test")  # same judges, data and sampler
@@ -304,16 +313,19 @@ def measure(args: argparse.Namespace) -> int:
                for name, (overrides, ldm_steps) in args.recipes.items() if name not in before["recipes"]}
     ev = base.evaluation
     tic = time.perf_counter()
-    seg, realism, real_dice = judges(data, base, args.segmenter_steps or ev.segmenter_steps,
-                                     args.classifier_epochs or ev.attribute_epochs)
+    seg, realism, attributes, real_dice = judges(data, base, args.segmenter_steps or ev.segmenter_steps,
+                                                 args.classifier_epochs or ev.attribute_epochs)
     rows = np.sort(np.random.default_rng(0).choice(len(data.test), min(args.n, len(data.test)), replace=False))
     prompts, masks = [data.test.prompts[i] for i in rows], data.test.masks[rows]
+    told = attribute_labels(data.test.attributes.iloc[rows].reset_index(drop=True), use_numbers=False)
     fake_subjects = [data.test.subject_ids[i] for i in rows]
     pixel_mm = base.data.preprocess.crop_mm / base.data.preprocess.size
     out = {"run": str(args.run), "overrides": args.overrides, "n": len(rows), "fid_repeats": args.fid_repeats,
            "ldm_steps": args.ldm_steps, "controlnet_steps": args.controlnet_steps,
            "every": args.every, "threads": args.threads, "judges_seconds": time.perf_counter() - tic,
-           "segmenter_dice_on_real_test": real_dice, "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+           "segmenter_dice_on_real_test": real_dice,
+           "attributes_recovered_on_real_test": prompt_recovery(attributes, data.test.images[rows], told),
+           "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
            "recipes": {}}
     target = None if args.reference is None else reference_point(args.reference, out)
     if target is not None:
@@ -336,7 +348,8 @@ def measure(args: argparse.Namespace) -> int:
                                args.fid_repeats)
             q |= {key: fid["fake_vs_real"]["mean"], f"{key}_std": fid["fake_vs_real"]["std"],
                   f"{key}_bound": fid["real_vs_real_bound"]["mean"]}
-        return {"mean_dice": float(per_image.mean()), "mean_dice_std": float(per_image.std(ddof=1)), **q}
+        return {"mean_dice": float(per_image.mean()), "mean_dice_std": float(per_image.std(ddof=1)), **q,
+                **prompt_recovery(attributes, images, told)}
 
     if before["recipes"]:
         out["recipes"].update(kept_recipes(before, out))

@@ -10,6 +10,13 @@ import numpy as np
 
 # realism feature spaces: the health x position classifier, the segmenter encoder, the audit's attribute network
 FIDS = ("fid", "fid_segmenter", "fid_attributes")
+# measured beside them since session 20: EF-proxy error, and the prompt's attributes recovered by the audit's network
+ALSO = ("ef_abs_error_median", "recovered_health", "recovered_sex", "recovered_bmi_category", "recovered_age_group")
+
+
+def measures(points: list[dict]) -> list[str]:
+    """Mean Dice, the FIDs and those of ALSO that every point measured."""
+    return ["mean_dice", *FIDS, *(k for k in ALSO if all(k in p for p in points))]
 
 
 def reach(points: list[dict], target: dict, key: str = "train_seconds", tol: dict | None = None) -> float | None:
@@ -118,7 +125,7 @@ def generator_spread(out: dict, groups: dict[str, list[str]], paired: bool = Fal
     """Final points of several generators per recipe (other training seeds, the main job's), or with a group named
     'LABEL:STEP' their points at ControlNet step STEP: per group and measure the mean, standard deviation, training
     seconds and steps, and each group's difference from the first group with a Welch 95 % interval and p-value,
-    Holm-adjusted over the group's four measures (generators as the unit: the training-seed variance the
+    Holm-adjusted over the group's measures (generators as the unit: the training-seed variance the
     one-generator rows lack); below the first group, the first's mean training seconds over this one's
     (seconds_ratio: the wall-clock speed-up, as loaded as the generators' machine was). paired: every group lists
     the same training seeds in the same order, and each generator is compared with the first group's of its seed
@@ -130,11 +137,12 @@ def generator_spread(out: dict, groups: dict[str, list[str]], paired: bool = Fal
     finals = {g: [point_at(out["recipes"][name]["points"], g.partition(":")[2]) for name in names]
               for g, names in groups.items()}
     first = next(iter(finals))
+    keys = measures([p for points in finals.values() for p in points])
     res = {}
     for g, points in finals.items():
         row = {"generators": groups[g], "train_seconds": [p["train_seconds"] for p in points],
                "train_steps": [p.get("train_steps") for p in points]}
-        for key in ("mean_dice", *FIDS):
+        for key in keys:
             x, y = np.array([p[key] for p in points]), np.array([p[key] for p in finals[first]])
             row[key] = {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else None}
             if g != first and paired:
@@ -154,7 +162,7 @@ def generator_spread(out: dict, groups: dict[str, list[str]], paired: bool = Fal
                 row[key] |= {"minus_first": diff, "lo": diff - half, "hi": diff + half, "p": p}
         if g != first:
             row["seconds_ratio"] = seconds_ratio([p["train_seconds"] for p in finals[first]], row["train_seconds"])
-        compared = [k for k in ("mean_dice", *FIDS) if "p" in row[k]]
+        compared = [k for k in keys if "p" in row[k]]
         for key, adjusted in zip(compared, holm([row[k]["p"] for k in compared])):
             row[key]["p_holm"] = float(adjusted)
         res[g] = row
@@ -163,8 +171,8 @@ def generator_spread(out: dict, groups: dict[str, list[str]], paired: bool = Fal
 
 def spread_markdown(spread: dict) -> str:
     """generator_spread's result as a table: mean ± sd per measure and, below the first group, the difference
-    (Welch 95 % interval, Holm-adjusted p over the four measures) and the first's training seconds over its own."""
-    keys = ("mean_dice", *FIDS)
+    (Welch 95 % interval, Holm-adjusted p over the measures) and the first's training seconds over its own."""
+    keys = [k for k in ("mean_dice", *FIDS, *ALSO) if all(k in row for row in spread.values())]
     lines = ["| recipe (generators) | training steps | training s | " + " | ".join(keys) + " |",
              "|---" * (len(keys) + 3) + "|"]
     for g, row in spread.items():
@@ -188,7 +196,8 @@ def spread_markdown(spread: dict) -> str:
 def markdown(out: dict) -> str:
     """The per-checkpoint table and the summary of an --out, as in BENCHMARKS.md."""
     lines = ["| recipe (LDM steps) | ControlNet step | training s | Dice LV / MYO / RV | mean Dice | median EF err | "
-             "FID classifier | FID segmenter (x1000) | FID attributes | texture |", "|---" * 10 + "|"]
+             "FID classifier | FID segmenter (x1000) | FID attributes | texture | recovered health / sex / BMI |",
+             "|---" * 11 + "|"]
     for name, r in out["recipes"].items():
         for p in r["points"]:
             fid = lambda k, scale=1.0: f"{p[k] * scale:.2f}" if k in p else "—"  # noqa: E731
@@ -197,7 +206,8 @@ def markdown(out: dict) -> str:
                          f"{p['train_seconds']:.0f} | {' / '.join(f'{v:.3f}' for v in p['dice'].values())} | "
                          f"{p['mean_dice']:.3f} | {p['ef_abs_error_median']:.3f} | {fid('fid')} | "
                          f"{fid('fid_segmenter', 1000.0)} | {fid('fid_attributes')} | "
-                         f"{p.get('texture_abs_dx', float('nan')):.4f} |")
+                         f"{p.get('texture_abs_dx', float('nan')):.4f} | "
+                         f"{' / '.join(fid(f'recovered_{k}') for k in ('health', 'sex', 'bmi_category'))} |")
     summary = out.get("summary", {})
     if summary:
         lines.append("")

@@ -29,6 +29,7 @@ def test_two_recipes_each_checkpoint_scored_against_training_seconds(tmp_path):
         seconds = [p["train_seconds"] for p in recipe["points"]]
         assert recipe["ldm_seconds"] > 0 and recipe["ldm_seconds"] < seconds[0] < seconds[1]
         assert all(set(p["dice"]) == {"LV", "MYO", "RV"} and min(p[k] for k in FIDS) >= 0 for p in recipe["points"])
+        assert all(0 <= p["recovered_health"] <= 1 for p in recipe["points"])  # the prompts' health, recovered
         # the recipe's overrides reached the trained models; the VAE is the run's own, shared
         ldm_cfg = load_checkpoint(tmp_path / "work" / name / "ldm.safetensors", expect_stage="ldm")[1]["config"]
         assert ldm_cfg["diffusion"]["zero_terminal_snr"] == (name != "current")
@@ -172,3 +173,19 @@ def test_report_reprints_the_table_and_summary(capsys, tmp_path):
     assert "| v@4 | 2 |" in text and "- v@4: strict: not reached" in text and (tmp_path / "p.png").is_file()
     path.write_text("{}")
     assert main(["--report", str(path)]) == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_prompt_recovery_scores_the_attribute_network_against_what_the_prompts_told():
+    import numpy as np
+    import pandas as pd
+
+    from bench.time_to_quality import prompt_recovery
+
+    class Net:  # predicts healthy for every image, and one sex
+        heads = {"health": ("healthy", "heart_failure"), "sex": ("female", "male")}
+
+        def predict(self, images):
+            return {"health": np.array(["healthy"] * len(images), object), "sex": np.array(["male"] * len(images), object)}
+
+    told = pd.DataFrame({"health": ["healthy", "heart_failure", "healthy", None], "sex": [None, None, None, None]})
+    assert prompt_recovery(Net(), np.zeros((4, 2, 8, 8)), told) == {"recovered_health": 2 / 3}  # unknowns skipped

@@ -112,3 +112,20 @@ def test_paired_spread_is_a_t_interval_on_each_seeds_difference():
     assert generator_spread(out, groups)["b"]["fid"]["lo"] < 0  # Welch: the seeds' spread hides it
     with pytest.raises(KeyError, match="as many generators"):
         generator_spread(out, {"a": ["a0", "a1"], "b": ["b0", "b1", "b2"]}, paired=True)
+
+
+def test_spread_adds_ef_error_and_prompt_recovery_when_every_point_has_them():
+    from bench.time_to_quality_summary import generator_spread, spread_markdown
+
+    def final(v, also=True):
+        extra = {"ef_abs_error_median": v / 10, "recovered_health": 1 - v / 10} if also else {}
+        return {"points": [{"train_seconds": 1.0, "mean_dice": v, **{k: v for k in FIDS}, **extra}]}
+
+    out = {"recipes": {"a0": final(1.0), "a1": final(3.0), "b0": final(4.0), "b1": final(6.0)}}
+    res = generator_spread(out, {"a": ["a0", "a1"], "b": ["b0", "b1"]})
+    assert res["b"]["recovered_health"]["minus_first"] == pytest.approx(-0.3)
+    p = res["b"]["mean_dice"]["p"]  # six equal p-values (every measure moves alike): Holm multiplies by 6
+    assert res["b"]["ef_abs_error_median"]["p_holm"] == pytest.approx(min(1.0, 6 * p))
+    assert "recovered_health" in spread_markdown(res)
+    out["recipes"]["b1"] = final(6.0, also=False)  # one generator without them: the four measures only
+    assert "recovered_health" not in generator_spread(out, {"a": ["a0", "a1"], "b": ["b0", "b1"]})["b"]
