@@ -200,14 +200,14 @@ def markdown(out: dict) -> str:
              "|---" * 11 + "|"]
     for name, r in out["recipes"].items():
         for p in r["points"]:
-            fid = lambda k, scale=1.0: f"{p[k] * scale:.2f}" if k in p else "—"  # noqa: E731
+            num = lambda k, scale=1.0: f"{p[k] * scale:.2f}" if k in p else "—"  # noqa: E731
             label = name if "@" in name else f"{name} ({r.get('ldm_steps', out['ldm_steps'])})"
             lines.append(f"| {label} | {p['controlnet_step']} | "
                          f"{p['train_seconds']:.0f} | {' / '.join(f'{v:.3f}' for v in p['dice'].values())} | "
-                         f"{p['mean_dice']:.3f} | {p['ef_abs_error_median']:.3f} | {fid('fid')} | "
-                         f"{fid('fid_segmenter', 1000.0)} | {fid('fid_attributes')} | "
+                         f"{p['mean_dice']:.3f} | {p['ef_abs_error_median']:.3f} | {num('fid')} | "
+                         f"{num('fid_segmenter', 1000.0)} | {num('fid_attributes')} | "
                          f"{p.get('texture_abs_dx', float('nan')):.4f} | "
-                         f"{' / '.join(fid(f'recovered_{k}') for k in ('health', 'sex', 'bmi_category'))} |")
+                         f"{' / '.join(num(f'recovered_{k}') for k in ('health', 'sex', 'bmi_category'))} |")
     summary = out.get("summary", {})
     if summary:
         lines.append("")
