@@ -21,7 +21,7 @@ classifier's ("fid"), the evaluation's domain segmenter encoder ("fid_segmenter"
 the audit's attribute network ("fid_attributes", the main job's FID on its training synthetics); a recipe reaches the
 reference's quality when its mean control Dice and all three FIDs are at least as good. Beside them (not in that
 rule): the median EF-proxy error and the prompt's attributes recovered from the samples by the audit's attribute
-network (`recovered_health`, ...; the network's accuracy on the same real slices is stored as the ceiling). `section.key=value`
+network (`recovered_health`, ...; its accuracy on the same real slices is stored as the ceiling). `section.key=value`
 overrides apply to the run's config (e.g. the sampler that judges every checkpoint); --resume reuses a recipe's
 checkpoints already in --work (a finished stage is not retrained; its seconds are read from its metrics log);
 --finished NAME=RUN judges the final generator of a finished run (e.g. a main job) with the same judges and sampler,

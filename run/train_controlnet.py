@@ -30,7 +30,7 @@ def train_controlnet(cfg, train: SliceSet, test: SliceSet, vae_path: Path, ldm_p
     masks = torch.from_numpy(train.masks)
     contexts = PromptContexts(ldm.text, train.prompts, cfg.diffusion.cond_dropout)  # frozen: embedded once
     sched = make_schedule_from(cfg)
-    torch.manual_seed(cfg.controlnet_train.seed)  # after the latents: a cache miss builds a VAE, which draws numbers
+    torch.manual_seed(cfg.controlnet_train.seed)  # after loading the LDM and the latents: building models draws numbers
     net = ControlNet(ldm.unet, cfg.controlnet, cfg.vae.downsample_factor).to(device)
 
     def loss_fn(idx: torch.Tensor, draws: StepDraws, step: int):
