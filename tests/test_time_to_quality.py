@@ -185,7 +185,8 @@ def test_prompt_recovery_scores_the_attribute_network_against_what_the_prompts_t
         heads = {"health": ("healthy", "heart_failure"), "sex": ("female", "male")}
 
         def predict(self, images):
-            return {"health": np.array(["healthy"] * len(images), object), "sex": np.array(["male"] * len(images), object)}
+            n = len(images)
+            return {"health": np.array(["healthy"] * n, object), "sex": np.array(["male"] * n, object)}
 
     told = pd.DataFrame({"health": ["healthy", "heart_failure", "healthy", None], "sex": [None, None, None, None]})
     assert prompt_recovery(Net(), np.zeros((4, 2, 8, 8)), told) == {"recovered_health": 2 / 3}  # unknowns skipped
