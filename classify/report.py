@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from classify.experiment import ARM_LABELS, DEBIASED, is_missing
+from classify.experiment import ARM_LABELS, DEBIASED, NEEDS_SYNTHETIC, is_missing
 from classify.fairness import SENSITIVE_COLUMNS
 from data.attributes import age_group, bmi_group, is_positive
 from data.errors import InputError
@@ -186,6 +186,16 @@ def _design(data: dict) -> str:
             f"{cfg.get('n_generators', 1)} generator(s)")
 
 
+def _one_generator(data: dict, verdict: str, *arms: str) -> bool:
+    """True when "helped" / "hurt" rests on one generator for an arm that needs synthetic data: the interval then
+    leaves generator variance out, so the word speaks of that generator, not of the method."""
+    return (verdict in ("helped", "hurt") and data["config"].get("n_generators", 1) == 1
+            and bool(set(arms) & set(NEEDS_SYNTHETIC)))
+
+
+ONE_GENERATOR = " (this generator only)"
+
+
 def _primary_section(data: dict, rare: Optional[dict] = None) -> str:
     """The declared endpoint in plain words: estimate, CI, verdict, minimum detectable effect; a rare group's
     change (secondary, Holm-corrected) after it."""
@@ -200,7 +210,10 @@ def _primary_section(data: dict, rare: Optional[dict] = None) -> str:
     level = 100 * (1 - primary.get("alpha", 0.05))
     lines = [f"- Estimate: {fmt(primary['point'], True)}, {level:.0f}% CI {fmt(primary['lo'], True)} to "
              f"{fmt(primary['hi'], True)} (paired hierarchical bootstrap over {_design(data)}).",
-             f"- Verdict: **{primary['verdict']}** — {VERDICT_WORDS[primary['verdict']]}.",
+             f"- Verdict: **{primary['verdict']}** — {VERDICT_WORDS[primary['verdict']]}"
+             + (f"; one generator: the interval leaves generator variance out, so this speaks of that generator, "
+                f"not of the method (train more: `generators.extra_seeds`)."
+                if _one_generator(data, primary["verdict"], primary["arm"], primary["baseline"]) else "."),
              f"- Minimum detectable effect of this design: {fmt(primary['mde'])} (2.8 × the bootstrap SE "
              f"{fmt(primary['se'])}): a true gain smaller than this would likely be missed (80% power, two-sided "
              f"α = {primary.get('alpha', 0.05)})."]
@@ -209,7 +222,7 @@ def _primary_section(data: dict, rare: Optional[dict] = None) -> str:
             lines.append(f"- The rare group ({ATTRIBUTE_NAMES.get(entry['attribute'], entry['attribute'])} "
                          f"{entry['group']}): balanced accuracy changed by {fmt(entry['point'], True)} (95% CI "
                          f"{fmt(entry['lo'], True)} to {fmt(entry['hi'], True)}; Holm p {_p(entry['p_holm'])}: "
-                         f"{entry['verdict']}).")
+                         f"{entry['verdict']}{ONE_GENERATOR * _one_generator(data, entry['verdict'], primary['arm'])}).")
     return head + "\n\n" + "\n".join(lines)
 
 
@@ -231,7 +244,9 @@ def _secondary_table(data: dict) -> str:
         return ""
     rows = [[e["comparison"], METRIC_NAMES.get(e["metric"], e["metric"]),
              "all" if e["attribute"] is None else f"{ATTRIBUTE_NAMES.get(e['attribute'], e['attribute'])} {e['group']}",
-             fmt_interval(e, signed=True), _p(e["p"]), _p(e["p_holm"]), e["verdict"]] for e in family]
+             fmt_interval(e, signed=True), _p(e["p"]), _p(e["p_holm"]),
+             e["verdict"] + ONE_GENERATOR * _one_generator(data, e["verdict"], *e["comparison"].split(" vs "))]
+            for e in family]
     return (f"### Secondary comparisons ({len(family)} tests, Holm-corrected)\n\nEvery comparison other than the "
             "primary endpoint: a bootstrap p-value (two-sided), Holm-corrected over this whole family; the verdict "
             f"says helped / hurt only where the corrected p is below α.\n\n"

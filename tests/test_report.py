@@ -194,3 +194,26 @@ def test_rare_group_setting_and_health_groups_are_reported(tmp_path):
     counts = composition_section(real.attributes, pd.concat([real.attributes, syn.attributes]), ACDC_POSITIVE,
                                  ("health",))
     assert "| health group | myocardial_infarction | 4 | 4 | 1.000 | 8 | 8 | 1.000 |" in counts
+
+
+def test_a_verdict_on_one_generator_says_it_speaks_of_that_generator():
+    from classify.report import _primary_section, _secondary_table
+
+    def entry(comparison, verdict):
+        return {"comparison": comparison, "baseline": comparison.split(" vs ")[1], "metric": "balanced_accuracy",
+                "attribute": None, "group": None, "point": -0.05, "lo": -0.1, "hi": -0.01, "p": 0.01,
+                "p_holm": 0.02, "verdict": verdict}
+
+    data = {"config": {"n_generators": 1}, "test": {"n_subjects": 200}, "secondary": [
+        entry("real+synthetic vs real", "hurt"), entry("reweighted vs real", "hurt"),
+        entry("real+synthetic vs oversampled", "inconclusive")]}
+    table = _secondary_table(data)
+    assert "| hurt (this generator only) |" in table  # a synthetic arm on one generator
+    assert table.count("(this generator only)") == 1  # real-only arms have no generator; inconclusive needs no note
+    data["config"]["experiment"] = {"seeds": [0, 1, 2]}
+    data["primary"] = {"metric": "worst_group_balanced_accuracy", "arm": "real+synthetic", "baseline": "oversampled",
+                       "point": -0.05, "lo": -0.1, "hi": -0.01, "verdict": "hurt", "mde": 0.08, "se": 0.03}
+    assert "the whole interval is below 0; one generator: the interval leaves generator variance out" in \
+        _primary_section(data)
+    data["config"]["n_generators"] = 3
+    assert "(this generator only)" not in _secondary_table(data) and "one generator:" not in _primary_section(data)
