@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -51,7 +52,7 @@ from bench.time_to_quality_summary import FIDS, generator_spread, markdown, plot
 from controlnet.model import ControlNet
 from data.atomic import atomic_write_bytes
 from data.errors import InputError, OneLineArgumentParser
-from ddpm.checkpoint import load_checkpoint, model_state
+from ddpm.checkpoint import file_sha256, load_checkpoint, model_state, read_meta
 from ddpm.distributed import resolve_device
 from ddpm.trainer import autocast_context, checkpoint_paths
 from evaluation.attribute_net import train_attribute_net
@@ -62,6 +63,7 @@ from evaluation.held_out import classifier_extractor, disjoint_fid
 from evaluation.segmenter import SegmenterConfig, segment, train_segmenter
 from evaluation.training_set import RECOVERED, recovery
 from run.config import RunConfig, load_run_config
+from run.loader import to_dict
 from run.pipeline import Pipeline, generation_kwargs, load_ldm, load_pipeline, make_schedule_from
 from run.prepare_data import PreparedData
 from run.train_controlnet import train_controlnet
@@ -81,7 +83,11 @@ RECIPES = {  # name -> config overrides on top of the run's config; the loss is 
     "lr6e-4": [*EPS, PLAIN, "ldm_train.lr=6e-4"],  # twice the preset's LDM lr
     # v_ztsnr sampled with Lin et al.'s guidance rescale (phi 0.7, their value): v's guided images lack fine texture
     "v_ztsnr_rescale": [*V_ZTSNR, PLAIN, "sample.guidance_rescale=0.7"],
+    # the ControlNet's lr (preset 2e-4): its quality still climbs at the preset's last step; the LDM is current's
+    "cn_lr4e-4": [*EPS, PLAIN, "controlnet_train.lr=4e-4"],
+    "cn_lr8e-4": [*EPS, PLAIN, "controlnet_train.lr=8e-4"],
 }
+LDM_FREE = ("controlnet", "controlnet_train", "sample")  # config sections the LDM stage's weights do not depend on
 
 
 def parse_recipe(spec: str, ldm_steps: int) -> tuple[list[str], int]:
@@ -119,6 +125,24 @@ def trained_seconds(metrics: Path) -> dict[int, float]:
     return {r["step"]: r["sec"] for r in map(json.loads, metrics.read_text().splitlines())}
 
 
+def ldm_key(config: dict, vae_sha: str) -> str:
+    """What an LDM's weights depend on: its VAE and every config section but LDM_FREE."""
+    return json.dumps([vae_sha, {k: v for k, v in config.items() if k not in LDM_FREE}], sort_keys=True)
+
+
+def trained_twin(cfg: RunConfig, vae_path: Path, out_dir: Path) -> Path | None:
+    """A sibling recipe's folder in the same --work whose finished LDM this recipe would train again bit for bit
+    (same VAE, same settings but the ControlNet's or the sampler's; training is deterministic), or None."""
+    key = ldm_key(to_dict(cfg), file_sha256(vae_path))
+    for other in sorted(out_dir.parent.iterdir()):
+        ldm = other / "ldm.safetensors"
+        if other != out_dir and ldm.is_file() and (other / "ldm" / "ldm-train-metrics.jsonl").is_file():
+            meta = read_meta(ldm, expect_stage="ldm")
+            if ldm_key(meta["config"], meta["vae"]) == key:
+                return other
+    return None
+
+
 def train_recipe(run: Path, overrides: list[str], data: PreparedData, out_dir: Path, ldm_steps: int,
                  controlnet_steps: int, every: int, resume: bool = False) -> tuple[RunConfig, Path, float]:
     """Trains one recipe in out_dir on the run's VAE; returns (config, ldm path, ldm seconds). resume: continue
@@ -133,7 +157,12 @@ def train_recipe(run: Path, overrides: list[str], data: PreparedData, out_dir: P
     for cache in (run / "cache").glob("latents-*.safetensors"):  # keyed by the VAE's sha256: valid here too
         (out_dir / "cache").mkdir(exist_ok=True)
         shutil.copyfile(cache, out_dir / "cache" / cache.name)
-    ldm_path = train_ldm(cfg, data.train, vae_path, out_dir, resume=resume)
+    twin = None if (out_dir / "ldm.safetensors").is_file() else trained_twin(cfg, vae_path, out_dir)
+    if twin is not None:  # hard links: the twin's files are replaced, never written through, when it resumes
+        print(f"{out_dir.name}: the LDM of {twin.name} (same settings before the ControlNet), not trained again")
+        shutil.copytree(twin / "ldm", out_dir / "ldm", copy_function=os.link, dirs_exist_ok=True)
+        os.link(twin / "ldm.safetensors", out_dir / "ldm.safetensors")
+    ldm_path = train_ldm(cfg, data.train, vae_path, out_dir, resume=resume or twin is not None)
     ldm_seconds = trained_seconds(out_dir / "ldm" / "ldm-train-metrics.jsonl")[ldm_steps]
     train_controlnet(cfg, data.train, data.test, vae_path, ldm_path, out_dir, resume=resume)
     return cfg, ldm_path, ldm_seconds

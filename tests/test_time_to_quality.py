@@ -190,3 +190,30 @@ def test_prompt_recovery_scores_the_attribute_network_against_what_the_prompts_t
 
     told = pd.DataFrame({"health": ["healthy", "heart_failure", "healthy", None], "sex": [None, None, None, None]})
     assert prompt_recovery(Net(), np.zeros((4, 2, 8, 8)), told) == {"recovered_health": 2 / 3}  # unknowns skipped
+
+
+@pytest.mark.slow
+def test_a_recipe_that_differs_after_the_ldm_reuses_the_ldm_it_would_train(tmp_path):
+    assert train.main(["--config", SMOKE, "--runs", str(tmp_path / "runs"), "--stage", "vae"]) == 0
+    run = tmp_path / "runs" / "smoke"
+    common = ["--run", str(run), "--ldm-steps", "2", "--controlnet-steps", "2", "--every", "2", "--n", "8",
+              "--segmenter-steps", "2", "--classifier-epochs", "1", "--fid-repeats", "2"]
+    work, alone = tmp_path / "work", tmp_path / "alone"
+    assert main([*common, "--work", str(work), "--recipes", "current", "cn_lr4e-4", "v_ztsnr_min_snr",
+                 "--out", str(tmp_path / "ttq.json")]) == 0
+    assert main([*common, "--work", str(alone), "--recipes", "cn_lr4e-4", "--out", str(tmp_path / "alone.json")]) == 0
+
+    def ldm(folder: Path) -> dict:
+        return model_state(load_checkpoint(folder / "ldm.safetensors", expect_stage="ldm")[0], "ema")
+
+    shared, trained, other = ldm(work / "cn_lr4e-4"), ldm(alone / "cn_lr4e-4"), ldm(work / "v_ztsnr_min_snr")
+    # the reused LDM is the one training it gives; an LDM of other settings is not reused
+    assert all(torch.equal(shared[k], trained[k]) for k in trained)
+    assert not all(torch.equal(shared[k], other[k]) for k in other)
+    recipes = json.loads((tmp_path / "ttq.json").read_text())["recipes"]
+    assert recipes["cn_lr4e-4"]["ldm_seconds"] == recipes["current"]["ldm_seconds"]  # its time counts the LDM's
+    meta = load_checkpoint(work / "cn_lr4e-4" / "controlnet.safetensors", expect_stage="controlnet")[1]
+    assert meta["config"]["controlnet_train"]["lr"] == 4e-4 and RECIPES["cn_lr4e-4"][-1] == "controlnet_train.lr=4e-4"
+    # the ControlNets differ (another lr), the twin's files were left as they were
+    assert recipes["cn_lr4e-4"]["points"] != recipes["current"]["points"]
+    assert all(torch.equal(v, ldm(work / "current")[k]) for k, v in shared.items())
