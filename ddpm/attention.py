@@ -1,4 +1,4 @@
-"""The one attention function of the project (fused SDPA kernels or query-sliced math) and a multi-head module."""
+"""The one attention function of the project (torch's SDPA kernels or query-sliced math) and a multi-head module."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +7,10 @@ from torch import Tensor, nn
 
 from data.errors import InputError
 
-BACKENDS = ("sdpa", "sliced")
+BACKENDS = ("sdpa", "fused", "sliced")
+# Up to this many scores per head (Lq * Lk) the math path's backward beats torch's fused CPU kernel's in half
+# precision (4-7x at the tiny preset's 16-64 tokens, 1.9x at 256 x 256; 3x slower at 1024 x 1024; BENCHMARKS.md)
+SHORT_SCORES = 256 * 256
 
 
 def check_backend(backend: str, chunk_size: int) -> None:
@@ -18,12 +21,20 @@ def check_backend(backend: str, chunk_size: int) -> None:
         raise InputError("attention", f"chunk_size must be a positive int, got {chunk_size!r}")
 
 
+def slow_fused_backward(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether autograd will record this call on the CPU in half precision at short lengths (see SHORT_SCORES)."""
+    return (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and torch.is_grad_enabled()
+            and (q.requires_grad or k.requires_grad or v.requires_grad) and q.shape[2] * k.shape[2] <= SHORT_SCORES)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", chunk_size: int = 1024) -> Tensor:
     """softmax(q k^T / sqrt(d)) v.
 
     q: (B, heads, Lq, d), k: (B, heads, Lk, d), v: (B, heads, Lk, dv) -> (B, heads, Lq, dv).
 
-    "sdpa": torch's fused kernels (flash / memory-efficient where the device has them).
+    "fused": torch's SDPA kernels (flash / memory-efficient where the device has them), always.
+    "sdpa": "fused", except that a half-precision CPU call whose backward will run, at Lq * Lk <= SHORT_SCORES,
+    takes the math path: there torch's fused CPU backward is the slow part of a training step (sampling is unchanged).
     "sliced": plain math over query chunks, so the score matrix never exceeds (B, heads, chunk_size, Lk).
     """
     check_backend(backend, chunk_size)
@@ -32,7 +43,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", chunk_size
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if k.shape[:2] != q.shape[:2] or v.shape[:3] != k.shape[:3] or k.shape[-1] != q.shape[-1]:
         raise InputError("attention", f"mismatched shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if backend == "sdpa":
+    if backend == "sdpa" and slow_fused_backward(q, k, v):
+        backend, chunk_size = "sliced", q.shape[2]
+    if backend != "sliced":
         return F.scaled_dot_product_attention(q, k, v)
     scale = q.shape[-1] ** -0.5
     k_t = k.transpose(-1, -2)

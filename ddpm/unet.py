@@ -26,7 +26,7 @@ class UNetConfig:
     attention_levels: tuple = bounded((False, True, True), max_items=MAX_LEVELS)
     num_heads: int = bounded(4, lo=1, hi=64)
     context_dim: int = bounded(128, lo=1, hi=MAX_WIDTH)
-    attention_backend: str = "sdpa"
+    attention_backend: str = "sdpa"  # ddpm.attention.BACKENDS: "fused" keeps torch's kernels for CPU training too
     attention_chunk: int = bounded(1024, lo=1)
     gradient_checkpointing: bool = False
     dropout: float = bounded(0.0, lo=0, hi=1, hi_open=True)

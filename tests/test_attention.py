@@ -1,9 +1,10 @@
-"""ddpm.attention: the SDPA and sliced backends compute the same attention; bad backends are rejected."""
+"""ddpm.attention: the SDPA, fused and sliced backends compute the same attention; bad backends are rejected."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from data.errors import InputError
-from ddpm.attention import Attention, attention
+from ddpm.attention import SHORT_SCORES, Attention, attention, slow_fused_backward
 
 
 def _qkv(lq: int, lk: int, d: int = 8, dv: int = 8, seed: int = 0):
@@ -93,3 +94,24 @@ def test_unknown_backend_and_bad_chunk_raise_input_error():
         Attention(10, num_heads=3)
     with pytest.raises(InputError, match="shapes"):
         attention(q, k[..., :3], v)
+
+
+@pytest.mark.parametrize("lk", [16, 64])
+def test_sdpa_takes_the_math_path_only_where_a_bf16_cpu_backward_will_run(lk):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, n, 32, dtype=torch.bfloat16) for n in (64, lk, lk))
+    with torch.no_grad():  # inference: torch's kernel, untouched
+        assert torch.equal(attention(q, k, v, "sdpa"), F.scaled_dot_product_attention(q, k, v))
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = attention(*leaves, "sdpa")
+    assert torch.equal(out, attention(*leaves, "sliced", chunk_size=64))  # the math path, bit for bit
+    assert torch.equal(attention(*leaves, "fused"), F.scaled_dot_product_attention(*leaves))
+    # the same attention and gradients as torch's kernel, to bf16 rounding
+    grads = torch.autograd.grad(out.float().square().sum(), leaves)
+    fused = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    fused_grads = torch.autograd.grad(attention(*fused, "fused").float().square().sum(), fused)
+    for mine, ref in zip((out, *grads), (attention(*fused, "fused"), *fused_grads)):
+        assert torch.allclose(mine.float(), ref.float(), atol=0.05, rtol=0.05)
+    long_q = torch.randn(1, 1, SHORT_SCORES // lk + 1, 32, dtype=torch.bfloat16, requires_grad=True)
+    assert not slow_fused_backward(long_q, k, v) and slow_fused_backward(long_q[:, :, :64], k, v)
+    assert not slow_fused_backward(q.float().requires_grad_(True), k.float(), v.float())  # fp32: torch's kernel
