@@ -36,8 +36,8 @@ def cpu_timed(fn, clock: str) -> float:
 
 
 def interleaved(fns: dict, rounds: int, clock: str = "wall") -> dict:
-    """{fp32, bf16: one call each} -> medians over `rounds` rounds (one warm-up call each, order alternating),
-    the per-round ratios fp32 / bf16, and the fraction of the time other tasks waited for a CPU (Linux PSI)."""
+    """{a, b: one call each} (e.g. fp32, bf16) -> medians over `rounds` rounds (one warm-up call each, order
+    alternating), the per-round ratios a / b, and the fraction of the time other tasks waited for a CPU (Linux PSI)."""
     for fn in fns.values():
         fn()
     samples = {k: [] for k in fns}
@@ -46,8 +46,9 @@ def interleaved(fns: dict, rounds: int, clock: str = "wall") -> dict:
         for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
             samples[name].append(cpu_timed(fns[name], clock))
     wall, after = time.perf_counter() - tic, cpu_stall_seconds()
-    ratios = [a / b for a, b in zip(samples["fp32"], samples["bf16"])]
-    return {"fp32_s": statistics.median(samples["fp32"]), "bf16_s": statistics.median(samples["bf16"]),
+    first, second = fns
+    ratios = [a / b for a, b in zip(samples[first], samples[second])]
+    return {f"{first}_s": statistics.median(samples[first]), f"{second}_s": statistics.median(samples[second]),
             "speedup_median_ratio": statistics.median(ratios), "ratios": ratios, "samples": samples,
             "clock": clock, "cpu_stall_fraction": None if stall is None or after is None else (after - stall) / wall}
 

@@ -27,8 +27,9 @@ def slow_fused_backward(q: Tensor, k: Tensor, v: Tensor) -> bool:
             and (q.requires_grad or k.requires_grad or v.requires_grad) and q.shape[2] * k.shape[2] <= SHORT_SCORES)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", chunk_size: int = 1024) -> Tensor:
-    """softmax(q k^T / sqrt(d)) v.
+def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", chunk_size: int = 1024,
+              causal: bool = False) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v; causal: query i sees keys j <= i only (Lq == Lk).
 
     q: (B, heads, Lq, d), k: (B, heads, Lk, d), v: (B, heads, Lk, dv) -> (B, heads, Lq, dv).
 
@@ -43,15 +44,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", chunk_size
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if k.shape[:2] != q.shape[:2] or v.shape[:3] != k.shape[:3] or k.shape[-1] != q.shape[-1]:
         raise InputError("attention", f"mismatched shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if causal and q.shape[2] != k.shape[2]:
+        raise InputError("attention", f"causal attention needs as many queries as keys, got {q.shape[2]} and {k.shape[2]}")
     if backend == "sdpa" and slow_fused_backward(q, k, v):
         backend, chunk_size = "sliced", q.shape[2]
     if backend != "sliced":
-        return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     scale = q.shape[-1] ** -0.5
     k_t = k.transpose(-1, -2)
     out = []
     for start in range(0, q.shape[2], chunk_size):
         scores = torch.matmul(q[:, :, start:start + chunk_size], k_t) * scale
+        if causal:
+            rows = torch.arange(start, start + scores.shape[2], device=q.device)[:, None]
+            scores = scores.masked_fill(torch.arange(k.shape[2], device=q.device) > rows, float("-inf"))
         # softmax in fp32 at least: half-precision exp overflows/underflows on long keys; float64 stays float64
         wide = scores.to(torch.promote_types(scores.dtype, torch.float32))
         out.append(torch.matmul(wide.softmax(dim=-1).to(v.dtype), v))

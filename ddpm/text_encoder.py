@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data.errors import InputError
 from data.limits import MAX_LAYERS, MAX_WIDTH
 from data.fields import bounded, check_fields
+from ddpm.attention import attention
 from ddpm.tokenizer import Tokenizer, eot_positions
 
 
@@ -40,7 +40,7 @@ class TextEncoderConfig:
 class CausalSelfAttention(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.backend = heads, "sdpa"  # ddpm.attention.BACKENDS
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
@@ -48,7 +48,7 @@ class CausalSelfAttention(nn.Module):
         """x: (B, L, W) -> (B, L, W); position i attends to positions <= i only."""
         B, L, W = x.shape
         q, k, v = (z.reshape(B, L, self.heads, W // self.heads).transpose(1, 2) for z in self.qkv(x).split(W, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = attention(q, k, v, self.backend, causal=True)
         return self.proj(y.transpose(1, 2).reshape(B, L, W))
 
 

@@ -115,3 +115,16 @@ def test_sdpa_takes_the_math_path_only_where_a_bf16_cpu_backward_will_run(lk):
     long_q = torch.randn(1, 1, SHORT_SCORES // lk + 1, 32, dtype=torch.bfloat16, requires_grad=True)
     assert not slow_fused_backward(long_q, k, v) and slow_fused_backward(long_q[:, :, :64], k, v)
     assert not slow_fused_backward(q.float().requires_grad_(True), k.float(), v.float())  # fp32: torch's kernel
+
+
+@pytest.mark.parametrize("dtype,chunk", [(torch.float32, 3), (torch.float32, 16), (torch.bfloat16, 16)])
+def test_causal_math_path_is_torchs_causal_attention(dtype, chunk):
+    q, k, v = (t.to(dtype).requires_grad_(True) for t in _qkv(7, 7))
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    for backend in ("sdpa", "sliced"):  # bf16 with grad: "sdpa" takes the math path too
+        out = attention(q, k, v, backend, chunk_size=chunk, causal=True)
+        assert torch.allclose(out.float(), ref.float(), atol=1e-5 if dtype == torch.float32 else 0.03)
+    # query 0 sees key 0 only; the last query sees every key
+    assert torch.allclose(attention(q, k, v, "sliced", causal=True)[:, :, 0].float(), v[:, :, 0].float())
+    with pytest.raises(InputError, match="as many queries as keys"):
+        attention(q, k[:, :, :5], v[:, :, :5], causal=True)
