@@ -3,7 +3,7 @@ half-precision CPU backward will run at short lengths, ddpm/attention.py), inter
 
     python -m bench.cpu_attention --config tiny --threads 1 --clock process --rounds 9 --out bench/cpu-attention-tiny.json
 
-Each stage (LDM, ControlNet; the stage's batch size and precision in the preset) is built twice from seed 0
+Each stage (VAE, LDM, ControlNet; the stage's batch size and precision in the preset) is built twice from seed 0
 (bench/train_stages.py), once per backend (set on every attention module, the text encoder's included); each round times one step of each, order alternating, and the speed-up is
 the median of the per-round ratios fused / sdpa (bench/cpu_bf16.py's `interleaved`; `--clock process` counts this
 process's CPU time, which a shared machine's queue does not add to). Equal training: the losses of the first steps
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
                     module.backend = b
     result = {"config": args.config, "threads": args.threads, "clock": args.clock, "torch": torch.__version__,
               "cpu": platform.processor() or platform.machine(), "train": {}}
-    for name in ("ldm", "controlnet"):
+    for name in ("vae", "ldm", "controlnet"):
         train = getattr(cfg, f"{name}_train")
         runs = {b: (b, train.precision) for b in BACKENDS} | {"fused_fp32": ("fused", "fp32")}
         parity, weights = {}, {}

@@ -11,9 +11,10 @@ from bench.cpu_attention import main
 def test_fp32_trains_bit_for_bit_as_torchs_kernel_and_bf16_does_not(tmp_path):
     main(["--config", "smoke", "--rounds", "1", "--out", str(tmp_path / "fp32.json")])
     main(["--config", "smoke", "--rounds", "1", "--out", str(tmp_path / "bf16.json"),
-          "ldm_train.precision=bf16", "controlnet_train.precision=bf16"])
+          "vae_train.precision=bf16", "ldm_train.precision=bf16", "controlnet_train.precision=bf16",
+          "vae.attention_in_mid=true"])
     fp32, bf16 = (json.loads((tmp_path / f"{p}.json").read_text())["train"] for p in ("fp32", "bf16"))
-    for name in ("ldm", "controlnet"):
+    for name in ("vae", "ldm", "controlnet"):
         assert fp32[name]["losses_fused"] == fp32[name]["losses_sdpa"] and fp32[name]["update_rel_diff"] == 0.0
         assert fp32[name]["precision"] == "fp32" and bf16[name]["precision"] == "bf16"
         assert 0 < bf16[name]["update_rel_diff"] < 1 and bf16[name]["speedup_median_ratio"] > 0
