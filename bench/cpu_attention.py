@@ -8,7 +8,9 @@ Each stage (VAE, LDM, ControlNet; the stage's batch size and precision in the pr
 the median of the per-round ratios fused / sdpa (bench/cpu_bf16.py's `interleaved`; `--clock process` counts this
 process's CPU time, which a shared machine's queue does not add to). Equal training: the losses of the first steps
 from the same init, and how far apart the two runs' weights are after them, relative to how far they moved,
-beside the same gap between fp32 and bf16 training (torch's kernel both times).
+beside the same gap between fp32 and bf16 training (torch's kernel both times). Then one attention call's forward +
+backward, fused kernel against the math path, at the tiny preset's lengths and longer, fp32 and bf16: where the
+default's threshold (ddpm.attention.SHORT_SCORES) comes from.
 """
 from __future__ import annotations
 
@@ -22,11 +24,22 @@ import torch
 from bench.cpu_bf16 import interleaved
 from bench.train_stages import build_stages, train_steps
 from data.atomic import atomic_write_bytes
+from ddpm.attention import attention
 from run.config import load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("fused", "sdpa")
 PARITY_STEPS = 5
+LENGTHS = ((16, 16), (64, 64), (64, 16), (256, 256), (1024, 16), (1024, 1024))  # (Lq, Lk): tiny's, then longer
+
+
+def one_call(lq: int, lk: int, dtype: torch.dtype, rounds: int, clock: str) -> dict:
+    """Forward + backward of one attention call (batch 8, 4 heads of 32), the fused kernel against the math path."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(8, 4, n, 32, generator=g).to(dtype).requires_grad_(True) for n in (lq, lk, lk))
+    grad = torch.randn(8, 4, lq, 32, generator=g).to(dtype)
+    fns = {b: (lambda b=b: attention(q, k, v, b, chunk_size=lq).backward(grad)) for b in ("fused", "sliced")}
+    return {"lq": lq, "lk": lk, "dtype": str(dtype).removeprefix("torch."), **interleaved(fns, rounds, clock)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
                                  "update_rel_diff": apart("fused", "sdpa"),
                                  "update_rel_diff_bf16_vs_fp32": apart("fused_fp32", "fused"), **interleaved(fns, args.rounds, args.clock)}
         print(name, {k: v for k, v in result["train"][name].items() if k not in ("samples", "ratios")}, flush=True)
+    result["one_call"] = [one_call(lq, lk, dtype, args.rounds, args.clock) for dtype in (torch.float32, torch.bfloat16)
+                          for lq, lk in LENGTHS]
+    for r in result["one_call"]:
+        print("attention", r["dtype"], (r["lq"], r["lk"]), f"fused / math {r['speedup_median_ratio']:.2f}", flush=True)
     atomic_write_bytes(args.out, (json.dumps(result, indent=1) + "\n").encode())
 
 
