@@ -8,8 +8,8 @@ from torch import Tensor, nn
 from data.errors import InputError
 
 BACKENDS = ("sdpa", "fused", "sliced")
-# Up to this many scores per head (Lq * Lk) the math path's backward beats torch's fused CPU kernel's in half
-# precision (4-7x at the tiny preset's 16-64 tokens, 1.9x at 256 x 256; 3x slower at 1024 x 1024; BENCHMARKS.md)
+# Up to this many scores per head (Lq * Lk) the math path's forward + backward beats torch's fused CPU kernel's in
+# bf16 (3.1-4.5x at the tiny preset's lengths, 2.0x at 256 x 256; 2.8x slower at 1024 x 1024: bench/cpu_attention.py)
 SHORT_SCORES = 256 * 256
 
 
