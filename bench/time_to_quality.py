@@ -15,6 +15,8 @@ the ControlNet's up to that checkpoint (the trainer's own clock: steps only, no 
 gives seconds and training steps to the reference recipe's final quality (seconds move with a shared machine's
 load, steps do not). A recipe may train its own LDM length (`v_ztsnr@600`: 600 LDM steps; a plain name trains
 --ldm-steps), so a shorter recipe and the reference are measured in one invocation, on one machine at one time.
+A recipe that differs from one already trained in --work only after the LDM (`cn_lr4e-4`: the ControlNet's lr)
+reuses that recipe's LDM and counts its seconds: the recipes of one seed then share one LDM (a paired comparison).
 
 Realism is judged in three feature spaces, each a subject-disjoint FID on the same samples: the health x position
 classifier's ("fid"), the evaluation's domain segmenter encoder ("fid_segmenter", the main job's evaluation FID) and
@@ -131,8 +133,8 @@ def ldm_key(config: dict, vae_sha: str) -> str:
 
 
 def trained_twin(cfg: RunConfig, vae_path: Path, out_dir: Path) -> Path | None:
-    """A sibling recipe's folder in the same --work whose finished LDM this recipe would train again bit for bit
-    (same VAE, same settings but the ControlNet's or the sampler's; training is deterministic), or None."""
+    """A sibling recipe's folder in the same --work whose finished LDM this recipe would train again (same VAE, same
+    settings but the ControlNet's or the sampler's: bit for bit on the CPU, where training is deterministic), or None."""
     key = ldm_key(to_dict(cfg), file_sha256(vae_path))
     for other in sorted(out_dir.parent.iterdir()):
         ldm = other / "ldm.safetensors"
