@@ -55,11 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     cpu = torch.device("cpu")
     cfg = load_run_config(str(ROOT / "configs" / f"{args.config}.yaml"), args.overrides)
     stages = {b: build_stages(cfg, cpu) for b in BACKENDS}
-    for b in BACKENDS:  # every attention of the stages: the UNet's, the ControlNet's, the text encoder's
+    for b in BACKENDS:
         for stage in stages[b].values():
-            for module in [*stage.module.modules(), *(stage.parent.modules() if stage.parent is not None else [])]:
-                if hasattr(module, "backend"):
-                    module.backend = b
+            stage.use_attention(b)
     result = {"config": args.config, "threads": args.threads, "clock": args.clock, "torch": torch.__version__,
               "cpu": platform.processor() or platform.machine(), "train": {}}
     for name in ("vae", "ldm", "controlnet"):

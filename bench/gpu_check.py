@@ -97,8 +97,11 @@ def sdpa_ops(fn: Callable[[], object]) -> list[str]:
 
 def sdpa_backends(stage: Stage, batch: int, device: torch.device, warmup: int, iters: int) -> dict:
     """The LDM UNet forward + backward under bf16 autocast: the kernels the default dispatch runs, then each backend
-    forced in turn via torch.nn.attention.sdpa_kernel (ok + step time, or the error when it cannot run)."""
+    forced in turn via torch.nn.attention.sdpa_kernel (ok + step time, or the error when it cannot run). Attention on
+    the "fused" backend throughout: the default's CPU math path would bypass torch's dispatch (ddpm/attention.py)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    stage.use_attention("fused")
 
     def fwd_bwd() -> None:
         with precision_context("bf16", device):
@@ -117,6 +120,7 @@ def sdpa_backends(stage: Stage, batch: int, device: torch.device, warmup: int, i
             result["forced"][backend] = {"ok": True, "step_s": statistics.median(times)}
         except RuntimeError as err:
             result["forced"][backend] = {"ok": False, "error": str(err).splitlines()[0][:160]}
+    stage.use_attention("sdpa")
     return result
 
 

@@ -36,6 +36,12 @@ class Stage:
     def reset(self) -> None:
         self.module.load_state_dict(self.init)
 
+    def use_attention(self, backend: str) -> None:
+        """Every attention of the stage (its parent's, the text encoder's included) on ddpm.attention's `backend`."""
+        for module in [*self.module.modules(), *(self.parent.modules() if self.parent is not None else [])]:
+            if hasattr(module, "backend"):
+                module.backend = backend
+
 
 def _images(batch: int, size: int, seed: int, device: torch.device) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
