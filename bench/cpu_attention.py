@@ -1,16 +1,17 @@
 """Training steps with torch's fused SDPA ("fused") against the project's default ("sdpa": the math path where a
 half-precision CPU backward will run at short lengths, ddpm/attention.py), interleaved, from the same init.
 
-    python -m bench.cpu_attention --config tiny --threads 1 --clock process --rounds 9 --out bench/cpu-attention-tiny.json
+    python -m bench.cpu_attention --config tiny --threads 1 --clock process --rounds 15 \
+        --out bench/cpu-attention-tiny.json
 
 Each stage (VAE, LDM, ControlNet; the stage's batch size and precision in the preset) is built twice from seed 0
-(bench/train_stages.py), once per backend (set on every attention module, the text encoder's included); each round times one step of each, order alternating, and the speed-up is
-the median of the per-round ratios fused / sdpa (bench/cpu_bf16.py's `interleaved`; `--clock process` counts this
-process's CPU time, which a shared machine's queue does not add to). Equal training: the losses of the first steps
-from the same init, and how far apart the two runs' weights are after them, relative to how far they moved,
-beside the same gap between fp32 and bf16 training (torch's kernel both times). Then one attention call's forward +
-backward, fused kernel against the math path, at the tiny preset's lengths and longer, fp32 and bf16: where the
-default's threshold (ddpm.attention.SHORT_SCORES) comes from.
+(bench/train_stages.py), once per backend (set on every attention module, the text encoder's included); each round
+times one step of each, order alternating, and the speed-up is the median of the per-round ratios fused / sdpa
+(bench/cpu_bf16.py's `interleaved`; `--clock process` counts this process's CPU time, which a shared machine's queue
+does not add to). Equal training: the losses of the first steps from the same init, and how far apart the two runs'
+weights are after them, relative to how far they moved, beside the same gap between fp32 and bf16 training (torch's
+kernel both times). Then one attention call's forward + backward, fused kernel against the math path, at the tiny
+preset's lengths and longer, fp32 and bf16: where the default's threshold (ddpm.attention.SHORT_SCORES) comes from.
 """
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                                                parity["sdpa"])),
                                  # the backends' gap beside the gap bf16 itself opens (fused: bf16 vs fp32)
                                  "update_rel_diff": apart("fused", "sdpa"),
-                                 "update_rel_diff_bf16_vs_fp32": apart("fused_fp32", "fused"), **interleaved(fns, args.rounds, args.clock)}
+                                 "update_rel_diff_bf16_vs_fp32": apart("fused_fp32", "fused"),
+                                 **interleaved(fns, args.rounds, args.clock)}
         print(name, {k: v for k, v in result["train"][name].items() if k not in ("samples", "ratios")}, flush=True)
     result["one_call"] = [one_call(lq, lk, dtype, args.rounds, args.clock) for dtype in (torch.float32, torch.bfloat16)
                           for lq, lk in LENGTHS]

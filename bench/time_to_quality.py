@@ -134,7 +134,8 @@ def ldm_key(config: dict, vae_sha: str) -> str:
 
 def trained_twin(cfg: RunConfig, vae_path: Path, out_dir: Path) -> Path | None:
     """A sibling recipe's folder in the same --work whose finished LDM this recipe would train again (same VAE, same
-    settings but the ControlNet's or the sampler's: bit for bit on the CPU, where training is deterministic), or None."""
+    settings but the ControlNet's or the sampler's: bit for bit on the CPU, where training is deterministic), or
+    None."""
     key = ldm_key(to_dict(cfg), file_sha256(vae_path))
     for other in sorted(out_dir.parent.iterdir()):
         ldm = other / "ldm.safetensors"

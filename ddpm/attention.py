@@ -45,7 +45,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", chunk_size
     if k.shape[:2] != q.shape[:2] or v.shape[:3] != k.shape[:3] or k.shape[-1] != q.shape[-1]:
         raise InputError("attention", f"mismatched shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if causal and q.shape[2] != k.shape[2]:
-        raise InputError("attention", f"causal attention needs as many queries as keys, got {q.shape[2]} and {k.shape[2]}")
+        raise InputError("attention", f"causal attention needs as many queries as keys, got {q.shape[2]} and "
+                                      f"{k.shape[2]}")
     if backend == "sdpa" and slow_fused_backward(q, k, v):
         backend, chunk_size = "sliced", q.shape[2]
     if backend != "sliced":
