@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import train
-from bench.time_to_quality import RECIPES, kept_recipes, main, merge, reference_point
+from bench.time_to_quality import kept_recipes, main, merge, reference_point
+from bench.time_to_quality_recipes import RECIPES
 from bench.time_to_quality_summary import FIDS, summarise
 from data.errors import InputError
 from ddpm.checkpoint import load_checkpoint, model_state
@@ -123,7 +124,7 @@ def test_reference_from_another_ldm_length_counts_its_own_steps(tmp_path):
 
 
 def test_a_recipe_may_name_its_own_ldm_length_and_its_steps_count_it():
-    from bench.time_to_quality import parse_recipe
+    from bench.time_to_quality_recipes import parse_recipe
 
     assert parse_recipe("v_ztsnr@600", 1800) == (RECIPES["v_ztsnr"], 600)
     assert parse_recipe("current", 1800) == (RECIPES["current"], 1800)
@@ -142,7 +143,7 @@ def test_a_recipe_may_name_its_own_ldm_length_and_its_steps_count_it():
 
 
 def test_finished_needs_a_name_and_a_run_with_its_checkpoints(tmp_path):
-    from bench.time_to_quality import parse_finished
+    from bench.time_to_quality_recipes import parse_finished
 
     for bad in ("noname", "=x", "current=" + str(tmp_path), "main="):
         with pytest.raises(InputError, match="--finished"):
