@@ -121,6 +121,15 @@ def seconds_ratio(first: list[float], other: list[float], n_boot: int = 4000, se
     return {"ratio": float(a.mean() / b.mean()), "lo": lo, "hi": hi}
 
 
+def pairs_to_band(sd: float, band: float, limit: int = 1000) -> int | None:
+    """The fewest seed pairs whose paired 95 % t half-width, t(n-1) * sd / sqrt(n) with the pair differences' sd,
+    is within `band` (e.g. the reference's sampling-noise band: the size of a non-inferiority design at that
+    margin); None beyond `limit`."""
+    from scipy import stats
+
+    return next((n for n in range(2, limit + 1) if stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n) <= band), None)
+
+
 def generator_spread(out: dict, groups: dict[str, list[str]], paired: bool = False) -> dict:
     """Final points of several generators per recipe (other training seeds, the main job's), or with a group named
     'LABEL:STEP' their points at ControlNet step STEP: per group and measure the mean, standard deviation, training
@@ -129,7 +138,8 @@ def generator_spread(out: dict, groups: dict[str, list[str]], paired: bool = Fal
     one-generator rows lack); below the first group, the first's mean training seconds over this one's
     (seconds_ratio: the wall-clock speed-up, as loaded as the generators' machine was). paired: every group lists
     the same training seeds in the same order, and each generator is compared with the first group's of its seed
-    (a paired t interval on the differences: what the seed shares, the two recipes do not have to resolve)."""
+    (a paired t interval on the differences: what the seed shares, the two recipes do not have to resolve), and for
+    the measures with a sampling-noise band (summary.reference_noise) the pairs a design would need (pairs_to_band)."""
     from scipy import stats
 
     from classify.stats import holm
@@ -153,6 +163,8 @@ def generator_spread(out: dict, groups: dict[str, list[str]], paired: bool = Fal
                 p = float(stats.ttest_rel(x, y).pvalue)
                 row[key] |= {"minus_first": float(d.mean()), "lo": float(d.mean()) - half,
                              "hi": float(d.mean()) + half, "p": p}
+                if key in (band := out.get("summary", {}).get("reference_noise", {})):
+                    row[key]["pairs_to_noise_band"] = pairs_to_band(float(d.std(ddof=1)), band[key])
             elif g != first and len(x) > 1 and len(y) > 1:
                 va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
                 df = (va + vb) ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1))
@@ -190,6 +202,12 @@ def spread_markdown(spread: dict) -> str:
             r = row["seconds_ratio"]
             seconds += f"; {r['ratio']:.2f}x less [{r['lo']:.2f}, {r['hi']:.2f}]"
         lines.append(f"| {g} ({len(row['generators'])}) | {steps} | {seconds} | {' | '.join(cells)} |")
+    sizes = [f"{g}: " + ", ".join(f"{k} {row[k]['pairs_to_noise_band']}" for k in keys
+                                  if "pairs_to_noise_band" in row[k]) for g, row in spread.items()
+             if any("pairs_to_noise_band" in row[k] for k in keys)]
+    if sizes:
+        lines += ["", "Seed pairs for the paired 95 % half-width to fall within the reference's sampling-noise band "
+                      "(at these pairs' spread): " + "; ".join(sizes)]
     return "\n".join(lines)
 
 

@@ -129,3 +129,27 @@ def test_spread_adds_ef_error_and_prompt_recovery_when_every_point_has_them():
     assert "recovered_health" in spread_markdown(res)
     out["recipes"]["b1"] = final(6.0, also=False)  # one generator without them: the four measures only
     assert "recovered_health" not in generator_spread(out, {"a": ["a0", "a1"], "b": ["b0", "b1"]})["b"]
+
+
+def test_pairs_to_band_is_the_fewest_pairs_whose_half_width_fits():
+    from scipy import stats
+
+    from bench.time_to_quality_summary import generator_spread, pairs_to_band, spread_markdown
+
+    def half(n, sd):
+        return stats.t.ppf(0.975, n - 1) * sd / n ** 0.5
+
+    n = pairs_to_band(10.0, 5.0)
+    assert half(n, 10.0) <= 5.0 < half(n - 1, 10.0) and n == 18  # z alone would say (1.96 * 2) ** 2 = 16
+    assert pairs_to_band(1.0, 1e-6, limit=50) is None
+
+    def final(v):
+        return {"points": [{"train_seconds": 1.0, "mean_dice": v, **{k: v for k in FIDS}}]}
+
+    out = {"recipes": {"a0": final(0.0), "a1": final(10.0), "a2": final(20.0),
+                       "b0": final(2.0), "b1": final(12.5), "b2": final(21.5)},
+           "summary": {"reference_noise": {"fid": 0.25}}}  # pair differences 2, 2.5, 1.5: sd 0.5
+    res = generator_spread(out, {"a": ["a0", "a1", "a2"], "b": ["b0", "b1", "b2"]}, paired=True)
+    assert res["b"]["fid"]["pairs_to_noise_band"] == pairs_to_band(0.5, 0.25)
+    assert "pairs_to_noise_band" not in res["b"]["mean_dice"]  # no band for it
+    assert f"b: fid {pairs_to_band(0.5, 0.25)}" in spread_markdown(res)
