@@ -10,8 +10,9 @@ times one step of each, order alternating, and the speed-up is the median of the
 (bench/cpu_bf16.py's `interleaved`; `--clock process` counts this process's CPU time, which a shared machine's queue
 does not add to). Equal training: the losses of the first steps from the same init, and how far apart the two runs'
 weights are after them, relative to how far they moved, beside the same gap between fp32 and bf16 training (torch's
-kernel both times). Then one attention call's forward + backward, fused kernel against the math path, at the tiny
-preset's lengths and longer, fp32 and bf16: where the default's threshold (ddpm.attention.SHORT_SCORES) comes from.
+kernel both times); and the share of a fused step's CPU time in torch's attention backward. Then one attention
+call's forward + backward, fused kernel against the math path, at the tiny preset's lengths and longer, fp32 and
+bf16: where the default's threshold (ddpm.attention.SHORT_SCORES) comes from.
 """
 from __future__ import annotations
 
@@ -41,6 +42,17 @@ def one_call(lq: int, lk: int, dtype: torch.dtype, rounds: int, clock: str) -> d
     grad = torch.randn(8, 4, lq, 32, generator=g).to(dtype)
     fns = {b: (lambda b=b: attention(q, k, v, b, chunk_size=lq).backward(grad)) for b in ("fused", "sliced")}
     return {"lq": lq, "lk": lk, "dtype": str(dtype).removeprefix("torch."), **interleaved(fns, rounds, clock)}
+
+
+def attention_backward_share(step) -> float:
+    """Share of one step's CPU time (torch.profiler, self time) spent in torch's fused attention backward kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    fused = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key and "backward" in e.key)
+    return fused / sum(e.self_cpu_time_total for e in events)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
             return (gap / sum(float((weights[a][k] - init[k]).square().sum()) for k in keys)) ** 0.5
 
         fns = {b: train_steps(stages[b][name], cfg, train.batch_size, train.precision, 1000, cpu) for b in BACKENDS}
+        fns["fused"]()  # a warm step first: the profile shows where a step's time went before the change
+        share = attention_backward_share(fns["fused"])
         result["train"][name] = {"batch": train.batch_size, "precision": train.precision,
                                  **{f"losses_{run}": parity[run] for run in runs},
                                  "max_rel_loss_diff": max(abs(a - c) / abs(a) for a, c in zip(parity["fused"],
@@ -86,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
                                  # the backends' gap beside the gap bf16 itself opens (fused: bf16 vs fp32)
                                  "update_rel_diff": apart("fused", "sdpa"),
                                  "update_rel_diff_bf16_vs_fp32": apart("fused_fp32", "fused"),
+                                 "fused_attention_backward_share": share,
                                  **interleaved(fns, args.rounds, args.clock)}
         print(name, {k: v for k, v in result["train"][name].items() if k not in ("samples", "ratios")}, flush=True)
     result["one_call"] = [one_call(lq, lk, dtype, args.rounds, args.clock) for dtype in (torch.float32, torch.bfloat16)

@@ -18,5 +18,7 @@ def test_fp32_trains_bit_for_bit_as_torchs_kernel_and_bf16_does_not(tmp_path):
         assert fp32[name]["losses_fused"] == fp32[name]["losses_sdpa"] and fp32[name]["update_rel_diff"] == 0.0
         assert fp32[name]["precision"] == "fp32" and bf16[name]["precision"] == "bf16"
         assert 0 < bf16[name]["update_rel_diff"] < 1 and bf16[name]["speedup_median_ratio"] > 0
+        assert 0 <= fp32[name]["fused_attention_backward_share"] < 1
+    assert fp32["ldm"]["fused_attention_backward_share"] > 0  # the smoke UNet attends at its second level
     calls = json.loads((tmp_path / "fp32.json").read_text())["one_call"]
     assert {(c["lq"], c["lk"], c["dtype"]) for c in calls} >= {(16, 16, "float32"), (16, 16, "bfloat16")}
