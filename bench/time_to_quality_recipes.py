@@ -39,6 +39,9 @@ RECIPES = {  # name -> config overrides on top of the run's config; the loss is 
     # the ControlNet's lr (preset 2e-4): its quality still climbs at the preset's last step; the LDM is current's
     "cn_lr4e-4": [*EPS, PLAIN, "controlnet_train.lr=4e-4"],
     "cn_lr8e-4": [*EPS, PLAIN, "controlnet_train.lr=8e-4"],
+    # current trained as before session 21's attention change (torch's fused kernel in every attention): its clock
+    # is the preset's as the issue found it, in the same run as the recipes timed against it
+    "current_fused": [*EPS, PLAIN, "unet.attention_backend=fused", "text.attention_backend=fused"],
 }
 LDM_FREE = ("controlnet", "controlnet_train", "sample")  # config sections the LDM stage's weights do not depend on
 

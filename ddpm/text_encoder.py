@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from data.errors import InputError
 from data.limits import MAX_LAYERS, MAX_WIDTH
 from data.fields import bounded, check_fields
-from ddpm.attention import attention
+from ddpm.attention import attention, check_backend
 from ddpm.tokenizer import Tokenizer, eot_positions
 
 
@@ -32,15 +32,17 @@ class TextEncoderConfig:
     open_clip_model: Optional[str] = None
     open_clip_weights: Optional[str] = None
     freeze: bool = True
+    attention_backend: str = "sdpa"  # ddpm.attention.BACKENDS: "fused" keeps torch's kernel for CPU training too
 
     def __post_init__(self) -> None:
         check_fields(self, "text")
+        check_backend(self.attention_backend, 1)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, backend: str = "sdpa") -> None:
         super().__init__()
-        self.heads, self.backend = heads, "sdpa"  # ddpm.attention.BACKENDS
+        self.heads, self.backend = heads, backend  # ddpm.attention.BACKENDS
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
@@ -55,10 +57,10 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x)) with a 4x GELU MLP."""
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, backend: str = "sdpa") -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
-        self.attn = CausalSelfAttention(width, heads)
+        self.attn = CausalSelfAttention(width, heads, backend)
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
@@ -83,7 +85,7 @@ class TextEncoder(nn.Module):
         self.width = config.width
         self.token_embedding = nn.Embedding(vocab_size, config.width)
         self.positional_embedding = nn.Parameter(torch.zeros(config.context_length, config.width))
-        self.blocks = nn.ModuleList(Block(config.width, config.heads) for _ in range(config.layers))
+        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.attention_backend) for _ in range(config.layers))
         self.ln_final = nn.LayerNorm(config.width)
         # CLIP's initialisation scales for the embeddings.
         nn.init.normal_(self.token_embedding.weight, std=0.02)
