@@ -134,6 +134,17 @@ def merge(parts: list[Path]) -> dict:
     return out
 
 
+def parse_margins(specs: list[str]) -> dict[str, float]:
+    """['mean_dice=0.022', 'fid=6.4'] -> {'mean_dice': 0.022, 'fid': 6.4}; ValueError on anything else."""
+    margins = {}
+    for spec in specs:
+        key, eq, value = spec.partition("=")
+        if not key or not eq:
+            raise ValueError(spec)
+        margins[key] = float(value)
+    return margins
+
+
 def main(argv: list[str] | None = None) -> int:
     p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, help="a run with a trained VAE (read only)")
@@ -158,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                         "intervals)")
     p.add_argument("--paired", action="store_true",
                    help="with --groups listing the same training seeds in the same order: paired t intervals")
+    p.add_argument("--margins", nargs="+", default=[], metavar="MEASURE=MARGIN",
+                   help="with --groups: non-inferiority margins, e.g. mean_dice=0.022 fid=6.4 (each group's interval "
+                        "against the first group's, its worse end within the margin)")
     p.add_argument("--merge", nargs="+", type=Path, default=[], metavar="PART",
                    help="write the --out files PART... (same settings and judges, e.g. one per parallel process) as "
                         "one --out (and --plot), then print it")
@@ -172,13 +186,17 @@ def main(argv: list[str] | None = None) -> int:
                         "judges and sampler; their time is their LDM + ControlNet trainer clocks")
     p.add_argument("overrides", nargs="*", help="section.key=value on the run's config, e.g. sample.steps=10")
     args = p.parse_args(argv)
+    try:
+        margins = parse_margins(args.margins)
+    except ValueError:
+        p.error(f"--margins: expected MEASURE=NUMBER ..., got {' '.join(args.margins)}")
     if args.report is not None:
         try:
             out = json.loads(args.report.read_text())
             print(markdown(out))
             if args.groups:
                 groups = dict((g, names.split(",")) for g, _, names in (spec.partition("=") for spec in args.groups))
-                print("\n" + spread_markdown(generator_spread(out, groups, args.paired)))
+                print("\n" + spread_markdown(generator_spread(out, groups, args.paired, margins)))
         except (OSError, ValueError, KeyError, TypeError) as err:
             print(f"error: {args.report}: expected a bench.time_to_quality --out JSON ({type(err).__name__}: {err})",
                   file=sys.stderr)

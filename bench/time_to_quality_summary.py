@@ -12,6 +12,7 @@ import numpy as np
 FIDS = ("fid", "fid_segmenter", "fid_attributes")
 # measured beside them since session 20: EF-proxy error, and the prompt's attributes recovered by the audit's network
 ALSO = ("ef_abs_error_median", "recovered_health", "recovered_sex", "recovered_bmi_category", "recovered_age_group")
+HIGHER_IS_BETTER = ("mean_dice", "recovered_health", "recovered_sex", "recovered_bmi_category", "recovered_age_group")
 
 
 def measures(points: list[dict]) -> list[str]:
@@ -130,7 +131,14 @@ def pairs_to_band(sd: float, band: float, limit: int = 1000) -> int | None:
     return next((n for n in range(2, limit + 1) if stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n) <= band), None)
 
 
-def generator_spread(out: dict, groups: dict[str, list[str]], paired: bool = False) -> dict:
+def non_inferior(key: str, lo: float, hi: float, margin: float) -> bool:
+    """Whether a difference's 95 % interval (this recipe minus the first) has its worse end within `margin` of no
+    difference: lo >= -margin where higher is better (Dice, attributes recovered), hi <= margin where lower is."""
+    return lo >= -margin if key in HIGHER_IS_BETTER else hi <= margin
+
+
+def generator_spread(out: dict, groups: dict[str, list[str]], paired: bool = False,
+                     margins: dict[str, float] | None = None) -> dict:
     """Final points of several generators per recipe (other training seeds, the main job's), or with a group named
     'LABEL:STEP' their points at ControlNet step STEP: per group and measure the mean, standard deviation, training
     seconds and steps, and each group's difference from the first group with a Welch 95 % interval and p-value,
@@ -139,7 +147,8 @@ def generator_spread(out: dict, groups: dict[str, list[str]], paired: bool = Fal
     (seconds_ratio: the wall-clock speed-up, as loaded as the generators' machine was). paired: every group lists
     the same training seeds in the same order, and each generator is compared with the first group's of its seed
     (a paired t interval on the differences: what the seed shares, the two recipes do not have to resolve), and for
-    the measures with a sampling-noise band (summary.reference_noise) the pairs a design would need (pairs_to_band)."""
+    the measures with a sampling-noise band (summary.reference_noise) the pairs a design would need (pairs_to_band).
+    margins: measure -> non-inferiority margin; each compared measure named there gets `non_inferior`."""
     from scipy import stats
 
     from classify.stats import holm
@@ -172,6 +181,11 @@ def generator_spread(out: dict, groups: dict[str, list[str]], paired: bool = Fal
                 diff = float(x.mean() - y.mean())
                 p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
                 row[key] |= {"minus_first": diff, "lo": diff - half, "hi": diff + half, "p": p}
+        for key, margin in (margins or {}).items():
+            if key not in keys:
+                raise KeyError(f"no measure {key!r} to hold to a margin (have {', '.join(keys)})")
+            if "lo" in row[key]:
+                row[key] |= {"margin": margin, "non_inferior": non_inferior(key, row[key]["lo"], row[key]["hi"], margin)}
         if g != first:
             row["seconds_ratio"] = seconds_ratio([p["train_seconds"] for p in finals[first]], row["train_seconds"])
         compared = [k for k in keys if "p" in row[k]]
@@ -205,6 +219,11 @@ def spread_markdown(spread: dict) -> str:
     sizes = [f"{g}: " + ", ".join(f"{k} {row[k]['pairs_to_noise_band']}" for k in keys
                                   if "pairs_to_noise_band" in row[k]) for g, row in spread.items()
              if any("pairs_to_noise_band" in row[k] for k in keys)]
+    verdicts = [f"{g}: " + ", ".join(f"{k} {'yes' if row[k]['non_inferior'] else 'not shown'} (margin {row[k]['margin']:g})"
+                                     for k in keys if "non_inferior" in row[k])
+                for g, row in spread.items() if any("non_inferior" in row[k] for k in keys)]
+    if verdicts:
+        lines += ["", "Non-inferior (the 95 % interval's worse end within the margin): " + "; ".join(verdicts)]
     if sizes:
         lines += ["", "Seed pairs for the paired 95 % half-width to fall within the reference's sampling-noise band "
                       "(at these pairs' spread): " + "; ".join(sizes)]

@@ -176,6 +176,17 @@ def test_report_reprints_the_table_and_summary(capsys, tmp_path):
     assert main(["--report", str(path)]) == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+def test_bad_margins_are_one_line(capsys, tmp_path):
+    from bench.time_to_quality import parse_margins
+
+    assert parse_margins(["mean_dice=0.022", "fid=6.4"]) == {"mean_dice": 0.022, "fid": 6.4}
+    for bad in (["mean_dice"], ["fid=six"], ["=1"]):
+        with pytest.raises(SystemExit):
+            main(["--report", str(tmp_path / "x.json"), "--margins", *bad])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--margins" in err[0]
+
+
 def test_prompt_recovery_scores_the_attribute_network_against_what_the_prompts_told():
     import numpy as np
     import pandas as pd

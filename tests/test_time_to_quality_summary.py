@@ -153,3 +153,27 @@ def test_pairs_to_band_is_the_fewest_pairs_whose_half_width_fits():
     assert res["b"]["fid"]["pairs_to_noise_band"] == pairs_to_band(0.5, 0.25)
     assert "pairs_to_noise_band" not in res["b"]["mean_dice"]  # no band for it
     assert f"b: fid {pairs_to_band(0.5, 0.25)}" in spread_markdown(res)
+
+
+def test_non_inferiority_reads_the_worse_end_of_each_interval_against_its_margin():
+    from bench.time_to_quality_summary import generator_spread, non_inferior, spread_markdown
+
+    assert non_inferior("mean_dice", -0.01, 0.03, 0.02) and not non_inferior("mean_dice", -0.03, 0.01, 0.02)
+    assert non_inferior("fid", -5.0, 1.9, 2.0) and not non_inferior("fid", -5.0, 2.1, 2.0)  # lower is better
+    assert non_inferior("recovered_health", -0.05, 0.2, 0.05)
+
+    def final(dice, fid):
+        return {"points": [{"train_seconds": 1.0, "mean_dice": dice, **{k: fid for k in FIDS}}]}
+
+    # b is 0.01 Dice lower and 1 FID worse in every pair, give or take 0.002 / 0.2: both resolved tightly
+    out = {"recipes": {"a0": final(0.80, 10.0), "a1": final(0.85, 20.0), "a2": final(0.90, 30.0),
+                       "b0": final(0.792, 11.2), "b1": final(0.84, 21.0), "b2": final(0.888, 30.8)}}
+    groups = {"a": ["a0", "a1", "a2"], "b": ["b0", "b1", "b2"]}
+    res = generator_spread(out, groups, paired=True, margins={"mean_dice": 0.05, "fid": 1.0})["b"]
+    assert res["mean_dice"]["non_inferior"] and res["mean_dice"]["lo"] < -0.01 < res["mean_dice"]["hi"] < 0
+    assert not res["fid"]["non_inferior"] and res["fid"]["hi"] > 1.0  # the mean shift alone reaches the margin
+    assert "fid_segmenter" not in res or "non_inferior" not in res["fid_segmenter"]  # no margin, no verdict
+    assert "mean_dice yes (margin 0.05), fid not shown (margin 1)" in spread_markdown(
+        generator_spread(out, groups, paired=True, margins={"mean_dice": 0.05, "fid": 1.0}))
+    with pytest.raises(KeyError, match="no measure 'dice'"):
+        generator_spread(out, groups, paired=True, margins={"dice": 0.05})
