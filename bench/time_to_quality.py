@@ -48,7 +48,8 @@ from bench.run_data import run_data
 from bench.sampling_quality import quality
 from bench.time_to_quality_recipes import (RECIPES, controlnet_pipelines, parse_finished, parse_recipe,
                                           train_recipe, trained_seconds)
-from bench.time_to_quality_summary import FIDS, generator_spread, markdown, plot, spread_markdown, summarise
+from bench.time_to_quality_summary import (FIDS, generator_spread, markdown, plot, plot_margins, spread_markdown,
+                                           summarise)
 from data.atomic import atomic_write_bytes
 from data.errors import InputError, OneLineArgumentParser
 from ddpm.distributed import resolve_device
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--margins", nargs="+", default=[], metavar="MEASURE=MARGIN",
                    help="with --groups: non-inferiority margins, e.g. mean_dice=0.022 fid=6.4 (each group's interval "
                         "against the first group's, its worse end within the margin)")
+    p.add_argument("--margins-plot", type=Path, help="with --margins: each interval in units of its margin")
     p.add_argument("--merge", nargs="+", type=Path, default=[], metavar="PART",
                    help="write the --out files PART... (same settings and judges, e.g. one per parallel process) as "
                         "one --out (and --plot), then print it")
@@ -196,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             print(markdown(out))
             if args.groups:
                 groups = dict((g, names.split(",")) for g, _, names in (spec.partition("=") for spec in args.groups))
-                print("\n" + spread_markdown(generator_spread(out, groups, args.paired, margins)))
+                spread = generator_spread(out, groups, args.paired, margins)
+                print("\n" + spread_markdown(spread))
+                if args.margins_plot:
+                    plot_margins(spread, args.margins_plot)
         except (OSError, ValueError, KeyError, TypeError) as err:
             print(f"error: {args.report}: expected a bench.time_to_quality --out JSON ({type(err).__name__}: {err})",
                   file=sys.stderr)

@@ -99,6 +99,34 @@ def plot(out: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_margins(spread: dict, path: Path) -> None:
+    """generator_spread's differences from the first group (95 % intervals) on every measure held to a margin, in
+    units of that margin with the worse direction to the right: non-inferior where the bar ends left of 1."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(g, k, v) for g, row in spread.items() for k, v in row.items() if isinstance(v, dict) and "margin" in v]
+    if not rows:
+        raise KeyError("no measure held to a margin (--margins)")
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.4))
+    for y, (g, k, v) in enumerate(rows):
+        sign = -1.0 if k in HIGHER_IS_BETTER else 1.0  # worse is to the right for every measure
+        lo, mid, hi = sorted(sign * v[x] / v["margin"] for x in ("lo", "minus_first", "hi"))
+        ax.plot([lo, hi], [y, y], color="tab:green" if v["non_inferior"] else "tab:red", lw=2.5)
+        ax.plot([mid], [y], "ko", ms=4)
+    ax.axvline(0.0, color="grey", lw=0.8)
+    ax.axvline(1.0, color="black", ls="--", lw=0.8)
+    ax.set_yticks(range(len(rows)), [f"{g} vs first: {k} (margin {v['margin']:g})" for g, k, v in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("difference / margin, worse to the right (non-inferior: the interval ends left of the dashed line)",
+                  fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def point_at(points: list[dict], step: str) -> dict:
     """The point at ControlNet step `step` ('' : the last)."""
     if not step:

@@ -177,3 +177,17 @@ def test_non_inferiority_reads_the_worse_end_of_each_interval_against_its_margin
         generator_spread(out, groups, paired=True, margins={"mean_dice": 0.05, "fid": 1.0}))
     with pytest.raises(KeyError, match="no measure 'dice'"):
         generator_spread(out, groups, paired=True, margins={"dice": 0.05})
+
+
+def test_margins_plot_needs_a_margin_and_draws_one(tmp_path):
+    from bench.time_to_quality_summary import generator_spread, plot_margins
+
+    def final(v):
+        return {"points": [{"train_seconds": 1.0, "mean_dice": v, **{k: v for k in FIDS}}]}
+
+    out = {"recipes": {"a0": final(0.8), "a1": final(0.9), "b0": final(0.81), "b1": final(0.89)}}
+    groups = {"a": ["a0", "a1"], "b": ["b0", "b1"]}
+    with pytest.raises(KeyError, match="margin"):
+        plot_margins(generator_spread(out, groups, paired=True), tmp_path / "m.png")
+    plot_margins(generator_spread(out, groups, paired=True, margins={"mean_dice": 0.1, "fid": 0.1}), tmp_path / "m.png")
+    assert (tmp_path / "m.png").stat().st_size > 1000
